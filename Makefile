@@ -1,0 +1,26 @@
+# Every target builds .venv from nothing first, so a fresh clone needs only Python 3.11.
+PY := .venv/bin/python
+STAMP := .venv/.installed
+
+.PHONY: demo test bench pretrain clean
+
+$(STAMP): pyproject.toml requirements.lock
+	python3.11 -m venv .venv
+	$(PY) -m pip install --quiet --upgrade pip==25.3
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	.venv/bin/raymem study studies/demo.yaml
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) benchmarks/precog_throughput.py
+
+pretrain: $(STAMP)
+	.venv/bin/raymem pretrain --out raymem/assets/raymem-mini
+
+clean:
+	rm -rf .venv results

@@ -1,0 +1,164 @@
+"""`raymem study|query|chart|pretrain|ingest`: the command line.
+
+Exit codes: 0 success, 1 some trials failed (the rest finished and were ingested),
+2 bad input (nothing was run or written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+
+from raymem.errors import ConfigError
+
+HEADLINES = [  # (query, filter, title) printed at the end of a study
+    ("precog_accuracy_by_bin", pl.col("task") == "ALL", "Accuracy by PreCog bin (all tasks pooled)"),
+    ("precog_correlation", None, "PreCog vs correctness"),
+    ("precog_planted", pl.col("k") == pl.col("k").min(), "PreCog by times planted in pre-training"),
+    ("memorisation_fit", pl.col("variant") == "noisy", "Fit of the noisy-label models (train split)"),
+]
+
+
+def _quiet_libraries() -> None:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _print_table(title: str, df: pl.DataFrame) -> None:
+    with pl.Config(tbl_rows=40, tbl_cols=12, tbl_hide_dataframe_shape=True, fmt_str_lengths=40):
+        print(f"\n{title}\n{df}", flush=True)
+
+
+def cmd_study(args) -> int:
+    from raymem.charts import CHARTS, save_chart
+    from raymem.config import load_study
+    from raymem.queries import query
+    from raymem.study import make_plan, run_plan
+
+    start = time.time()
+    overrides = {"results": args.results} if args.results else None
+    study = load_study(args.file, overrides)
+    plan = make_plan(study)
+    print(f"[plan] study {study.study}: {plan.n_trials()} trials, results in {plan.store.uri}", flush=True)
+    failed = run_plan(plan)
+    charts_dir = plan.db_path.parent / "charts"
+    for name in CHARTS:
+        try:
+            save_chart(name, plan.db_path, charts_dir)
+        except ConfigError as exc:  # a chart whose stage the study did not run
+            print(f"[charts] {name}: skipped ({exc})")
+    for name, keep, title in HEADLINES:
+        try:
+            df = query(name, plan.db_path)
+        except ConfigError:
+            continue
+        _print_table(title, df.filter(keep) if keep is not None else df)
+    print(f"\nstudy {study.study} finished in {time.time() - start:.0f}s")
+    print(f"database: {plan.db_path}   (raymem query --list; duckdb {plan.db_path})")
+    print(f"charts:   {charts_dir}/")
+    if failed:
+        print(f"\n{len(failed)} trial(s) failed; see the runs table:", file=sys.stderr)
+        for t in failed:
+            print(f"  {t['trial_id']} {t['params'].get('task')} seed={t['params'].get('seed')} "
+                  f"{t['params'].get('variant')}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_query(args) -> int:
+    from raymem.queries import list_queries, query
+
+    if args.list or not args.name:
+        for name, description in list_queries():
+            print(f"{name:28s} {description}")
+        return 0
+    params = {}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--param {item!r}: expected name=value")
+        params[key] = float(value) if value.replace(".", "", 1).isdigit() else value
+    _print_table(args.name, query(args.name, args.db, **params))
+    return 0
+
+
+def cmd_chart(args) -> int:
+    from raymem.charts import save_chart
+
+    db = Path(args.db)
+    for path in save_chart(args.name, db, args.out or db.parent / "charts"):
+        print(path)
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    import torch
+
+    from raymem.pretrain import PretrainSettings, pretrain
+
+    torch.set_num_threads(args.threads)
+    fields = ("vocab_size", "layers", "hidden", "epochs", "max_texts", "planted_per_count")
+    settings = PretrainSettings(**{f: getattr(args, f) for f in fields if getattr(args, f) is not None})
+    pretrain(args.out, settings)
+    return 0
+
+
+def cmd_ingest(args) -> int:
+    from raymem.store import Store, database_path, ingest
+
+    store = Store(args.results)
+    counts = ingest(store, database_path(store, args.db))
+    for table, n in counts.items():
+        print(f"{table:16s} {n}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raymem", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("study", help="run a study file on Ray (local, or the cluster in RAY_ADDRESS)")
+    p.add_argument("file")
+    p.add_argument("--results", help="override the study's results location (path or s3:// URI)")
+    p.set_defaults(fn=cmd_study)
+    p = sub.add_parser("query", help="run queries/NAME.sql against the results database")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--list", action="store_true", help="list the queries")
+    p.add_argument("--db", default="results/raymem.duckdb")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    p.set_defaults(fn=cmd_query)
+    p = sub.add_parser("chart", help="write results/charts/NAME.png and .html")
+    p.add_argument("name")
+    p.add_argument("--db", default="results/raymem.duckdb")
+    p.add_argument("--out")
+    p.set_defaults(fn=cmd_chart)
+    p = sub.add_parser("pretrain", help="pre-train raymem's small masked-LM")
+    p.add_argument("--out", required=True)
+    p.add_argument("--threads", type=int, default=2)
+    for name in ("vocab_size", "layers", "hidden", "epochs", "max_texts", "planted_per_count"):
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int)
+    p.set_defaults(fn=cmd_pretrain)
+    p = sub.add_parser("ingest", help="rebuild the DuckDB database from the Parquet shards")
+    p.add_argument("--results", default="results")
+    p.add_argument("--db")
+    p.set_defaults(fn=cmd_ingest)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        return args.fn(args)
+    except ConfigError as exc:
+        print(f"raymem: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

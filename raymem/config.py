@@ -1,0 +1,147 @@
+"""The study file: schema, defaults (the published settings) and loading with clear errors.
+
+Every section forbids unknown keys, so a typo is an error, not a silently ignored
+setting. Defaults are the full-scale published settings (RESEARCH.md); small studies
+such as studies/demo.yaml override them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from raymem.errors import ConfigError
+
+Split = Literal["train", "validation", "test"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Resources(Strict):
+    """Per Tune trial: CPUs and GPUs (fractions allowed)."""
+    cpus: float = Field(1.0, gt=0)
+    gpus: float = Field(0.0, ge=0)
+
+
+class ActorPool(Strict):
+    """Per Ray Data actor, and how far the pool may scale."""
+    cpus: float = Field(1.0, gt=0)
+    gpus: float = Field(0.0, ge=0)
+    min_size: int = Field(1, ge=1)
+    max_size: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _sizes(self):
+        if self.max_size < self.min_size:
+            raise ValueError(f"max_size ({self.max_size}) is below min_size ({self.min_size})")
+        return self
+
+
+class PrecogConfig(Strict):
+    enabled: bool = True
+    # PreCog costs one forward per token of an example; the analysis needs the eval split.
+    splits: list[Split] = Field(default_factory=lambda: ["test"], min_length=1)
+    k: list[int] = Field(default_factory=lambda: [1, 50], min_length=1)
+    unit: Literal["subword", "word"] = "subword"
+    masking: Literal["single", "random15"] = "single"
+    draws: int = Field(5, ge=1)
+    copies_per_batch: int = Field(512, ge=1)
+    examples_per_batch: int = Field(64, ge=1)
+    max_length: int = Field(512, ge=8)
+    actors: ActorPool = ActorPool()
+
+    @field_validator("k")
+    @classmethod
+    def _positive(cls, ks):
+        if any(k < 1 for k in ks):
+            raise ValueError("every k must be at least 1")
+        return sorted(set(ks))
+
+
+class FinetuneConfig(Strict):
+    enabled: bool = True
+    variants: list[Literal["clean", "noisy"]] = Field(default_factory=lambda: ["clean", "noisy"],
+                                                      min_length=1)
+    epochs: int = Field(50, ge=1)
+    lr: float = Field(1e-5, gt=0)
+    batch_size: int = Field(8, ge=1)
+    max_length: int = Field(512, ge=8)
+    warmup: float = Field(0.1, ge=0, le=1)
+    clip: float = Field(1.0, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    freeze_embeddings: bool = True
+    memorised_f1: float = Field(0.993, gt=0, le=1)
+    resources: Resources = Resources()
+    max_failures: int = Field(2, ge=0)
+
+
+class UserTask(Strict):
+    """A task from local files: one file per split."""
+    name: str
+    files: dict[Split, str]
+    text_fields: list[str] = Field(min_length=1, max_length=2)
+    label_field: str
+    label_names: list[str] = Field(min_length=2)
+
+
+class RayConfig(Strict):
+    address: str | None = None  # None: connect to RAY_ADDRESS if set, else start a local Ray
+    num_cpus: int | None = Field(None, ge=1)
+
+
+class Study(Strict):
+    study: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    results: str = "results"
+    database: str | None = None  # default: <results>/raymem.duckdb (local results only)
+    models: list[str] = Field(default_factory=lambda: ["raymem-mini"], min_length=1)
+    tasks: list[str | UserTask] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
+    data_seed: int = 1
+    noise_ratio: float = Field(0.15, ge=0, lt=1)
+    subsample: dict[Split, int] = Field(default_factory=dict)
+    eval_split: Split = "test"
+    bin_width: float = Field(0.1, gt=0, le=1)
+    precog: PrecogConfig = PrecogConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    ray: RayConfig = RayConfig()
+
+    @field_validator("subsample")
+    @classmethod
+    def _subsample(cls, sizes):
+        if any(n < 1 for n in sizes.values()):
+            raise ValueError("subsample sizes must be at least 1")
+        return sizes
+
+    def task_names(self) -> list[str]:
+        return [t if isinstance(t, str) else t.name for t in self.tasks]
+
+
+def _location(loc: tuple) -> str:
+    # pydantic reports union branches as extra path parts; keep the user's own keys.
+    return ".".join(str(p) for p in loc if not (isinstance(p, str) and p in {"str", "UserTask"}))
+
+
+def load_study(path: str | Path, overrides: dict | None = None) -> Study:
+    """Read and validate a study file; raise ConfigError naming the file and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    raw.update(overrides or {})
+    try:
+        return Study.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{path}: {_location(first['loc'])}: {first['msg']}"
+                          f" (got {first.get('input')!r}){more}") from exc

@@ -1,0 +1,93 @@
+"""Examples of a study, and the Ray Data pipeline that scores them.
+
+`prepare_examples` turns a loaded task into the `examples` table of one (task, model):
+the study's subsample, the perturbed training labels, planted counts and confounders.
+`precog_rows` streams those examples through an actor pool of PrecogScorers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import ray
+
+from raymem.config import PrecogConfig, Study
+from raymem.measures.noise import perturb_labels
+from raymem.measures.precog import PrecogScorer, PrecogSettings
+from raymem.models import ModelSpec, load_tokenizer, planted_counts
+from raymem.tasks import TaskSpec
+
+
+def subsample(split: pl.DataFrame, n: int | None) -> pl.DataFrame:
+    """The first n examples in example-id order: a fixed pseudo-random subset."""
+    split = split.sort("example_id")
+    return split if n is None else split.head(n)
+
+
+def word_rarity(texts: pl.Series) -> pl.Series:
+    """Mean over an example's words of -log(in-task relative frequency of the word)."""
+    words = texts.str.to_lowercase().str.extract_all(r"\w+")
+    counts = words.explode().drop_nulls().value_counts(name="n")
+    total = counts["n"].sum()
+    info = dict(zip(counts[counts.columns[0]].to_list(),
+                    (-np.log(counts["n"].to_numpy() / total)).tolist()))
+    return pl.Series([float(np.mean([info[w] for w in ws])) if ws is not None and len(ws) else None
+                      for ws in words.to_list()], dtype=pl.Float64)
+
+
+def prepare_examples(study: Study, spec: TaskSpec, splits: dict[str, pl.DataFrame],
+                     model: ModelSpec) -> pl.DataFrame:
+    parts = []
+    for split, df in splits.items():
+        df = subsample(df, study.subsample.get(split))
+        label = df["label"].to_numpy()
+        if split == "train":
+            label = perturb_labels(df["example_id"].to_list(), label, len(spec.label_names),
+                                   study.noise_ratio, study.data_seed)
+        parts.append(df.with_columns(pl.lit(split).alias("split"),
+                                     pl.col("label").alias("original_label"),
+                                     pl.Series("label", label)))
+    examples = pl.concat(parts)
+    tokenizer = load_tokenizer(model)
+    pairs = examples["text_pair"].to_list()
+    enc = tokenizer(examples["text"].to_list(), pairs if any(p is not None for p in pairs) else None,
+                    add_special_tokens=False)
+    planted = planted_counts(model)
+    return (examples
+            .with_columns(pl.lit(spec.name).alias("task"), pl.lit(model.name).alias("model"),
+                          (pl.col("label") != pl.col("original_label")).alias("noisy"),
+                          pl.Series("n_tokens", [len(x) for x in enc["input_ids"]]),
+                          word_rarity(examples["text"]).alias("rarity"))
+            .join(planted, on="example_id", how="left")
+            .with_columns(pl.col("planted_count").fill_null(0))
+            .select("task", "model", "split", "example_id", "text", "text_pair", "label",
+                    "original_label", "noisy", "planted_count", "n_tokens", "rarity",
+                    "annotator_confidence"))
+
+
+def precog_rows(examples: pl.DataFrame, model: ModelSpec, cfg: PrecogConfig) -> pl.DataFrame:
+    """Score every example through a Ray Data actor pool; one row per (example, k)."""
+    settings = PrecogSettings(ks=tuple(cfg.k), unit=cfg.unit, masking=cfg.masking, draws=cfg.draws,
+                              copies_per_batch=cfg.copies_per_batch, max_length=cfg.max_length)
+    table = examples.select("example_id", "text", "text_pair").to_arrow()
+    # Several blocks, so that every actor of the pool gets work.
+    n_blocks = max(1, min(4 * cfg.actors.max_size, math.ceil(table.num_rows / cfg.examples_per_batch)))
+    step = math.ceil(table.num_rows / n_blocks)
+    ds = ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)])
+    scored = ds.map_batches(
+        PrecogScorer,
+        fn_constructor_kwargs={"model": model, "settings": settings,
+                               "num_threads": max(1, int(cfg.actors.cpus))},
+        batch_size=cfg.examples_per_batch, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(min_size=cfg.actors.min_size, max_size=cfg.actors.max_size),
+        num_cpus=cfg.actors.cpus, num_gpus=cfg.actors.gpus)
+    wide = pl.from_arrow(pa.concat_tables(list(scored.iter_batches(batch_format="pyarrow", batch_size=None))))
+    return (wide.unpivot(index=["example_id", "pll", "n_units"],
+                         on=[f"precog_at_{k}" for k in cfg.k], variable_name="k", value_name="score")
+            .with_columns(pl.col("k").str.strip_prefix("precog_at_").cast(pl.Int64),
+                          pl.lit(model.name).alias("model"), pl.lit(cfg.unit).alias("unit"),
+                          pl.lit(cfg.masking).alias("masking"))
+            .select("example_id", "model", "k", "score", "pll", "n_units", "unit", "masking"))

