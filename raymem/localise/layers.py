@@ -1,0 +1,59 @@
+"""Layer access shared by every localisation technique, for encoders and decoders.
+
+Layers are numbered 1..L (the embedding block is 0). Pooling is the [CLS] position for
+encoders and the last real token for decoders, found from the attention mask (right
+padding), never by indexing -1.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from raymem.models import DECODER_TYPES
+
+# where each architecture keeps its stack of layers, below model.base_model
+_LAYER_PATHS = ("encoder.layer", "decoder.layers", "h", "layers")
+
+
+def is_decoder_model(model) -> bool:
+    return model.config.model_type in DECODER_TYPES
+
+
+def body_layers(model) -> torch.nn.ModuleList:
+    """The model's L transformer layers, in order (BERT, OPT, GPT-Neo, GPT-NeoX/Pythia)."""
+    base = model.base_model
+    for path in _LAYER_PATHS:
+        module = base
+        for attr in path.split("."):
+            module = getattr(module, attr, None)
+            if module is None:
+                break
+        if isinstance(module, torch.nn.ModuleList):
+            return module
+    raise TypeError(f"cannot find the layers of a {model.config.model_type} model")
+
+
+def num_layers(model) -> int:
+    return len(body_layers(model))
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token of each row (right padding)."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask.long() * positions).argmax(1)
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, decoder: bool) -> torch.Tensor:
+    """(batch, tokens, hidden) -> (batch, hidden) at the pooling position."""
+    if not decoder:
+        return hidden[:, 0]
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(attention_mask)]
+
+
+@torch.inference_mode()
+def pooled_hidden_states(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(L+1, batch, hidden): the pooled embedding output and every layer's output."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    out = model.base_model(**inputs, output_hidden_states=True)
+    decoder = is_decoder_model(model)
+    return torch.stack([pool(h, inputs["attention_mask"], decoder) for h in out.hidden_states])
