@@ -23,13 +23,6 @@ HEADLINES = [  # (query, filter, title) printed at the end of a study
 ]
 
 
-def _quiet_libraries() -> None:
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def _print_table(title: str, df: pl.DataFrame) -> None:
     with pl.Config(tbl_rows=40, tbl_cols=12, tbl_hide_dataframe_shape=True, fmt_str_lengths=40):
         print(f"\n{title}\n{df}", flush=True)
@@ -152,7 +145,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
     try:
         return args.fn(args)
     except ConfigError as exc:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import polars as pl
 import torch
+import transformers
 from transformers import AutoConfig, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from raymem.errors import ConfigError
@@ -80,7 +81,17 @@ def check_masked_lm(spec: ModelSpec) -> None:
                           f"only for masked-LM encoders ({', '.join(sorted(ENCODER_TYPES))})")
 
 
+def quiet_transformers() -> None:
+    """raymem reports its own progress; transformers' load reports and bars are noise here.
+
+    Called by every loader, so it also holds in Ray workers, not only in the driver.
+    """
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def load_tokenizer(spec: ModelSpec, max_length: int | None = None):
+    quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(spec.source)
     if tokenizer.pad_token is None:  # decoders ship without one
         tokenizer.pad_token = tokenizer.eos_token
@@ -92,10 +103,12 @@ def load_tokenizer(spec: ModelSpec, max_length: int | None = None):
 
 def load_masked_lm(spec: ModelSpec):
     check_masked_lm(spec)
+    quiet_transformers()
     return AutoModelForMaskedLM.from_pretrained(spec.source).eval()
 
 
 def load_classifier(spec: ModelSpec, num_labels: int, pad_token_id: int | None = None):
+    quiet_transformers()
     model = AutoModelForSequenceClassification.from_pretrained(spec.source, num_labels=num_labels)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id

@@ -36,7 +36,7 @@ class Encoded:
         enc = tokenizer(texts, pairs if has_pairs else None, truncation=True, max_length=max_length)
         self.tokenizer = tokenizer
         self.features = [{k: enc[k][i] for k in enc.keys()} for i in range(len(texts))]
-        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        self.labels = torch.tensor(np.array(labels), dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.features)

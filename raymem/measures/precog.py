@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from raymem.models import ModelSpec, load_masked_lm, load_tokenizer, masked_position_logits
+from raymem.models import ModelSpec, check_masked_lm, load_masked_lm, load_tokenizer, masked_position_logits
 
 
 @dataclass(frozen=True)
@@ -69,11 +69,16 @@ class PrecogScorer:
     def __init__(self, model: ModelSpec, settings: PrecogSettings, num_threads: int | None = None):
         if num_threads:
             torch.set_num_threads(num_threads)
+        check_masked_lm(model)  # a decoder is a configuration error, before anything loads
         self.settings = settings
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = load_tokenizer(model, settings.max_length)
+        self.tokenizer = load_tokenizer(model)
         self.model = load_masked_lm(model).to(self.device)
         self.mask_id = self.tokenizer.mask_token_id
+        # Never longer than the model has positions for (a longer input crashes the forward)
+        # nor than the tokenizer declares (raymem-mini was pre-trained on 64 tokens).
+        self.max_length = min(settings.max_length, self.tokenizer.model_max_length,
+                              getattr(self.model.config, "max_position_embeddings", None) or 10**9)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         texts = [str(t) for t in batch["text"]]
@@ -82,7 +87,7 @@ class PrecogScorer:
         return {"example_id": np.asarray(batch["example_id"]), **scores}
 
     def encode(self, texts: list[str], pairs: list[str] | None):
-        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.settings.max_length)
+        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length)
         ids = [torch.tensor(x) for x in enc["input_ids"]]
         types = [torch.tensor(x) for x in enc["token_type_ids"]] if "token_type_ids" in enc else None
         example_units = [units(enc.word_ids(i), enc.sequence_ids(i), self.settings.unit)

@@ -1,0 +1,191 @@
+"""Centroid analysis (RESEARCH.md 3.5): at which layer do memorised examples change side?
+
+Input: pooled hidden states computed once, an array (L+1, N, H) with index 0 the
+embedding output (`pooled_hidden_state_array` below), each example's current (training)
+label, its original label and its noisy flag. Layers in the output use the same index:
+0 = embeddings, 1..L = the model's layers.
+
+Per layer and ordered class pair (c1, c2): p1, p2 are the centroids of the *clean*
+examples of c1 and c2 (for clean examples current = original label). Every example is
+projected on the line p1 -> p2, scaled so p1 = 0 and p2 = 1:
+
+    t(x) = (x - p1) . (p2 - p1) / |p2 - p1|^2
+
+- crossing: the noisy examples now labelled c1 but originally c2 start on the c2 side;
+  the first layer where their mean t falls below 0.5. None if it never does, or if the
+  pair has no such noisy examples.
+- initiation: 'class c1' and 'class c2' are the clean examples of each class; the first
+  layer from which the 87.5th percentile of t over clean c1 stays below the 12.5th
+  percentile of t over clean c2 at every later layer too. None if the last layer is not
+  separated. (Since t on c2 -> c1 is 1 - t on c1 -> c2, this event is symmetric in the pair.)
+
+Output rows: class_from = c2 (the noisy examples' original class), class_to = c1 (their
+noisy label), event, layer. Every ordered pair of distinct classes gets both events.
+
+The fast path needs one pass of the model and, per class, one einsum over layers and
+partner classes. `centroid_events_recomputed` is the naive reference that recomputes
+the hidden states for every class pair (the original reloaded the model per layer per
+pair) and walks the layers one by one; the benchmark and the tests compare against it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import torch
+
+from raymem.localise.layers import pooled_hidden_states
+from raymem.train import Encoded
+
+CROSSING_THRESHOLD = 0.5
+UPPER_PERCENTILE, LOWER_PERCENTILE = 87.5, 12.5
+EVENT_SCHEMA = {"class_from": pl.Int64, "class_to": pl.Int64, "event": pl.Utf8, "layer": pl.Int64}
+
+
+def pooled_hidden_state_array(model, data: Encoded, index=None, batch_size: int = 64) -> np.ndarray:
+    """(L+1, N, H) float32: pooled hidden states of the examples `index` (default: all)."""
+    model.eval()
+    index = list(range(len(data))) if index is None else [int(i) for i in index]
+    chunks = [pooled_hidden_states(model, data.batch(index[start:start + batch_size])).float()
+              for start in range(0, len(index), batch_size)]
+    return torch.cat(chunks, dim=1).numpy()
+
+
+def _first_layer(condition: np.ndarray) -> np.ndarray:
+    """First index along axis 0 where `condition` holds, -1 where it never does."""
+    return np.where(condition.any(0), condition.argmax(0), -1)
+
+
+def _first_layer_from_which(condition: np.ndarray) -> np.ndarray:
+    """First index along axis 0 from which `condition` holds up to the end, -1 if the last fails."""
+    holds_to_end = np.flip(np.logical_and.accumulate(np.flip(condition, 0), axis=0), 0)
+    return _first_layer(holds_to_end)
+
+
+def _positions_from(hidden: np.ndarray, centroids: np.ndarray, rows: np.ndarray, c: int) -> np.ndarray:
+    """(L+1, rows, K): t of the examples `rows` on the line from centroid c (0) to each centroid k (1)."""
+    origin = centroids[:, c][:, None]  # (L+1, 1, H)
+    directions = centroids - origin  # (L+1, K, H); zero for k == c
+    squared_length = np.einsum("lkh,lkh->lk", directions, directions)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.einsum("lnh,lkh->lnk", hidden[:, rows] - origin, directions) / squared_length[:, None]
+
+
+def _event_frame(crossing: np.ndarray, initiation: np.ndarray) -> pl.DataFrame:
+    """Rows from (K, K) arrays indexed [c1, c2] with -1 for never."""
+    rows = []
+    n_classes = crossing.shape[0]
+    for c1 in range(n_classes):
+        for c2 in range(n_classes):
+            if c1 == c2:
+                continue
+            for event, layers in (("crossing", crossing), ("initiation", initiation)):
+                layer = int(layers[c1, c2])
+                rows.append({"class_from": c2, "class_to": c1, "event": event,
+                             "layer": None if layer < 0 else layer})
+    return pl.DataFrame(rows, schema=EVENT_SCHEMA)
+
+
+def _check_inputs(hidden, labels, original_labels, noisy):
+    hidden = np.asarray(hidden, dtype=np.float64)  # float64: projections subtract large dot products
+    labels, original_labels = np.asarray(labels), np.asarray(original_labels)
+    noisy = np.asarray(noisy, dtype=bool)
+    if hidden.ndim != 3 or not (hidden.shape[1] == len(labels) == len(original_labels) == len(noisy)):
+        raise ValueError(f"hidden must be (L+1, N, H) with N = {len(labels)} labels, got {hidden.shape}")
+    return hidden, labels, original_labels, noisy
+
+
+def centroid_events(hidden: np.ndarray, labels: np.ndarray, original_labels: np.ndarray, noisy: np.ndarray,
+                    n_classes: int | None = None) -> pl.DataFrame:
+    """Crossing and initiation layers for every ordered class pair, from hidden states computed once."""
+    hidden, labels, original_labels, noisy = _check_inputs(hidden, labels, original_labels, noisy)
+    n_classes = n_classes or int(max(labels.max(), original_labels.max())) + 1
+    n_layers = hidden.shape[0]
+    clean = ~noisy
+
+    centroids = np.full((n_layers, n_classes, hidden.shape[2]), np.nan)
+    for c in range(n_classes):
+        members = clean & (labels == c)
+        if members.any():
+            centroids[:, c] = hidden[:, members].mean(1)
+
+    # [l, c1, c2]: percentiles on the line c1 -> c2 (NaN where a class has no clean examples)
+    upper_c1 = np.full((n_layers, n_classes, n_classes), np.nan)
+    lower_c2 = np.full((n_layers, n_classes, n_classes), np.nan)
+    noisy_sum = np.zeros((n_layers, n_classes, n_classes))
+    noisy_count = np.zeros((n_classes, n_classes))
+    for c in range(n_classes):
+        members = np.flatnonzero(clean & (labels == c))
+        if len(members):
+            t_from_c = _positions_from(hidden, centroids, members, c)  # c is c1, every k a c2
+            upper_c1[:, c, :] = np.percentile(t_from_c, UPPER_PERCENTILE, axis=1)
+            lower_c2[:, :, c] = np.percentile(1 - t_from_c, LOWER_PERCENTILE, axis=1)  # c is c2: t_kc = 1 - t_ck
+        moved = np.flatnonzero(noisy & (original_labels == c))  # c is c2, their label the c1
+        if len(moved):
+            t_from_c = _positions_from(hidden, centroids, moved, c)
+            t_on_own_pair = 1 - t_from_c[:, np.arange(len(moved)), labels[moved]]  # (L+1, moved)
+            np.add.at(noisy_sum, (slice(None), labels[moved], c), t_on_own_pair)  # (layer, c1, c2)
+            np.add.at(noisy_count, (labels[moved], c), 1)
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_noisy = noisy_sum / noisy_count
+    crossing = _first_layer(mean_noisy < CROSSING_THRESHOLD)  # NaN (no examples) compares False
+    initiation = _first_layer_from_which(upper_c1 < lower_c2)
+    return _event_frame(crossing, initiation)
+
+
+def pair_events(hidden: np.ndarray, labels: np.ndarray, original_labels: np.ndarray, noisy: np.ndarray,
+                c1: int, c2: int) -> tuple[int | None, int | None]:
+    """(crossing, initiation) of one pair, layer by layer with plain loops: the reference."""
+    hidden, labels, original_labels, noisy = _check_inputs(hidden, labels, original_labels, noisy)
+    clean_c1, clean_c2 = ~noisy & (labels == c1), ~noisy & (labels == c2)
+    moved = noisy & (labels == c1) & (original_labels == c2)
+    crossing, separated = None, []
+    for layer in range(hidden.shape[0]):
+        if not clean_c1.any() or not clean_c2.any():
+            separated.append(False)
+            continue
+        p1, p2 = hidden[layer, clean_c1].mean(0), hidden[layer, clean_c2].mean(0)
+        direction = p2 - p1
+
+        def position(rows):
+            with np.errstate(invalid="ignore", divide="ignore"):  # equal centroids: NaN, never an event
+                return (hidden[layer, rows] - p1) @ direction / (direction @ direction)
+
+        if crossing is None and moved.any() and position(moved).mean() < CROSSING_THRESHOLD:
+            crossing = layer
+        separated.append(np.percentile(position(clean_c1), UPPER_PERCENTILE)
+                         < np.percentile(position(clean_c2), LOWER_PERCENTILE))
+    initiation = None
+    for layer in range(len(separated) - 1, -1, -1):  # walk back while the separation holds
+        if not separated[layer]:
+            break
+        initiation = layer
+    return crossing, initiation
+
+
+def centroid_events_recomputed(model, data: Encoded, labels: np.ndarray, original_labels: np.ndarray,
+                               noisy: np.ndarray, n_classes: int | None = None, batch_size: int = 64,
+                               pair_examples_only: bool = False) -> pl.DataFrame:
+    """Naive reference: per class pair, recompute the hidden states, then `pair_events`.
+
+    With `pair_examples_only` each pair runs the model on just the examples it needs
+    (clean c1, clean c2, noisy c2 -> c1) instead of all of them.
+    """
+    labels, original_labels = np.asarray(labels), np.asarray(original_labels)
+    noisy = np.asarray(noisy, dtype=bool)
+    n_classes = n_classes or int(max(labels.max(), original_labels.max())) + 1
+    crossing = np.full((n_classes, n_classes), -1)
+    initiation = np.full((n_classes, n_classes), -1)
+    for c1 in range(n_classes):
+        for c2 in range(n_classes):
+            if c1 == c2:
+                continue
+            rows = np.arange(len(labels))
+            if pair_examples_only:
+                rows = np.flatnonzero((labels == c1) | ((labels == c2) & ~noisy))
+            hidden = pooled_hidden_state_array(model, data, rows, batch_size)
+            cross, init = pair_events(hidden, labels[rows], original_labels[rows], noisy[rows], c1, c2)
+            crossing[c1, c2] = -1 if cross is None else cross
+            initiation[c1, c2] = -1 if init is None else init
+    return _event_frame(crossing, initiation)

@@ -1,0 +1,191 @@
+"""Forgetting gradients (RESEARCH.md 3.3): which layers' parameters separate noisy from clean.
+
+Per example, the gradient of the *negative* training loss on its training label (the
+noisy label for noisy examples), with a proper log-softmax cross-entropy (the original
+applied NLL to raw logits). The gradients are averaged over the noisy set and over an
+equally sized clean set; per layer l = 1..L
+
+    g_l = sum over the layer's parameters of |mean_noisy - mean_clean|   (an L1 norm)
+
+and the layer score is g_l(memorised model) / g_l(control model), normalised to sum to 1.
+The control model is the same architecture whose body was frozen (only the head trained).
+
+Three ways to get the mean gradient of a set, all equal up to float rounding:
+
+- `per_example`: batched per-example gradients, `torch.func` (functional_call + vmap +
+  grad) over the layers' parameters. This is the per-example form other analyses need.
+- `mean`: the gradient of the batch's summed loss, one backward per batch. Exact for the
+  mean, because in eval mode examples do not interact (no dropout, no batch statistics,
+  padding masked) and the gradient is linear; the cheapest route when only g_l is wanted.
+- `loop`: one unpadded example at a time with plain autograd; the reference.
+
+Dropout must be off, so every path runs the model in eval mode. vmap cannot trace the
+data-dependent checks in transformers' mask builders, so the vmapped forward uses eager
+attention, and encoders get a ready 4D additive mask (decoders keep their 2D mask: OPT
+derives its positions from it).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad, vmap
+
+from raymem.localise.layers import body_layers, is_decoder_model
+from raymem.train import Encoded
+
+METHODS = ("mean", "per_example", "loop")
+
+
+def negative_training_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-example negative cross-entropy: log-softmax first, then the label's log-probability."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, labels[..., None]).squeeze(-1)
+
+
+def layer_parameter_names(model) -> list[list[str]]:
+    """For each layer 1..L, the names (as in `model.named_parameters()`) of its parameters."""
+    name_of = {id(p): name for name, p in model.named_parameters()}
+    return [[name_of[id(p)] for p in layer.parameters()] for layer in body_layers(model)]
+
+
+@contextmanager
+def _analysis_mode(model, eager: bool):
+    """Eval mode (no dropout) and, for vmap, eager attention; both restored afterwards."""
+    was_training, implementation = model.training, model.config._attn_implementation
+    model.eval()
+    if eager and implementation != "eager":
+        model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if eager and implementation != "eager":
+            model.set_attn_implementation(implementation)
+        model.train(was_training)
+
+
+def _split_parameters(model, names: list[str]):
+    """Detached tensors: the ones to differentiate, and everything else (params + buffers)."""
+    wanted = set(names)
+    differentiated = {n: p.detach() for n, p in model.named_parameters() if n in wanted}
+    fixed = {n: p.detach() for n, p in model.named_parameters() if n not in wanted}
+    fixed.update({n: b for n, b in model.named_buffers()})
+    return differentiated, fixed
+
+
+def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+def per_example_gradients(model, batch: dict[str, torch.Tensor], names: list[str] | None = None,
+                          chunk_size: int | None = None) -> dict[str, torch.Tensor]:
+    """Gradients of each example's negative training loss: name -> (batch, *parameter shape).
+
+    `names` defaults to every layer parameter (layers 1..L); `chunk_size` bounds how many
+    examples vmap holds at once (memory is batch x parameters).
+    """
+    names = names or [n for layer in layer_parameter_names(model) for n in layer]
+    decoder = is_decoder_model(model)
+    with _analysis_mode(model, eager=True):
+        differentiated, fixed = _split_parameters(model, names)
+        dtype = next(iter(differentiated.values())).dtype
+
+        def example_loss(params, inputs, label):
+            inputs = {k: v[None] for k, v in inputs.items()}  # vmap strips the batch axis
+            if not decoder:  # a ready mask skips transformers' data-dependent mask checks
+                keep = inputs["attention_mask"][:, None, None, :].to(dtype)
+                inputs["attention_mask"] = (1.0 - keep) * torch.finfo(dtype).min
+            logits = functional_call(model, (params, fixed), (), inputs).logits
+            return negative_training_loss(logits, label[None]).sum()
+
+        per_example = vmap(grad(example_loss), in_dims=(None, 0, 0), chunk_size=chunk_size)
+        return per_example(differentiated, _inputs(batch), batch["labels"])
+
+
+def per_example_gradients_loop(model, batch: dict[str, torch.Tensor],
+                               names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Reference for `per_example_gradients`: one unpadded example at a time, plain autograd."""
+    names = names or [n for layer in layer_parameter_names(model) for n in layer]
+    inputs, labels = _inputs(batch), batch["labels"]
+    grads = {n: [] for n in names}
+    with _analysis_mode(model, eager=False):
+        differentiated, fixed = _split_parameters(model, names)
+        leaves = {n: p.clone().requires_grad_(True) for n, p in differentiated.items()}
+        for i in range(len(labels)):
+            real = int(inputs["attention_mask"][i].sum())  # right padding: drop the pad tail
+            one = {k: v[i:i + 1, :real] for k, v in inputs.items()}
+            logits = functional_call(model, (leaves, fixed), (), one).logits
+            loss = negative_training_loss(logits, labels[i:i + 1]).sum()
+            for n, g in zip(names, torch.autograd.grad(loss, [leaves[n] for n in names])):
+                grads[n].append(g)
+    return {n: torch.stack(g) for n, g in grads.items()}
+
+
+def _summed_gradient(model, batch: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
+    """Sum over the batch of per-example gradients, as one backward of the summed loss."""
+    with _analysis_mode(model, eager=False):
+        differentiated, fixed = _split_parameters(model, names)
+        leaves = {n: p.clone().requires_grad_(True) for n, p in differentiated.items()}
+        logits = functional_call(model, (leaves, fixed), (), _inputs(batch)).logits
+        loss = negative_training_loss(logits, batch["labels"]).sum()
+        return dict(zip(names, torch.autograd.grad(loss, [leaves[n] for n in names])))
+
+
+def mean_gradients(model, data: Encoded, index, batch_size: int = 32, method: str = "mean",
+                   names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Mean over the examples `index` of the per-example gradients: name -> parameter shape."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+    index = [int(i) for i in index]
+    if not index:
+        raise ValueError("mean_gradients needs at least one example")
+    names = names or [n for layer in layer_parameter_names(model) for n in layer]
+    total = None
+    for start in range(0, len(index), batch_size):
+        batch = data.batch(index[start:start + batch_size])
+        if method == "mean":
+            summed = _summed_gradient(model, batch, names)
+        else:
+            per_example = (per_example_gradients if method == "per_example"
+                           else per_example_gradients_loop)(model, batch, names)
+            summed = {n: g.sum(0) for n, g in per_example.items()}
+        total = summed if total is None else {n: total[n] + summed[n] for n in names}
+    return {n: g / len(index) for n, g in total.items()}
+
+
+def layer_gradient_differences(model, data: Encoded, noisy_index, clean_index, batch_size: int = 32,
+                               method: str = "mean") -> np.ndarray:
+    """(L,): per layer, the L1 norm of mean_noisy - mean_clean over its parameters."""
+    layers = layer_parameter_names(model)
+    names = [n for layer in layers for n in layer]
+    noisy = mean_gradients(model, data, noisy_index, batch_size, method, names)
+    clean = mean_gradients(model, data, clean_index, batch_size, method, names)
+    return np.array([sum(float((noisy[n] - clean[n]).abs().sum()) for n in layer) for layer in layers])
+
+
+def matched_clean_index(noisy_mask: np.ndarray, seed: int) -> np.ndarray:
+    """A random clean set as large as the noisy set (all clean examples if there are fewer)."""
+    noisy_mask = np.asarray(noisy_mask, dtype=bool)
+    clean = np.flatnonzero(~noisy_mask)
+    size = min(int(noisy_mask.sum()), len(clean))
+    return np.sort(np.random.default_rng(seed).choice(clean, size=size, replace=False))
+
+
+def forgetting_gradient_scores(model, control_model, data: Encoded, noisy_index, clean_index,
+                               batch_size: int = 32, method: str = "mean") -> np.ndarray:
+    """(L,) layer scores summing to 1: g_l of the memorised model over g_l of the control.
+
+    `data` carries the training labels (noisy labels for the noisy examples); the same
+    noisy and clean examples are used for both models.
+    """
+    memorised = layer_gradient_differences(model, data, noisy_index, clean_index, batch_size, method)
+    control = layer_gradient_differences(control_model, data, noisy_index, clean_index, batch_size, method)
+    if len(memorised) != len(control):
+        raise ValueError(f"the control model has {len(control)} layers, the model {len(memorised)}")
+    if np.any(control <= 0):
+        raise ValueError(f"control model: no noisy/clean gradient difference at layers "
+                         f"{(np.flatnonzero(control <= 0) + 1).tolist()}; cannot normalise")
+    ratio = memorised / control
+    return ratio / ratio.sum()

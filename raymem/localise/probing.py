@@ -1,0 +1,146 @@
+"""Probing (RESEARCH.md 3.4): from which layer can a small probe tell noisy from clean?
+
+Input: pooled hidden states, an array (L+1, N, H) with index 0 the embedding output (as
+`layers.pooled_hidden_states` gives them), and the noisy flag of each example. Per layer
+an MLP probe (H -> 128 -> 128 -> 2, GELU, dropout 0.1) predicts noisy vs clean with a
+class-weighted cross-entropy. The split is 70/10/20, stratified on the noisy flag; the
+10% validation picks the epoch and the metric is the F1 of the noisy class on the 20%
+test. This is repeated for several probe seeds, the F1 averaged over seeds, and
+
+    score_l = max(0, F1_l - F1_{l-1})   for l = 1..L.
+
+The probe width follows H (the original hard-coded 768). All L+1 probes of a seed train
+at once as one batched MLP (their parameters stacked on a leading layer axis), which is
+exactly independent training: each probe's loss touches only its own parameters and Adam
+is per parameter. Within a seed every layer's probe shares the split, the initial weights,
+the batch order and the dropout masks, so F1_l - F1_{l-1} reflects the representations,
+not the luck of the probe. Inputs are standardised per layer with training-split
+statistics (an affine change the first linear layer could absorb; it only eases Adam).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    width: int = 128
+    dropout: float = 0.1
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    seeds: tuple[int, ...] = (1, 2, 3)
+    split: tuple[float, float, float] = (0.7, 0.1, 0.2)
+
+
+def stratified_split(noisy: np.ndarray, seed: int, fractions=(0.7, 0.1, 0.2)):
+    """(train, validation, test) index arrays, each with the noisy share of the whole."""
+    rng = np.random.default_rng(seed)
+    parts = ([], [], [])
+    for flag in (False, True):
+        members = rng.permutation(np.flatnonzero(np.asarray(noisy, dtype=bool) == flag))
+        cut_train = round(fractions[0] * len(members))
+        cut_val = cut_train + round(fractions[1] * len(members))
+        for part, chunk in zip(parts, np.split(members, [cut_train, cut_val])):
+            part.append(chunk)
+    return tuple(np.sort(np.concatenate(p)) for p in parts)
+
+
+def noisy_f1(predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """F1 of the positive (noisy) class along the last axis; 0 when undefined."""
+    tp = (predicted & truth).sum(-1).float()
+    fp_fn = (predicted ^ truth).sum(-1).float()
+    return torch.where(tp > 0, 2 * tp / (2 * tp + fp_fn), torch.zeros_like(tp))
+
+
+def _linear(in_features: int, out_features: int, copies: int, generator: torch.Generator):
+    """nn.Linear's default initialisation, one draw shared by all `copies` (layers)."""
+    bound = in_features ** -0.5
+    weight = (torch.rand(1, in_features, out_features, generator=generator) * 2 - 1) * bound
+    bias = (torch.rand(1, 1, out_features, generator=generator) * 2 - 1) * bound
+    return [weight.repeat(copies, 1, 1).requires_grad_(), bias.repeat(copies, 1, 1).requires_grad_()]
+
+
+class _StackedProbes:
+    """L+1 independent MLP probes evaluated together: x (layers, batch, H) -> logits (layers, batch, 2)."""
+
+    def __init__(self, layers: int, hidden: int, s: ProbeSettings, generator: torch.Generator):
+        self.params = (_linear(hidden, s.width, layers, generator) + _linear(s.width, s.width, layers, generator)
+                       + _linear(s.width, 2, layers, generator))
+        self.dropout, self.generator = s.dropout, generator
+
+    def _drop(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        if not train or self.dropout == 0:
+            return x
+        keep = torch.rand(1, *x.shape[1:], generator=self.generator) >= self.dropout  # same mask for every layer
+        return x * keep / (1 - self.dropout)
+
+    def __call__(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        w1, b1, w2, b2, w3, b3 = self.params
+        x = self._drop(F.gelu(torch.baddbmm(b1, x, w1)), train)
+        x = self._drop(F.gelu(torch.baddbmm(b2, x, w2)), train)
+        return torch.baddbmm(b3, x, w3)
+
+
+def probe_f1(hidden: np.ndarray, noisy: np.ndarray, seed: int, s: ProbeSettings = ProbeSettings()) -> np.ndarray:
+    """(L+1,): test F1 of the noisy class per layer for one probe seed."""
+    x_all = torch.as_tensor(np.asarray(hidden), dtype=torch.float32)
+    truth = torch.as_tensor(np.asarray(noisy, dtype=bool))
+    if x_all.ndim != 3 or x_all.shape[1] != len(truth):
+        raise ValueError(f"hidden must be (L+1, N, H) with N={len(truth)}, got {tuple(x_all.shape)}")
+    n_layers, _, width = x_all.shape
+    train, val, test = (torch.as_tensor(i) for i in stratified_split(truth.numpy(), seed, s.split))
+    if truth[train].all() or not truth[train].any():
+        raise ValueError("probing needs noisy and clean examples in the training split")
+    mean, std = x_all[:, train].mean(1, keepdim=True), x_all[:, train].std(1, keepdim=True)
+    x_all = (x_all - mean) / (std + 1e-6)
+
+    generator = torch.Generator().manual_seed(seed)
+    probes = _StackedProbes(n_layers, width, s, generator)
+    optimiser = torch.optim.Adam(probes.params, lr=s.lr)
+    y = truth.long()
+    counts = torch.bincount(y[train], minlength=2).float()
+    class_weight = counts.sum() / (2 * counts)  # balanced: each class weighs half
+    best_val = torch.full((n_layers,), -1.0)
+    test_at_best = torch.zeros(n_layers)
+    for _ in range(s.epochs):
+        order = train[torch.randperm(len(train), generator=generator)]
+        for start in range(0, len(order), s.batch_size):
+            rows = order[start:start + s.batch_size]
+            log_probs = torch.log_softmax(probes(x_all[:, rows], train=True), -1)
+            nll = -log_probs.gather(-1, y[rows].expand(n_layers, -1)[..., None]).squeeze(-1)
+            weights = class_weight[y[rows]]
+            loss = ((nll * weights).sum(1) / weights.sum()).sum()  # each probe's own weighted mean
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+        with torch.no_grad():
+            predicted = probes(x_all, train=False).argmax(-1).bool()
+            val_f1 = noisy_f1(predicted[:, val], truth[val])
+            improved = val_f1 > best_val  # strict: the earliest best epoch wins
+            best_val = torch.where(improved, val_f1, best_val)
+            test_at_best = torch.where(improved, noisy_f1(predicted[:, test], truth[test]), test_at_best)
+    return test_at_best.numpy()
+
+
+def probe_f1_by_seed(hidden: np.ndarray, noisy: np.ndarray, s: ProbeSettings = ProbeSettings()) -> np.ndarray:
+    """(seeds, L+1): test F1 of the noisy class per probe seed and layer."""
+    return np.stack([probe_f1(hidden, noisy, seed, s) for seed in s.seeds])
+
+
+def scores_from_f1(f1: np.ndarray) -> np.ndarray:
+    """(L,) layer scores max(0, F1_l - F1_{l-1}) from (L+1,) or (seeds, L+1) F1 (seed-averaged first)."""
+    mean_f1 = np.asarray(f1, dtype=float)
+    if mean_f1.ndim == 2:
+        mean_f1 = mean_f1.mean(0)
+    return np.maximum(0.0, np.diff(mean_f1))
+
+
+def probing_scores(hidden: np.ndarray, noisy: np.ndarray, s: ProbeSettings = ProbeSettings()) -> np.ndarray:
+    """(L,) layer scores for layers 1..L."""
+    return scores_from_f1(probe_f1_by_seed(hidden, noisy, s))

@@ -1,0 +1,64 @@
+"""Probing: the layer where a noisy/clean signal first appears gets the top score."""
+
+import numpy as np
+import pytest
+import torch
+
+from raymem.localise.probing import (ProbeSettings, noisy_f1, probe_f1, probe_f1_by_seed, probing_scores,
+                                     scores_from_f1, stratified_split)
+
+SIGNAL_LAYER = 3
+
+
+def synthetic_hidden(n_layers: int = 6, n: int = 800, width: int = 48, seed: int = 0):
+    """Gaussian noise at every layer; from SIGNAL_LAYER on, noisy examples shift along one direction."""
+    rng = np.random.default_rng(seed)
+    noisy = np.zeros(n, dtype=bool)
+    noisy[rng.choice(n, n // 4, replace=False)] = True
+    hidden = rng.normal(size=(n_layers, n, width)).astype(np.float32)
+    direction = rng.normal(size=width)
+    hidden[SIGNAL_LAYER:, noisy] += 3.0 * direction / np.linalg.norm(direction)
+    return hidden, noisy
+
+
+def test_signal_layer_scores_highest_and_earlier_layers_about_zero():
+    hidden, noisy = synthetic_hidden()
+    f1 = probe_f1_by_seed(hidden, noisy, ProbeSettings(seeds=(1, 2, 3)))
+    assert f1.shape == (3, 6)
+    mean_f1 = f1.mean(0)
+    assert mean_f1[SIGNAL_LAYER:].min() > 0.75  # the probe finds the signal
+    assert mean_f1[:SIGNAL_LAYER].max() < 0.5  # and nothing before it
+    scores = scores_from_f1(f1)
+    assert scores.shape == (5,)  # layers 1..L
+    assert int(np.argmax(scores)) == SIGNAL_LAYER - 1
+    assert scores[SIGNAL_LAYER - 1] > 0.4
+    assert scores[:SIGNAL_LAYER - 1].max() < 0.15
+
+
+def test_probe_width_follows_hidden_size():
+    hidden, noisy = synthetic_hidden(n_layers=4, n=400, width=48)
+    scores = probing_scores(hidden, noisy, ProbeSettings(seeds=(1,), epochs=3))
+    assert scores.shape == (3,) and np.all(scores >= 0)
+    with pytest.raises(ValueError, match="N=400"):
+        probe_f1(hidden[:, :300], noisy, seed=1)
+
+
+def test_scores_are_positive_parts_of_f1_differences():
+    assert np.allclose(scores_from_f1(np.array([0.2, 0.5, 0.4, 0.9])), [0.3, 0.0, 0.5])
+    per_seed = np.array([[0.2, 0.6], [0.4, 0.4]])  # averaged over seeds first: 0.3 -> 0.5
+    assert np.allclose(scores_from_f1(per_seed), [0.2])
+
+
+def test_split_is_70_10_20_and_stratified():
+    noisy = np.zeros(1000, dtype=bool)
+    noisy[::5] = True
+    train, val, test = stratified_split(noisy, seed=4)
+    assert (len(train), len(val), len(test)) == (700, 100, 200)
+    assert len(np.unique(np.concatenate([train, val, test]))) == 1000
+    assert noisy[train].sum() == 140 and noisy[val].sum() == 20 and noisy[test].sum() == 40
+
+
+def test_noisy_f1():
+    predicted = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    truth = torch.tensor([1, 0, 1, 0], dtype=torch.bool)
+    assert torch.allclose(noisy_f1(predicted, truth), torch.tensor([0.5, 0.0]))

@@ -1,0 +1,185 @@
+"""Layer retraining: replayed frozen-layer outputs give exactly the plain full forward's
+results, for an encoder and three decoder families; freezing, resetting and scoring."""
+
+import copy
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from transformers import (BertConfig, BertForSequenceClassification, GPTNeoConfig, GPTNeoForSequenceClassification,
+                          GPTNeoXConfig, GPTNeoXForSequenceClassification, OPTConfig, OPTForSequenceClassification)
+
+from raymem.localise import retraining
+from raymem.localise.layers import body_layers
+from raymem.localise.retraining import (_below_replayed, _next_layer_inputs, head_modules, retrain_window,
+                                        retraining_windows, window_errors)
+from raymem.localise.swapping import windows
+from raymem.models import embedding_parameters
+from raymem.pretrain import train_tokenizer
+from raymem.train import Encoded, TrainSettings, predict
+
+N_LAYERS = 4
+KINDS = ["bert", "opt", "gpt_neo", "gpt_neox"]
+WORDS = "red green blue cat dog fish run jump sit tall small big river stone tree".split()
+# a large learning rate so a few steps move the weights far enough to tell paths apart
+SETTINGS = TrainSettings(epochs=2, lr=1e-3, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    """48 texts labelled "mentions an animal", the last 16 of them flipped (the noisy ones)."""
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(WORDS, rng.integers(3, 12))) for _ in range(48)]
+    labels = np.array([int(any(w in t.split() for w in ("cat", "dog", "fish"))) for t in texts])
+    labels[32:] = 1 - labels[32:]
+    return train_tokenizer(texts, 100, 32), texts, labels
+
+
+@pytest.fixture(scope="module")
+def splits(corpus):
+    """(clean training examples, noisy examples with their noisy labels)."""
+    tokenizer, texts, labels = corpus
+    return Encoded(tokenizer, texts[:32], None, labels[:32], 32), Encoded(tokenizer, texts[32:], None, labels[32:], 32)
+
+
+def tiny_classifier(kind: str, tokenizer, seed: int):
+    """Dropout on everywhere it exists, so the test also covers the random-number streams."""
+    torch.manual_seed(seed)
+    common = dict(vocab_size=len(tokenizer), hidden_size=32, num_attention_heads=2,
+                  pad_token_id=tokenizer.pad_token_id, max_position_embeddings=64)
+    if kind == "bert":
+        return BertForSequenceClassification(BertConfig(num_hidden_layers=N_LAYERS, intermediate_size=64, **common))
+    if kind == "opt":
+        return OPTForSequenceClassification(OPTConfig(num_hidden_layers=N_LAYERS, ffn_dim=64, word_embed_proj_dim=32,
+                                                      dropout=0.1, **common))
+    if kind == "gpt_neo":
+        config = GPTNeoConfig(num_layers=N_LAYERS, num_heads=2, attention_types=[[["global", "local"], 2]],
+                              window_size=4, embed_dropout=0.1, resid_dropout=0.1, attention_dropout=0.1,
+                              bos_token_id=0, eos_token_id=0,
+                              **{k: v for k, v in common.items() if k != "num_attention_heads"})
+        return GPTNeoForSequenceClassification(config)
+    return GPTNeoXForSequenceClassification(GPTNeoXConfig(num_hidden_layers=N_LAYERS, intermediate_size=64,
+                                                          hidden_dropout=0.1, attention_dropout=0.1,
+                                                          bos_token_id=0, eos_token_id=0, **common))
+
+
+def pair(kind, tokenizer):
+    """(memorised, pre-trained): same architecture, different weights everywhere."""
+    return tiny_classifier(kind, tokenizer, seed=0).eval(), tiny_classifier(kind, tokenizer, seed=1).eval()
+
+
+def state(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def layer_state(model, layer: int) -> list[torch.Tensor]:
+    return list(body_layers(model)[layer - 1].state_dict().values())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_replayed_layer_inputs_give_the_full_forward(kind, splits):
+    clean, noisy = splits
+    model = pair(kind, clean.tokenizer)[0]
+    model.config.use_cache = False
+    expected = [predict(model, data) for data in (clean, noisy)]
+    inputs = None
+    for start in range(2, N_LAYERS + 1):
+        inputs = _next_layer_inputs(model, inputs, [clean, noisy], batch_size=5)  # batches unlike predict's
+        assert inputs.layer == start
+        with _below_replayed(model, inputs, [clean, noisy]) as fed:
+            for data, probs in zip(fed, expected):
+                np.testing.assert_allclose(predict(model, data), probs, atol=1e-6)
+    # the real layers are back in place afterwards
+    assert all(type(layer).__name__ != "_Replay" for layer in body_layers(model))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_reused_and_recomputed_training_agree(kind, splits):
+    clean, _ = splits
+    memorised, pretrained = pair(kind, clean.tokenizer)
+    before = state(memorised)
+    for start, end in [(2, 3), (3, 4), (4, 4)]:
+        reused = state(retrain_window(memorised, pretrained, start, end, clean, SETTINGS, seed=3, reuse=True))
+        recomputed = state(retrain_window(memorised, pretrained, start, end, clean, SETTINGS, seed=3, reuse=False))
+        assert reused.keys() == recomputed.keys() == before.keys()
+        moved = max((reused[k] - before[k]).abs().max().item() for k in before)
+        assert moved > 1e-3  # training did something, so agreeing means something
+        for k in before:
+            torch.testing.assert_close(reused[k], recomputed[k], atol=1e-6, rtol=1e-5, msg=k)
+    assert all(torch.equal(v, memorised.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.parametrize("kind", ["bert", "opt"])
+def test_window_scores_agree_and_start_from_the_memorised_model(kind, splits, monkeypatch):
+    clean, noisy = splits
+    memorised, pretrained = pair(kind, clean.tokenizer)
+    before_memorised, before_pretrained = state(memorised), state(pretrained)
+    recomputed = retraining_windows(memorised, pretrained, clean, noisy, SETTINGS, seed=3, reuse=False)
+    noisy_probs = []  # what the reused path predicts on the noisy examples, window after window
+
+    def keep_probs(*args, **kwargs):
+        noisy_probs.append(predict(*args, **kwargs))
+        return noisy_probs[-1]
+
+    monkeypatch.setattr(retraining, "predict", keep_probs)
+    reused = retraining_windows(memorised, pretrained, clean, noisy, SETTINGS, seed=3, reuse=True)
+
+    assert reused.height == len(noisy_probs) == N_LAYERS * (N_LAYERS + 1) // 2
+    assert reused.equals(recomputed)
+    # windows after others of the same or an earlier start: the shared working copy was restored
+    for start, end in [(1, 3), (2, 2), (3, 4), (4, 4)]:
+        alone = retrain_window(memorised, pretrained, start, end, clean, SETTINGS, seed=3, reuse=False)
+        index = windows(N_LAYERS).index((start, end))
+        np.testing.assert_allclose(noisy_probs[index], predict(alone, noisy), atol=1e-6)
+    assert all(torch.equal(v, memorised.state_dict()[k]) for k, v in before_memorised.items())
+    assert all(torch.equal(v, pretrained.state_dict()[k]) for k, v in before_pretrained.items())
+
+
+def test_window_errors_normalise_by_retraining_all_layers():
+    accuracy = {(1, 1): 0.9, (1, 2): 0.4, (2, 2): 0.6}
+    frame = window_errors(accuracy, 2)
+    assert frame.columns == ["window_start", "window_end", "noisy_acc", "normalised_acc", "error"]
+    np.testing.assert_allclose(frame["normalised_acc"], [(0.9 - 0.4) / 0.6, 0.0, (0.6 - 0.4) / 0.6])
+    np.testing.assert_allclose(frame["error"], [1 - 0.5 / 0.6, 1.0, 1 - 0.2 / 0.6])
+    # nothing forgotten even with every layer retrained: no scale to normalise by
+    assert window_errors({(1, 1): 1.0, (1, 2): 1.0, (2, 2): 0.5}, 2)["error"].is_nan().all()
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt_neox"])
+def test_only_the_window_and_head_train_from_pretrained_weights(kind, splits):
+    clean, _ = splits
+    memorised, pretrained = pair(kind, clean.tokenizer)
+    start, end = 2, 3
+
+    reset = retrain_window(memorised, pretrained, start, end, clean, replace(SETTINGS, lr=0.0))
+    for layer in range(1, N_LAYERS + 1):
+        source = pretrained if start <= layer <= end else memorised
+        assert all(torch.equal(a, b) for a, b in zip(layer_state(reset, layer), layer_state(source, layer)))
+
+    trained = retrain_window(memorised, pretrained, start, end, clean, SETTINGS)
+    for layer in range(1, N_LAYERS + 1):
+        same = [torch.equal(a, b) for a, b in zip(layer_state(trained, layer), layer_state(reset, layer))]
+        assert all(same) != (start <= layer <= end)
+    embeddings = zip(embedding_parameters(trained), embedding_parameters(memorised))
+    assert all(torch.equal(a, b) for a, b in embeddings)
+    heads = zip(head_modules(trained), head_modules(memorised))
+    assert any(not torch.equal(a, b) for ha, hb in heads for a, b in zip(ha.parameters(), hb.parameters()))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_head_modules_run_after_the_body(kind, splits):
+    model = pair(kind, splits[0].tokenizer)[0]
+    head = {id(p) for m in head_modules(model) for p in m.parameters()}
+    body = {id(p) for layer in body_layers(model) for p in layer.parameters()}
+    embeddings = {id(p) for p in embedding_parameters(model)}
+    assert head and not head & body and not head & embeddings
+    # together they are the whole model: nothing is left out of the freezing rules
+    assert head | body | embeddings == {id(p) for p in model.parameters()}
+
+
+def test_working_copy_leaves_the_config_alone(splits):
+    memorised, pretrained = pair("opt", splits[0].tokenizer)
+    use_cache = copy.deepcopy(memorised.config.use_cache)
+    retrain_window(memorised, pretrained, 2, 2, splits[0], replace(SETTINGS, epochs=1))
+    assert memorised.config.use_cache == use_cache

@@ -1,0 +1,347 @@
+"""Named SQL questions (queries/*.sql) against a tiny hand-made results database."""
+
+import math
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+from scipy import stats
+
+from raymem import queries
+from raymem.errors import ConfigError
+from raymem.queries import list_queries, load_query, query
+
+QUERIES = Path(__file__).resolve().parent.parent / "queries"
+
+# Every query that reaches DuckDB fails today: DuckDB 2.0's connection result has no `.pl()`.
+# Only that AttributeError is expected; any other failure of these tests is real.
+PL_BUG = pytest.mark.xfail(strict=True, raises=AttributeError, reason="BUG: queries.query calls "
+                           "`.pl()` on a DuckDBPyConnection (DuckDB 2.0 has none); use "
+                           "con.sql(sql, params=...).pl()")
+
+
+def make_db(path, precog=None, predictions=None, examples=None):
+    """A results database with the columns the SQL uses (plus a provenance column)."""
+    con = duckdb.connect(str(path))
+    for name, rows in (("precog", precog), ("predictions", predictions), ("examples", examples)):
+        if rows is not None:
+            df = pl.DataFrame(rows).with_columns(pl.lit("s").alias("study"))
+            con.register("df", df.to_arrow())
+            con.execute(f"CREATE TABLE {name} AS SELECT * FROM df")
+            con.unregister("df")
+    con.close()
+    return path
+
+
+def _pred(task, eid, seed, correct, variant="clean", checkpoint="final", split="test",
+          model="m"):
+    return {"task": task, "model": model, "example_id": eid, "seed": seed, "variant": variant,
+            "checkpoint": checkpoint, "split": split, "correct": correct, "epoch": 3}
+
+
+def _noise_rows(task, eid, correct):
+    """Rows every PreCog query must ignore: other variant, checkpoint, or the train split."""
+    return [_pred(task, eid, 1, not correct, variant="noisy"),
+            _pred(task, eid, 1, not correct, checkpoint="memorised"),
+            _pred(task, eid, 1, not correct, split="train")]
+
+
+# -- listing and parameters ----------------------------------------------------------------
+
+def test_list_queries_returns_every_file_with_its_first_line():
+    listed = dict(list_queries())
+    files = sorted(QUERIES.glob("*.sql"))
+    assert sorted(listed) == [p.stem for p in files]
+    assert len(files) >= 5
+    for p in files:
+        first = p.read_text().splitlines()[0]
+        assert first.startswith("-- ")
+        assert listed[p.stem] == first[3:].strip() != ""
+    assert listed["precog_accuracy_by_bin"].startswith("Accuracy of the fine-tuned clean model")
+
+
+def test_params_header_gives_defaults():
+    sql, defaults = load_query("precog_accuracy_by_bin")
+    assert defaults == {"bin_width": 0.1}
+    assert "$bin_width" in sql
+    assert load_query("precog_distribution")[1] == {"bin_width": 0.1}
+    assert load_query("precog_planted")[1] == {}
+    assert load_query("precog_correlation")[1] == {}
+
+
+def test_params_header_parsing(tmp_path, monkeypatch):
+    (tmp_path / "q.sql").write_text("-- Says what.\n-- params: a=1, b=x, c=2.5\nSELECT 1\n")
+    monkeypatch.setenv("RAYMEM_QUERIES", str(tmp_path))
+    assert list_queries() == [("q", "Says what.")]
+    assert load_query("q")[1] == {"a": 1.0, "b": "x", "c": 2.5}
+
+
+def test_unknown_query_and_parameter(tmp_path):
+    db = make_db(tmp_path / "r.duckdb", precog=[{"task": "t", "model": "m", "example_id": "e",
+                                                  "k": 1, "score": 0.5, "pll": -1.0}])
+    with pytest.raises(ConfigError, match="unknown query 'nope'.*precog_accuracy_by_bin"):
+        query("nope", db)
+    with pytest.raises(ConfigError, match="unknown query"):
+        query("../queries/precog_planted", db)
+    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['bin_widht'\].*bin_width"):
+        query("precog_accuracy_by_bin", db, bin_widht=0.2)
+    with pytest.raises(ConfigError, match=r"unknown parameter.*takes none"):
+        query("precog_planted", db, k=1)
+    with pytest.raises(ConfigError, match="no results database"):
+        query("precog_planted", tmp_path / "missing.duckdb")
+
+
+def test_database_is_opened_read_only(tmp_path, monkeypatch):
+    db = make_db(tmp_path / "r.duckdb", precog=[{"task": "t", "model": "m", "example_id": "e",
+                                                  "k": 1, "score": 0.5, "pll": -1.0}])
+    qdir = tmp_path / "q"
+    qdir.mkdir()
+    (qdir / "sneaky.sql").write_text("-- Tries to write.\nCREATE TABLE hacked AS SELECT 1 AS x;\n")
+    (qdir / "wipe.sql").write_text("-- Tries to delete.\nDELETE FROM precog;\n")
+    monkeypatch.setenv("RAYMEM_QUERIES", str(qdir))
+    with pytest.raises(ConfigError, match="sneaky.*read-only"):
+        query("sneaky", db)
+    with pytest.raises(ConfigError, match="wipe"):
+        query("wipe", db)
+    con = duckdb.connect(str(db), read_only=True)
+    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    n = con.execute("SELECT COUNT(*) FROM precog").fetchone()[0]
+    con.close()
+    assert tables == {"precog"} and n == 1
+
+
+def test_sql_error_is_a_config_error(tmp_path):
+    db = make_db(tmp_path / "r.duckdb", precog=[{"task": "t", "model": "m", "example_id": "e",
+                                                  "k": 1, "score": 0.5, "pll": -1.0}])
+    with pytest.raises(ConfigError, match="query precog_accuracy_by_bin: .*predictions"):
+        query("precog_accuracy_by_bin", db)  # no predictions table yet
+
+
+# -- precog_accuracy_by_bin ------------------------------------------------------------------
+
+# task -> [(example, score at k=1, score at k=50, correct at seed 1, correct at seed 2)]
+BINS = {
+    "A": [("a1", 0.05, 0.45, True, True), ("a2", 0.08, 0.45, True, True),
+          ("a3", 0.55, 0.85, True, False), ("a4", 1.00, 1.00, False, False),
+          ("a5", 0.95, 1.00, True, True)],
+    "B": [("b1", 0.02, 0.25, False, False), ("b2", 0.58, 0.75, True, True),
+          ("b3", 0.51, 0.75, False, True)],
+}
+
+
+@pytest.fixture(scope="module")
+def bins_db(tmp_path_factory):
+    precog, preds = [], []
+    for task, rows in BINS.items():
+        for eid, s1, s50, c1, c2 in rows:
+            precog += [{"task": task, "model": "m", "example_id": eid, "k": 1, "score": s1,
+                        "pll": -1.0},
+                       {"task": task, "model": "m", "example_id": eid, "k": 50, "score": s50,
+                        "pll": -1.0}]
+            preds += [_pred(task, eid, 1, c1), _pred(task, eid, 2, c2), *_noise_rows(task, eid, c1)]
+    return make_db(tmp_path_factory.mktemp("bins") / "r.duckdb", precog, preds)
+
+
+def _expected_bins(width):
+    """The same numbers, computed in Python: {(task, k, bin_start): (acc, n_ex, n_pred)}."""
+    n_bins = math.ceil(1 / width)
+    cells = {}
+    for task, rows in BINS.items():
+        for eid, s1, s50, c1, c2 in rows:
+            for k, score in ((1, s1), (50, s50)):
+                b = round(min(math.floor(score / width), n_bins - 1) * width, 6)
+                for t in (task, "ALL"):
+                    cell = cells.setdefault((t, k, b), ([], set()))
+                    cell[0].extend([c1, c2])
+                    cell[1].add((task, eid))
+    return {key: (round(sum(c) / len(c), 4), len(ids), len(c)) for key, (c, ids) in cells.items()}
+
+
+@pytest.mark.parametrize("width", [0.1, 0.25, 0.5])
+@PL_BUG
+def test_accuracy_by_bin(bins_db, width):
+    params = {} if width == 0.1 else {"bin_width": width}
+    df = query("precog_accuracy_by_bin", bins_db, **params)
+    assert df.columns == ["task", "model", "k", "bin_start", "bin_end", "accuracy",
+                          "n_examples", "n_predictions"]
+    got = {(r["task"], r["k"], r["bin_start"]): (r["accuracy"], r["n_examples"], r["n_predictions"])
+           for r in df.iter_rows(named=True)}
+    assert got == _expected_bins(width)
+    assert (df["model"] == "m").all()
+    assert ((df["bin_end"] - df["bin_start"] - width).abs() < 1e-9).all()
+    assert df["task"].to_list()[-1] == "ALL"  # pooled rows last
+
+
+@PL_BUG
+def test_accuracy_by_bin_hand_values(bins_db):
+    df = query("precog_accuracy_by_bin", bins_db).filter(pl.col("k") == 1)
+    row = {(r["task"], r["bin_start"]): r for r in df.iter_rows(named=True)}
+    # Bin [0, 0.1): A has 2 examples x 2 seeds all correct, B 1 example x 2 seeds all wrong.
+    assert row["A", 0.0]["accuracy"] == 1.0 and row["B", 0.0]["accuracy"] == 0.0
+    # Pooled rows weight by counts: 4/6, not the mean of the task accuracies (0.5).
+    assert row["ALL", 0.0]["accuracy"] == 0.6667
+    assert (row["ALL", 0.0]["n_examples"], row["ALL", 0.0]["n_predictions"]) == (3, 6)
+    # A score of exactly 1 falls in the last bin, with 0.95.
+    assert (row["A", 0.9]["n_examples"], row["A", 0.9]["accuracy"], row["A", 0.9]["bin_end"]) == \
+        (2, 0.5, 1.0)
+    # [0.5, 0.6): a3 (1 of 2), b2 (2 of 2), b3 (1 of 2) -> pooled 4/6.
+    assert row["ALL", 0.5]["accuracy"] == 0.6667 and row["B", 0.5]["accuracy"] == 0.75
+    assert not any(t == "B" and b == 0.9 for t, b in row)  # no empty bins
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: FLOOR(score / bin_width) in floating point puts "
+                   "0.3, 0.6, 0.7 (0.3/0.1 = 2.9999999999999996) in the bin below; PreCog "
+                   "scores are ratios, so such scores are common")
+def test_accuracy_by_bin_scores_on_a_bin_edge(tmp_path):
+    scores = {"e3": 0.3, "e6": 0.6, "e7": 0.7, "e5": 0.5}
+    db = make_db(tmp_path / "r.duckdb",
+                 [{"task": "T", "model": "m", "example_id": e, "k": 1, "score": s, "pll": -1.0}
+                  for e, s in scores.items()],
+                 [_pred("T", e, 1, True) for e in scores])
+    df = query("precog_accuracy_by_bin", db).filter(pl.col("task") == "T")
+    assert sorted(df["bin_start"].to_list()) == [0.3, 0.5, 0.6, 0.7]
+
+
+# -- precog_correlation ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def corr_data():
+    rng = np.random.default_rng(0)
+    data = {}
+    for task in ("T1", "T2"):
+        ids = [f"{task}-{i}" for i in range(40)]
+        score = rng.choice([0.0, 0.25, 0.5, 0.75, 1.0], size=40)  # many ties
+        correct = {seed: (rng.random(40) < 0.3 + 0.5 * score) for seed in (1, 2, 3)}
+        data[task] = (ids, score, correct)
+    return data
+
+
+@pytest.fixture(scope="module")
+def corr_db(tmp_path_factory, corr_data):
+    precog, preds = [], []
+    for task, (ids, score, correct) in corr_data.items():
+        for i, eid in enumerate(ids):
+            precog.append({"task": task, "model": "m", "example_id": eid, "k": 1,
+                           "score": float(score[i]), "pll": -1.0})
+            preds += [_pred(task, eid, seed, bool(correct[seed][i])) for seed in correct]
+            preds += _noise_rows(task, eid, bool(correct[1][i]))
+    return make_db(tmp_path_factory.mktemp("corr") / "r.duckdb", precog, preds)
+
+
+@PL_BUG
+def test_correlation_matches_scipy(corr_db, corr_data):
+    df = query("precog_correlation", corr_db)
+    assert df["task"].to_list() == ["T1", "T2"]
+    for row, (task, (ids, score, correct)) in zip(df.iter_rows(named=True), corr_data.items()):
+        x = np.concatenate([score] * 3)  # one pair per (example, seed)
+        y = np.concatenate([correct[s] for s in (1, 2, 3)]).astype(float)
+        assert row["n"] == 120
+        assert row["spearman"] == pytest.approx(stats.spearmanr(x, y).statistic, abs=5.1e-5)
+        assert row["point_biserial"] == pytest.approx(stats.pointbiserialr(y, x).statistic,
+                                                      abs=5.1e-5)
+        assert row["accuracy"] == pytest.approx(y.mean(), abs=5.1e-5)
+        assert row["spearman"] != pytest.approx(row["point_biserial"], abs=1e-4)
+
+
+@PL_BUG
+def test_spearman_ties_use_average_ranks(tmp_path):
+    # Small enough to check by hand: scores with ties, correctness 0/1.
+    score = [0.1, 0.1, 0.5, 0.5, 0.5, 0.9]
+    correct = [False, True, False, True, True, True]
+    db = make_db(tmp_path / "r.duckdb",
+                 [{"task": "T", "model": "m", "example_id": f"e{i}", "k": 1, "score": s,
+                   "pll": -1.0} for i, s in enumerate(score)],
+                 [_pred("T", f"e{i}", 1, c) for i, c in enumerate(correct)])
+    row = query("precog_correlation", db).row(0, named=True)
+    expected = stats.spearmanr(score, correct).statistic
+    assert row["spearman"] == round(expected, 4)
+    # Plain (non-averaged) ranks would give a different value here.
+    plain = np.corrcoef(stats.rankdata(score, method="min"),
+                        stats.rankdata(correct, method="min"))[0, 1]
+    assert round(plain, 4) != round(expected, 4)
+
+
+# -- precog_planted / precog_distribution -------------------------------------------------------
+
+PLANTED = {  # example: (planted_count, score k=1, pll)
+    "p0a": (0, 0.12, -3.0), "p0b": (0, 0.34, -2.0), "p0c": (0, 0.26, -1.0),
+    "p4a": (4, 0.92, -0.5), "p4b": (4, 0.74, -0.3),
+    "p16": (16, 1.0, -0.1),
+}
+
+
+@pytest.fixture(scope="module")
+def planted_db(tmp_path_factory):
+    precog, examples = [], []
+    for task in ("A", "B"):
+        for eid, (count, score, pll) in PLANTED.items():
+            if task == "B" and count == 16:
+                continue  # task B lacks the 16-times example
+            precog.append({"task": task, "model": "m", "example_id": eid, "k": 1,
+                           "score": score, "pll": pll})
+            precog.append({"task": task, "model": "m", "example_id": eid, "k": 50,
+                           "score": 1.0, "pll": pll})
+            examples.append({"task": task, "model": "m", "example_id": eid, "split": "test",
+                             "planted_count": count, "noisy": False})
+    return make_db(tmp_path_factory.mktemp("planted") / "r.duckdb", precog, None, examples)
+
+
+@PL_BUG
+def test_precog_planted(planted_db):
+    df = query("precog_planted", planted_db)
+    assert df.columns == ["task", "model", "k", "planted_count", "n_examples", "mean_precog",
+                          "median_precog", "mean_pll"]
+    a1 = {r["planted_count"]: r for r in df.filter((pl.col("task") == "A") & (pl.col("k") == 1))
+          .iter_rows(named=True)}
+    assert sorted(a1) == [0, 4, 16]
+    assert (a1[0]["n_examples"], a1[0]["mean_precog"], a1[0]["median_precog"], a1[0]["mean_pll"]) \
+        == (3, 0.24, 0.26, -2.0)
+    assert (a1[4]["n_examples"], a1[4]["mean_precog"], a1[4]["median_precog"], a1[4]["mean_pll"]) \
+        == (2, 0.83, 0.83, -0.4)
+    assert (a1[16]["n_examples"], a1[16]["mean_precog"], a1[16]["mean_pll"]) == (1, 1.0, -0.1)
+    b = df.filter(pl.col("task") == "B")
+    assert sorted(set(b["planted_count"])) == [0, 4]
+    assert df.filter(pl.col("k") == 50)["mean_precog"].to_list() == [1.0] * 5
+    assert df.height == 10  # (A: 3 counts + B: 2 counts) x 2 k
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: (1) queries.query calls `.pl()` (see PL_BUG); "
+                   "(2) precog_distribution.sql fails to bind in DuckDB 2.0: GROUP BY ALL with "
+                   "SUM(COUNT(*)) OVER (...) -> 'Cannot mix aggregates with non-aggregated "
+                   "columns'; group by model, k, planted_count, bin_start explicitly")
+def test_precog_distribution_counts_shared_examples_once(planted_db):
+    df = query("precog_distribution", planted_db).filter(pl.col("k") == 1)
+    got = {(r["planted_count"], r["bin_start"]): (r["n_examples"], r["share"])
+           for r in df.iter_rows(named=True)}
+    # Tasks A and B share examples: each counts once.
+    assert got == {(0, 0.1): (1, 0.3333), (0, 0.2): (1, 0.3333), (0, 0.3): (1, 0.3333),
+                   (4, 0.7): (1, 0.5), (4, 0.9): (1, 0.5), (16, 0.9): (1, 1.0)}
+    for _, group in df.group_by("planted_count"):
+        assert group["n_examples"].sum() == {0: 3, 4: 2, 16: 1}[group["planted_count"][0]]
+
+
+@PL_BUG
+def test_memorisation_fit(tmp_path):
+    examples = [{"task": "T", "model": "m", "example_id": e, "split": "train", "noisy": noisy,
+                 "planted_count": 0} for e, noisy in (("n1", True), ("n2", True), ("c1", False),
+                                                       ("c2", False), ("c3", False))]
+    correct = {"n1": True, "n2": False, "c1": True, "c2": True, "c3": False}
+    preds = [_pred("T", e, seed, c, variant="noisy", checkpoint="memorised", split="train")
+             for e, c in correct.items() for seed in (1, 2)]
+    preds += [_pred("T", e, 1, True, variant="noisy", checkpoint="final", split="train")
+              for e in correct]
+    preds += [_pred("T", e, 1, False, variant="noisy", checkpoint="final", split="test")
+              for e in correct]
+    db = make_db(tmp_path / "r.duckdb", None, preds, examples)
+    df = query("memorisation_fit", db)
+    got = {(r["checkpoint"], r["noisy"]): (r["n_examples"], r["train_accuracy"])
+           for r in df.iter_rows(named=True)}
+    assert got == {("memorised", True): (2, 0.5), ("memorised", False): (3, 0.6667),
+                   ("final", True): (2, 1.0), ("final", False): (3, 1.0)}
+
+
+def test_queries_dir_default_is_the_repo_queries_folder(monkeypatch):
+    monkeypatch.delenv("RAYMEM_QUERIES", raising=False)
+    assert queries.queries_dir().resolve() == QUERIES
