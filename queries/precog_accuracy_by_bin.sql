@@ -1,11 +1,12 @@
 -- Accuracy of the fine-tuned clean model per PreCog bin, with counts: per task and pooled (task = 'ALL').
 -- params: bin_width=0.1
--- Equal-width bins over [0, 1]; a score of exactly 1 falls in the last bin. Accuracy counts
+-- Equal-width bins over [0, 1]; a score of exactly 1 falls in the last bin, and a score on
+-- a bin edge in the bin above it (rounding guards against 0.3 / 0.1 = 2.9999...). Accuracy counts
 -- every (example, seed) pair on the evaluation split at the final checkpoint; the pooled
 -- rows weight each task by its number of examples.
 WITH scored AS (
     SELECT p.task, p.model, p.k,
-           LEAST(FLOOR(p.score / $bin_width), CEIL(1 / $bin_width) - 1) * $bin_width AS bin_start,
+           LEAST(FLOOR(ROUND(p.score / $bin_width, 9)), CEIL(1 / $bin_width) - 1) * $bin_width AS bin_start,
            pr.example_id, pr.correct::DOUBLE AS correct
     FROM precog p
     JOIN predictions pr USING (task, model, example_id)

@@ -2,7 +2,7 @@
 -- params: bin_width=0.1
 WITH binned AS (
     SELECT p.model, p.k, e.planted_count,
-           LEAST(FLOOR(p.score / $bin_width), CEIL(1 / $bin_width) - 1) * $bin_width AS bin_start
+           LEAST(FLOOR(ROUND(p.score / $bin_width, 9)), CEIL(1 / $bin_width) - 1) * $bin_width AS bin_start
     FROM precog p
     JOIN examples e USING (task, model, example_id)
     -- one row per example even where tasks share examples
@@ -10,4 +10,4 @@ WITH binned AS (
 )
 SELECT model, k, planted_count, ROUND(bin_start, 6) AS bin_start, COUNT(*) AS n_examples,
        ROUND(COUNT(*) / SUM(COUNT(*)) OVER (PARTITION BY model, k, planted_count), 4) AS share
-FROM binned GROUP BY ALL ORDER BY model, k, planted_count, bin_start;
+FROM binned GROUP BY model, k, planted_count, bin_start ORDER BY model, k, planted_count, bin_start;

@@ -76,7 +76,10 @@ def cmd_query(args) -> int:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--param {item!r}: expected name=value")
-        params[key] = float(value) if value.replace(".", "", 1).isdigit() else value
+        try:
+            params[key] = float(value)
+        except ValueError:
+            params[key] = value
     _print_table(args.name, query(args.name, args.db, **params))
     return 0
 

@@ -8,10 +8,11 @@ such as studies/demo.yaml override them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
+                      field_validator, model_validator)
 
 from raymem.errors import ConfigError
 
@@ -89,6 +90,14 @@ class UserTask(Strict):
     label_names: list[str] = Field(min_length=2)
 
 
+# A registry name or an inline user task; the tag makes errors name the user's own keys.
+TaskEntry = Annotated[
+    Union[Annotated[str, Tag("registry task")], Annotated[UserTask, Tag("user task")]],
+    Discriminator(lambda v: "registry task" if isinstance(v, str) else "user task" if isinstance(v, dict)
+                  else None, custom_error_type="task",
+                  custom_error_message="expected a task name or a mapping describing a user task")]
+
+
 class RayConfig(Strict):
     address: str | None = None  # None: connect to RAY_ADDRESS if set, else start a local Ray
     num_cpus: int | None = Field(None, ge=1)
@@ -99,7 +108,7 @@ class Study(Strict):
     results: str = "results"
     database: str | None = None  # default: <results>/raymem.duckdb (local results only)
     models: list[str] = Field(default_factory=lambda: ["raymem-mini"], min_length=1)
-    tasks: list[str | UserTask] = Field(min_length=1)
+    tasks: list[TaskEntry] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
     data_seed: int = 1
     noise_ratio: float = Field(0.15, ge=0, lt=1)
@@ -122,8 +131,8 @@ class Study(Strict):
 
 
 def _location(loc: tuple) -> str:
-    # pydantic reports union branches as extra path parts; keep the user's own keys.
-    return ".".join(str(p) for p in loc if not (isinstance(p, str) and p in {"str", "UserTask"}))
+    # pydantic reports union branches (tags) as extra path parts; keep the user's own keys.
+    return ".".join(str(p) for p in loc if p not in ("registry task", "user task", "[key]"))
 
 
 def load_study(path: str | Path, overrides: dict | None = None) -> Study:

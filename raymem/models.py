@@ -61,12 +61,25 @@ def model_spec(name: str) -> ModelSpec:
                       f"or a path to a checkpoint folder")
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
+
+
 def model_type(spec: ModelSpec) -> str:
     try:
         return AutoConfig.from_pretrained(spec.source).model_type
-    except OSError as exc:
-        raise ConfigError(f"model {spec.name!r}: cannot load its config from {spec.source!r}: "
-                          f"{exc}") from exc
+    except (OSError, ValueError) as exc:
+        hint = " (run `make pretrain` to build it)" if spec.name == "raymem-mini" else ""
+        raise ConfigError(f"model {spec.name!r}: cannot load its config from {spec.source!r}{hint}: "
+                          f"{str(exc).splitlines()[0]}") from exc
+
+
+def check_model(spec: ModelSpec) -> None:
+    """Fail while planning, not in a trial: the config loads and a local folder has a tokenizer
+    (transformers would otherwise build an empty one and turn every word into [UNK])."""
+    model_type(spec)
+    if spec.is_local() and not any((Path(spec.source) / f).is_file() for f in TOKENIZER_FILES):
+        raise ConfigError(f"model {spec.name!r}: {spec.source} has no tokenizer files "
+                          f"(expected one of {', '.join(TOKENIZER_FILES)})")
 
 
 def is_decoder(spec: ModelSpec) -> bool:

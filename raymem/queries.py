@@ -70,7 +70,7 @@ def query(name: str, db: str | Path | None = None, **params) -> pl.DataFrame:
         raise ConfigError(f"no results database at {db_path}; run a study first (raymem study FILE)")
     con = duckdb.connect(str(db_path), read_only=True)  # queries can never change results
     try:
-        return pl.from_arrow(con.execute(sql, {**defaults, **params} or None).to_arrow_table())
+        return con.sql(sql, params={**defaults, **params} or None).pl()
     except duckdb.Error as exc:
         raise ConfigError(f"query {name}: {exc}") from exc
     finally:

@@ -37,12 +37,17 @@ NOT_TABLES = {MARKERS, "checkpoints", "tune", "charts"}
 
 class Store:
     def __init__(self, uri: str):
+        if "@" in uri.partition("://")[2].partition("/")[0]:
+            raise ConfigError("results: the storage URI holds credentials; give them in the "
+                              "environment (AWS_ACCESS_KEY_ID, ...) or by an instance role")
         self.uri = uri if "://" in uri else str(Path(uri).resolve())
         try:
             self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
         except (pa.ArrowInvalid, OSError) as exc:
             raise ConfigError(f"results: cannot use storage URI {uri!r}: {exc}") from exc
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
+        if not self.is_local and not self.root.strip("/"):
+            raise ConfigError(f"results: storage URI {uri!r} names no bucket")
 
     def __reduce__(self):  # ship to Ray workers by URI; each rebuilds its filesystem
         return Store, (self.uri,)
@@ -77,8 +82,13 @@ class Store:
             pq.write_table(data, path, filesystem=self.fs)
             return
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        pq.write_table(data, tmp, filesystem=self.fs)
-        self.fs.move(tmp, path)
+        try:
+            pq.write_table(data, tmp, filesystem=self.fs)
+            self.fs.move(tmp, path)
+        except BaseException:  # leave no half-written temp file behind
+            if self.fs.get_file_info(tmp).type == pafs.FileType.File:
+                self.fs.delete_file(tmp)
+            raise
 
     def read_shard(self, table: str, stage: str, trial_id: str) -> pl.DataFrame:
         path = self._path(table, stage, f"{trial_id}.parquet")
@@ -89,10 +99,12 @@ class Store:
         return sorted(i.base_name for i in infos
                       if i.type == pafs.FileType.Directory and i.base_name not in NOT_TABLES)
 
-    def read_table(self, table: str) -> pa.Table | None:
+    def read_table(self, table: str, trial_ids: set[str] | None = None) -> pa.Table | None:
+        """Every shard of a table, or only those of the given trials."""
         selector = pafs.FileSelector(self._path(table), recursive=True, allow_not_found=True)
         files = sorted(i.path for i in self.fs.get_file_info(selector)
-                       if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
+                       if i.type == pafs.FileType.File and i.path.endswith(".parquet")
+                       and (trial_ids is None or i.base_name[:-len(".parquet")] in trial_ids))
         if not files:
             return None
         parts = [pq.read_table(f, filesystem=self.fs) for f in files]
@@ -119,6 +131,7 @@ class Store:
         return sum(p.stat().st_size for p in Path(local_dir).rglob("*") if p.is_file())
 
     def get_dir(self, local_dir: str | Path, *parts: str) -> Path:
+        Path(local_dir).mkdir(parents=True, exist_ok=True)
         pafs.copy_files(self._path(*parts), str(Path(local_dir).resolve()),
                         source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
         return Path(local_dir)
@@ -136,8 +149,9 @@ def database_path(store: Store, database: str | None) -> Path:
     return Path(store.root) / "raymem.duckdb"
 
 
-def ingest(store: Store, db_path: Path) -> dict[str, int]:
-    """Rebuild the DuckDB database from every table's shards; return row counts.
+def ingest(store: Store, db_path: Path, trial_ids: set[str] | None = None) -> dict[str, int]:
+    """Rebuild the DuckDB database from the tables' shards (all, or the given trials')
+    and return the row counts.
 
     Builds into a temporary file and renames it over the old one, so readers never see
     a half-built database and a crash leaves the previous one intact.
@@ -150,7 +164,7 @@ def ingest(store: Store, db_path: Path) -> dict[str, int]:
     con = duckdb.connect(tmp)
     try:
         for table in store.tables():
-            data = store.read_table(table)
+            data = store.read_table(table, trial_ids)
             if data is None:
                 continue
             con.register("shards", data)

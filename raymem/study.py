@@ -19,7 +19,7 @@ import polars as pl
 from raymem.config import Study
 from raymem.data import precog_rows, prepare_examples
 from raymem.errors import ConfigError
-from raymem.models import ModelSpec, check_masked_lm, model_spec
+from raymem.models import ModelSpec, check_masked_lm, check_model, model_spec
 from raymem.stages import finetune
 from raymem.store import Store, database_path, ingest
 from raymem.sweep import make_trial, record_run, run_sweep
@@ -37,8 +37,11 @@ class Plan:
     precog_trials: dict[tuple[str, str], dict] = field(default_factory=dict)
     finetune_trials: list[dict] = field(default_factory=list)
 
+    def trials(self) -> list[dict]:
+        return [*self.examples_trials.values(), *self.precog_trials.values(), *self.finetune_trials]
+
     def n_trials(self) -> int:
-        return len(self.examples_trials) + len(self.precog_trials) + len(self.finetune_trials)
+        return len(self.trials())
 
 
 def make_plan(study: Study, log=print) -> Plan:
@@ -46,9 +49,10 @@ def make_plan(study: Study, log=print) -> Plan:
     store = Store(study.results)
     db_path = database_path(store, study.database)
     models = {name: model_spec(name) for name in study.models}
-    if study.precog.enabled:
-        for spec in models.values():
+    for spec in models.values():
+        if study.precog.enabled:
             check_masked_lm(spec)
+        check_model(spec)
     if study.finetune.enabled and "noisy" in study.finetune.variants and study.noise_ratio == 0:
         raise ConfigError("finetune.variants: 'noisy' needs noise_ratio above 0")
     examples, n_labels = {}, {}
@@ -119,6 +123,7 @@ def run_plan(plan: Plan, log=print) -> list[dict]:
     if plan.finetune_trials:
         failed += run_sweep("finetune", plan.finetune_trials, study.finetune.resources, store,
                             study.finetune.max_failures, log)
-    counts = ingest(store, plan.db_path)
+    # The database holds this study's trials only, not shards left by other settings.
+    counts = ingest(store, plan.db_path, {t["trial_id"] for t in plan.trials()})
     log(f"[ingest] {plan.db_path}: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
     return failed

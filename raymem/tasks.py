@@ -65,6 +65,7 @@ def _glue(name, config, fields, labels, hub_id="nyu-mll/glue"):
 
 
 _HUB_SPLITS = {"train": "train[:90%]", "validation": "train[90%:]", "test": "test"}
+_TRAIN_ONLY_SPLITS = {"train": "train[:80%]", "validation": "train[80%:90%]", "test": "train[90%:]"}
 
 REGISTRY: dict[str, TaskSpec] = {
     t.name: t
@@ -94,11 +95,11 @@ REGISTRY: dict[str, TaskSpec] = {
         TaskSpec("reuters", "hub", ("earn", "acq", "crude", "trade", "money-fx", "interest",
                  "ship", "grain"), ("text",), "label", _HUB_SPLITS,
                  "raymem/reuters21578-modapte-top8"),
-        TaskSpec("stormfront", "hub", ("noHate", "hate"), ("text",), "label", _HUB_SPLITS,
-                 "odegiber/hate_speech18"),
+        TaskSpec("stormfront", "hub", ("noHate", "hate"), ("text",), "label", _TRAIN_ONLY_SPLITS,
+                 "odegiber/hate_speech18", keep_labels=("noHate", "hate")),
         TaskSpec("implicit_hate", "hub", ("white_grievance", "incitement", "inferiority",
                  "irony", "stereotypical", "threatening", "other"), ("post",),
-                 "implicit_class", _HUB_SPLITS, "SALT-NLP/ImplicitHate"),
+                 "implicit_class", _TRAIN_ONLY_SPLITS, "SALT-NLP/ImplicitHate"),
     ]
 }
 
@@ -190,16 +191,27 @@ def _hub_splits(spec: TaskSpec) -> dict[str, pl.DataFrame]:
     out = {}
     for split, hub_split in spec.splits.items():
         ds = datasets.load_dataset(spec.hub_id, spec.hub_config, split=hub_split)
-        out[split] = _fields_frame(pl.from_arrow(ds.data.table), spec)
+        df = _fields_frame(pl.from_arrow(ds.data.table), spec)
+        if spec.keep_labels:  # a view of the dataset: only these labels (class ids or names)
+            names = getattr(ds.features[spec.label_field], "names", None)
+            keep = [names.index(n) for n in spec.keep_labels] if names else list(spec.keep_labels)
+            df = df.filter(pl.col("label").is_in(keep))
+        out[split] = df
     return out
 
 
 def _label_index(df: pl.DataFrame, spec: TaskSpec, where: str) -> pl.Series:
-    """Labels as indices into label_names; accepts names or integer indices."""
+    """Labels as indices into label_names: an integer column holds indices, a text column
+    names (or indices written as text, unless a label name itself looks like a number)."""
     n = len(spec.label_names)
     values = df["label"].cast(pl.Utf8)
-    index = {name: i for i, name in enumerate(spec.label_names)}
-    index.update({str(i): i for i in range(n)})
+    indices = {str(i): i for i in range(n)}
+    if df["label"].dtype.is_integer():
+        index = indices
+    else:
+        index = {name: i for i, name in enumerate(spec.label_names)}
+        if not any(name.isdigit() for name in spec.label_names):
+            index |= indices
     bad = sorted({v for v in values.to_list() if v not in index}, key=str)
     if bad:
         raise ConfigError(f"task {spec.name}: {where}: labels outside the label set "
@@ -225,8 +237,11 @@ def load_task(task: str | dict) -> tuple[TaskSpec, dict[str, pl.DataFrame]]:
         where = spec.splits.get(split, split)
         if df.height == 0:
             raise ConfigError(f"task {spec.name}: split {split!r} ({where}) is empty")
-        if df["text"].null_count() or (df["text"].str.strip_chars() == "").any():
-            raise ConfigError(f"task {spec.name}: split {split!r} ({where}) has empty text")
+        for column in ("text", "text_pair") if spec.is_pair else ("text",):
+            if df[column].null_count() or (df[column].str.strip_chars() == "").any():
+                field = spec.text_fields[0 if column == "text" else 1]
+                raise ConfigError(f"task {spec.name}: split {split!r} ({where}) has empty text "
+                                  f"in field {field!r}")
         ids = [example_id(t, p) for t, p in zip(df["text"].to_list(), df["text_pair"].to_list())]
         df = df.with_columns(pl.Series("example_id", ids), _label_index(df, spec, where).alias("label"))
         out[split] = df.select(COLUMNS)

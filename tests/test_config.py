@@ -148,20 +148,17 @@ def test_a_valid_user_task_passes(tmp_path):
     assert study.tasks[0].label_names == ["a", "b"]
 
 
-_UNION = pytest.mark.xfail(strict=True, reason="BUG: for an inline user task, load_study reports "
-                           "the union's `str` branch ('Input should be a valid string') instead of "
-                           "the user-task field that is wrong")
 
 
 @pytest.mark.parametrize("change, words", [
     pytest.param(("label_field: label", "label_field: label\n    bogus: 1"), ["tasks.0.bogus"],
-                 marks=_UNION, id="unknown key"),
+                 id="unknown key"),
     pytest.param(("label_names: [a, b]", "label_names: [a]"), ["tasks.0.label_names"],
-                 marks=_UNION, id="one label"),
+                 id="one label"),
     pytest.param(("    label_field: label\n", ""), ["tasks.0.label_field", "required"],
-                 marks=_UNION, id="no label field"),
+                 id="no label field"),
     pytest.param(("{train: a.csv}", "{training: a.csv}"), ["tasks.0.files.training"],
-                 marks=_UNION, id="bad split name"),
+                 id="bad split name"),
 ])
 def test_bad_user_task_names_the_field(tmp_path, change, words):
     path = _write(tmp_path, "study: s\n" + USER_TASK.replace(*change))

@@ -15,12 +15,6 @@ from raymem.queries import list_queries, load_query, query
 
 QUERIES = Path(__file__).resolve().parent.parent / "queries"
 
-# Every query that reaches DuckDB fails today: DuckDB 2.0's connection result has no `.pl()`.
-# Only that AttributeError is expected; any other failure of these tests is real.
-PL_BUG = pytest.mark.xfail(strict=True, raises=AttributeError, reason="BUG: queries.query calls "
-                           "`.pl()` on a DuckDBPyConnection (DuckDB 2.0 has none); use "
-                           "con.sql(sql, params=...).pl()")
-
 
 def make_db(path, precog=None, predictions=None, examples=None):
     """A results database with the columns the SQL uses (plus a provenance column)."""
@@ -160,7 +154,6 @@ def _expected_bins(width):
 
 
 @pytest.mark.parametrize("width", [0.1, 0.25, 0.5])
-@PL_BUG
 def test_accuracy_by_bin(bins_db, width):
     params = {} if width == 0.1 else {"bin_width": width}
     df = query("precog_accuracy_by_bin", bins_db, **params)
@@ -174,7 +167,6 @@ def test_accuracy_by_bin(bins_db, width):
     assert df["task"].to_list()[-1] == "ALL"  # pooled rows last
 
 
-@PL_BUG
 def test_accuracy_by_bin_hand_values(bins_db):
     df = query("precog_accuracy_by_bin", bins_db).filter(pl.col("k") == 1)
     row = {(r["task"], r["bin_start"]): r for r in df.iter_rows(named=True)}
@@ -191,9 +183,6 @@ def test_accuracy_by_bin_hand_values(bins_db):
     assert not any(t == "B" and b == 0.9 for t, b in row)  # no empty bins
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: FLOOR(score / bin_width) in floating point puts "
-                   "0.3, 0.6, 0.7 (0.3/0.1 = 2.9999999999999996) in the bin below; PreCog "
-                   "scores are ratios, so such scores are common")
 def test_accuracy_by_bin_scores_on_a_bin_edge(tmp_path):
     scores = {"e3": 0.3, "e6": 0.6, "e7": 0.7, "e5": 0.5}
     db = make_db(tmp_path / "r.duckdb",
@@ -230,7 +219,6 @@ def corr_db(tmp_path_factory, corr_data):
     return make_db(tmp_path_factory.mktemp("corr") / "r.duckdb", precog, preds)
 
 
-@PL_BUG
 def test_correlation_matches_scipy(corr_db, corr_data):
     df = query("precog_correlation", corr_db)
     assert df["task"].to_list() == ["T1", "T2"]
@@ -245,7 +233,6 @@ def test_correlation_matches_scipy(corr_db, corr_data):
         assert row["spearman"] != pytest.approx(row["point_biserial"], abs=1e-4)
 
 
-@PL_BUG
 def test_spearman_ties_use_average_ranks(tmp_path):
     # Small enough to check by hand: scores with ties, correctness 0/1.
     score = [0.1, 0.1, 0.5, 0.5, 0.5, 0.9]
@@ -288,7 +275,6 @@ def planted_db(tmp_path_factory):
     return make_db(tmp_path_factory.mktemp("planted") / "r.duckdb", precog, None, examples)
 
 
-@PL_BUG
 def test_precog_planted(planted_db):
     df = query("precog_planted", planted_db)
     assert df.columns == ["task", "model", "k", "planted_count", "n_examples", "mean_precog",
@@ -307,10 +293,6 @@ def test_precog_planted(planted_db):
     assert df.height == 10  # (A: 3 counts + B: 2 counts) x 2 k
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: (1) queries.query calls `.pl()` (see PL_BUG); "
-                   "(2) precog_distribution.sql fails to bind in DuckDB 2.0: GROUP BY ALL with "
-                   "SUM(COUNT(*)) OVER (...) -> 'Cannot mix aggregates with non-aggregated "
-                   "columns'; group by model, k, planted_count, bin_start explicitly")
 def test_precog_distribution_counts_shared_examples_once(planted_db):
     df = query("precog_distribution", planted_db).filter(pl.col("k") == 1)
     got = {(r["planted_count"], r["bin_start"]): (r["n_examples"], r["share"])
@@ -322,7 +304,6 @@ def test_precog_distribution_counts_shared_examples_once(planted_db):
         assert group["n_examples"].sum() == {0: 3, 4: 2, 16: 1}[group["planted_count"][0]]
 
 
-@PL_BUG
 def test_memorisation_fit(tmp_path):
     examples = [{"task": "T", "model": "m", "example_id": e, "split": "train", "noisy": noisy,
                  "planted_count": 0} for e, noisy in (("n1", True), ("n2", True), ("c1", False),

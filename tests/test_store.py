@@ -22,8 +22,8 @@ def test_write_rows_adds_provenance(tmp_path):
     before = datetime.now(timezone.utc)
     store.write_rows("precog", "precog", "precog-abc", _rows(3), study="demo")
     got = store.read_shard("precog", "precog", "precog-abc")
-    assert got.columns == ["example_id", "score", "study", "stage", "trial_id",
-                           "raymem_version", "created_at"]
+    assert got.columns[:2] == ["example_id", "score"]
+    assert {"study", "stage", "trial_id", "raymem_version", "created_at"} <= set(got.columns)
     assert got["example_id"].to_list() == ["e0", "e1", "e2"]
     assert got["score"].to_list() == [0.0, 0.1, 0.2]
     assert set(got["study"]) == {"demo"} and set(got["stage"]) == {"precog"}
@@ -69,8 +69,6 @@ def test_a_failed_write_leaves_no_shard(tmp_path, monkeypatch):
     assert store.read_table("precog") is None  # half-written temp files are never read
 
 
-@pytest.mark.xfail(strict=True, reason="minor: Store._write_atomic does not remove its temp "
-                   "file when the write fails; retries accumulate *.tmp-* files")
 def test_a_failed_write_cleans_up_its_temp_file(tmp_path, monkeypatch):
     store = Store(str(tmp_path))
     monkeypatch.setattr(store_module.pq, "write_table", _failing_write([]))
@@ -214,9 +212,6 @@ def test_checkpoint_dirs_round_trip(tmp_path):
     assert (out / "model.safetensors").read_bytes() == b"x" * 10
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Store.get_dir fails with FileNotFoundError when "
-                   "the local target folder does not exist yet (pyarrow copy_files does not "
-                   "create it)")
 def test_get_dir_creates_the_local_folder(tmp_path):
     src = tmp_path / "src"
     src.mkdir()

@@ -212,3 +212,18 @@ def test_unreachable_endpoint_is_a_config_error(aws_env):
     message = str(info.value)
     assert message.startswith("results: cannot write to s3://raymem-bucket/prefix")
     assert "connect" in message.lower()
+
+
+# -- URIs refused before anything is written ---------------------------------------
+
+def test_uri_without_a_bucket_is_a_config_error(aws_env):
+    aws_env.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")  # never the internet
+    with pytest.raises(ConfigError, match="s3://"):
+        Store("s3://").check_writable()
+
+
+def test_credentials_in_the_uri_are_refused(aws_env):
+    aws_env.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")  # never the internet
+    with pytest.raises(ConfigError) as info:
+        Store("s3://EXAMPLEKEYID:fake-secret@raymem-bucket/prefix")
+    assert "fake-secret" not in str(info.value)

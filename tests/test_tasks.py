@@ -161,8 +161,6 @@ def test_user_task_csv_integer_labels(tmp_path):
     assert splits["train"]["label"].to_list() == [0, 2, 1]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: label names that look like integers are shadowed by "
-                   "integer indices in tasks._label_index ('1' -> index 1, not the name '1' at 0)")
 def test_user_task_digit_label_names_map_by_name(tmp_path):
     (tmp_path / "train.csv").write_text("text,stars\nawful,1\nfine,2\ngreat,3\n")
     _, splits = load_task({"name": "stars", "files": {"train": str(tmp_path / "train.csv")},
@@ -171,8 +169,6 @@ def test_user_task_digit_label_names_map_by_name(tmp_path):
     assert splits["train"]["label"].to_list() == [0, 1, 2]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a pair task accepts a missing/empty second text; "
-                   "it later crashes the tokenizer instead of failing as a ConfigError")
 def test_user_task_pair_with_empty_second_text_is_an_error(tmp_path):
     (tmp_path / "train.csv").write_text("a,b,label\nx,,n\ny,z,y\n")
     with pytest.raises(ConfigError, match="empty text"):
@@ -245,28 +241,26 @@ HUB_SPLITS = {"nyu-mll/glue": {"train", "validation", "test"},
               "CogComp/trec": {"train", "test"},
               "odegiber/hate_speech18": {"train"},
               "SALT-NLP/ImplicitHate": {"train"}}
-_ONLY_TRAIN = pytest.mark.xfail(strict=True, reason="BUG: the hub dataset has only a train "
-                                "split, but the registry asks for split 'test'")
 
 
 @pytest.mark.parametrize("name", [
     *[n for n in sorted(HUB) if n not in ("stormfront", "implicit_hate", "reuters")],
-    pytest.param("stormfront", marks=_ONLY_TRAIN),
-    pytest.param("implicit_hate", marks=_ONLY_TRAIN)])
+    pytest.param("stormfront"),
+    pytest.param("implicit_hate")])
 def test_hub_tasks_only_ask_for_published_splits(name):
     spec = REGISTRY[name]
     for hub_split in spec.splits.values():
         assert hub_split.split("[")[0] in HUB_SPLITS[spec.hub_id]
 
 
-def _fake_hub(monkeypatch, tables):
+def _fake_hub(monkeypatch, tables, features=None):
     import datasets
 
     calls = []
 
     def load_dataset(hub_id, config, split):
         calls.append((hub_id, config, split))
-        return datasets.Dataset.from_dict(tables[split])
+        return datasets.Dataset.from_dict(tables[split], features=features)
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     return calls
@@ -286,14 +280,16 @@ def test_hub_task_loads_through_datasets(monkeypatch):
     assert splits["test"]["example_id"][0] == example_id("i", "j")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: hate_speech18 labels are noHate/hate/idk-skip/"
-                   "relation (0-3); the stormfront task declares 2 labels and does not keep only "
-                   "those (keep_labels is applied to the tweet corpus only)")
 def test_stormfront_keeps_only_hate_and_nohate(monkeypatch):
     rows = {"text": ["s1", "s2", "s3", "s4"], "label": [0, 1, 2, 3]}
     tables = {s: {"text": [f"{t}-{s}" for t in rows["text"]], "label": rows["label"]}
               for s in set(REGISTRY["stormfront"].splits.values())}
-    _fake_hub(monkeypatch, tables)
+    import datasets
+
+    # like the real dataset: a ClassLabel with four classes, two of which the task keeps
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(
+        names=["noHate", "hate", "idk/skip", "relation"])})
+    _fake_hub(monkeypatch, tables, features)
     _, splits = load_task("stormfront")
     assert all(df["label"].to_list() == [0, 1] for df in splits.values())
 

@@ -1,0 +1,202 @@
+"""The bad-input catalogue: every mistake in a study fails while planning, before Ray starts.
+
+Each case runs `raymem study FILE` in-process and must exit with code 2, print one message
+naming what is wrong, write nothing (the results folder is not created) and leave Ray
+uninitialised. Planning needs a model's config and tokenizer, never its weights, so the
+models here are tiny folders without weights.
+"""
+
+import pytest
+import ray
+from transformers import BertConfig, GPT2Config
+
+from raymem import cli, study as study_module
+from raymem.pretrain import train_tokenizer
+
+GOOD_TRAIN = "text,label\nwhat a lovely day,pos\nthis is awful,neg\nreally great stuff,pos\n"
+GOOD_TEST = "text,label\nnot bad at all,pos\nterrible service,neg\n"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    bert = root / "tiny-bert"
+    BertConfig(vocab_size=120, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
+               intermediate_size=8).save_pretrained(bert)
+    texts = [GOOD_TRAIN, GOOD_TEST, "the quick brown fox jumps over the lazy dog"] * 5
+    train_tokenizer(texts, 120, 32).save_pretrained(bert)
+    no_tokenizer = root / "no-tokenizer"
+    BertConfig(vocab_size=120, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
+               intermediate_size=8).save_pretrained(no_tokenizer)
+    gpt2 = root / "tiny-gpt2"
+    GPT2Config(vocab_size=120, n_embd=8, n_layer=1, n_head=1).save_pretrained(gpt2)
+    not_a_model = root / "not-a-model"
+    not_a_model.mkdir()
+    return {"bert": bert, "no_tokenizer": no_tokenizer, "gpt2": gpt2, "not_a_model": not_a_model}
+
+
+@pytest.fixture(autouse=True)
+def no_running(monkeypatch, tmp_path):
+    """Planning must fail: if it did not, refuse to start Ray or run anything."""
+    monkeypatch.chdir(tmp_path)  # a relative `results:` would land in tmp_path too
+    def refuse(*args, **kwargs):
+        raise AssertionError("planning passed: the study would have run")
+    monkeypatch.setattr(study_module, "run_plan", refuse)
+    monkeypatch.setattr(study_module, "_init_ray", refuse)
+    monkeypatch.setattr(ray, "init", refuse)
+
+
+def _study(tmp_path, models, *, model="bert", head=None, task=None, extra="", files=None):
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    contents = {"train.csv": GOOD_TRAIN, "test.csv": GOOD_TEST, **(files or {})}
+    for name, text in contents.items():
+        (data / name).write_text(text)
+    if task is None:
+        task = (f"  - name: mine\n    files: {{train: {data}/train.csv, test: {data}/test.csv}}\n"
+                "    text_fields: [text]\n    label_field: label\n    label_names: [neg, pos]\n")
+    model_name = str(models[model]) if model in models else model
+    body = head or (f"study: bad\nresults: {tmp_path / 'results'}\nmodels: [{model_name}]\n"
+                    f"tasks:\n{task}{extra}")
+    path = tmp_path / "study.yaml"
+    path.write_text(body)
+    return path
+
+
+def _run(path, capsys):
+    code = cli.main(["study", str(path)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _check(tmp_path, code, out, err, words):
+    assert code == 2, err
+    assert err.startswith("raymem: error: ")
+    assert err.count("raymem: error:") == 1 and "Traceback" not in err
+    for word in words:
+        assert word in err, f"{word!r} not in {err!r}"
+    assert "[plan] study" not in out  # planning did not finish
+    assert not (tmp_path / "results").exists()
+    assert not ray.is_initialized()
+
+
+def _user_task(data_dir, train="train.csv", test="test.csv", text="text", label="label",
+               names="[neg, pos]", fields=None):
+    files = f"{{train: {data_dir}/{train}" + (f", test: {data_dir}/{test}}}" if test else "}")
+    return (f"  - name: mine\n    files: {files}\n    text_fields: {fields or f'[{text}]'}\n"
+            f"    label_field: {label}\n    label_names: {names}\n")
+
+
+CASES = {  # id: (keyword arguments of _study, given the data folder; words the message names)
+    "unknown task": (lambda d: {"task": "  - tweet_sentimnt\n"},
+                     ["unknown task 'tweet_sentimnt'", "tweet_sentiment"]),
+    "unknown model": (lambda d: {"model": "bert-huge"}, ["unknown model 'bert-huge'"]),
+    "not a checkpoint folder": (lambda d: {"model": "not_a_model"}, ["no config.json"]),
+    "missing data file": (lambda d: {"task": _user_task(d, train="nope.csv")},
+                          ["data file not found", "nope.csv", "mine"]),
+    "missing text column": (lambda d: {"task": _user_task(d, text="review")},
+                            ["no column(s) ['review']", "train.csv"]),
+    "missing label column": (lambda d: {"task": _user_task(d, label="verdict")},
+                             ["no column(s) ['verdict']"]),
+    "missing second text column": (lambda d: {"task": _user_task(d, fields="[text, context]")},
+                                   ["no column(s) ['context']"]),
+    "labels outside the label set": (
+        lambda d: {"files": {"train.csv": GOOD_TRAIN + "so so,maybe\n"}},
+        ["labels outside the label set", "'maybe'", "train.csv"]),
+    "empty split": (lambda d: {"files": {"test.csv": "text,label\n"}},
+                    ["split 'test'", "is empty"]),
+    "unreadable file": (lambda d: {"files": {"bad.parquet": "not parquet"},
+                                   "task": _user_task(d, train="bad.parquet")},
+                        ["cannot read", "bad.parquet"]),
+    "wrong file type": (lambda d: {"files": {"train.txt": "x"},
+                                   "task": _user_task(d, train="train.txt")},
+                        ["expected a .csv, .parquet or .jsonl"]),
+    "empty text": (lambda d: {"files": {"train.csv": GOOD_TRAIN + ",neg\n"}},
+                   ["split 'train'", "empty text"]),
+    "blank text": (lambda d: {"files": {"train.csv": GOOD_TRAIN + "   ,neg\n"}},
+                   ["split 'train'", "empty text"]),
+    "duplicated examples": (lambda d: {"files": {"train.csv": GOOD_TRAIN + "this is awful,pos\n"}},
+                            ["duplicated examples", "this is awful"]),
+    "splits leak": (lambda d: {"files": {"test.csv": GOOD_TEST + "this is awful,neg\n"}},
+                    ["occurs in both 'train' and 'test'"]),
+    "unknown key": (lambda d: {"extra": "sed: 3\n"}, ["sed", "Extra inputs"]),
+    "unknown nested key": (lambda d: {"extra": "finetune: {epoch: 3}\n"},
+                           ["finetune.epoch", "Extra inputs"]),
+    "wrong type": (lambda d: {"extra": "seeds: many\n"}, ["seeds", "valid list"]),
+    "bad value": (lambda d: {"extra": "noise_ratio: 1.5\n"}, ["noise_ratio", "less than 1"]),
+    "malformed yaml": (lambda d: {"head": "study: [bad\ntasks: x\n"}, ["not valid YAML"]),
+    "non-mapping top level": (lambda d: {"head": "- study\n- tasks\n"},
+                              ["expected a mapping"]),
+    "empty file": (lambda d: {"head": "\n"}, ["expected a mapping"]),
+    "precog on a decoder": (lambda d: {"model": "gpt2"},
+                            ["precog", "gpt2", "masked-LM"]),
+    "noisy variant with noise_ratio 0": (lambda d: {"extra": "noise_ratio: 0\n"},
+                                         ["finetune.variants", "noisy", "noise_ratio"]),
+    "eval_split missing from a user task": (lambda d: {"task": _user_task(d, test=None)},
+                                            ["eval_split", "mine", "'test'"]),
+    "eval_split validation missing": (lambda d: {"extra": "eval_split: validation\n"},
+                                      ["eval_split", "'validation'"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_fails_before_anything_runs(case, tmp_path, models, capsys):
+    make, words = CASES[case]
+    kwargs = make(tmp_path / "data")
+    path = _study(tmp_path, models, **kwargs)
+    code, out, err = _run(path, capsys)
+    _check(tmp_path, code, out, err, [*words, *([str(path)] if "head" in kwargs else [])])
+
+
+def test_missing_study_file(tmp_path, capsys):
+    code, out, err = _run(tmp_path / "nope.yaml", capsys)
+    _check(tmp_path, code, out, err, ["study file not found", "nope.yaml"])
+
+
+def test_config_errors_name_the_study_file(tmp_path, models, capsys):
+    path = _study(tmp_path, models, extra="seeds: many\n")
+    code, out, err = _run(path, capsys)
+    _check(tmp_path, code, out, err, [f"{path}: seeds"])
+
+
+def test_a_good_study_gets_past_planning(tmp_path, models, capsys):
+    """The control: the same files without the mistake plan fine (and then would run)."""
+    path = _study(tmp_path, models, extra="finetune: {variants: [clean]}\nnoise_ratio: 0\n")
+    with pytest.raises(AssertionError, match="planning passed"):
+        cli.main(["study", str(path)])
+    out = capsys.readouterr().out
+    assert "[plan] task mine: train 3, test 2" in out
+    assert not (tmp_path / "results").exists()
+
+
+def test_pair_task_with_empty_second_text(tmp_path, models, capsys):
+    files = {"train.csv": "text,context,label\nhello,there,pos\nbye,,neg\n",
+             "test.csv": "text,context,label\nhi,you,pos\n"}
+    path = _study(tmp_path, models, files=files,
+                  task=_user_task(tmp_path / "data", fields="[text, context]"))
+    code, out, err = _run(path, capsys)
+    _check(tmp_path, code, out, err, ["empty text"])
+
+
+def test_model_without_tokenizer(tmp_path, models, capsys):
+    path = _study(tmp_path, models, model="no_tokenizer")
+    code, out, err = _run(path, capsys)
+    _check(tmp_path, code, out, err, ["tokenizer", "no-tokenizer"])
+
+
+def test_registry_model_with_missing_files(tmp_path, models, capsys, monkeypatch):
+    from raymem import models as models_module
+
+    monkeypatch.setitem(models_module.REGISTRY, "raymem-mini", lambda: str(tmp_path / "gone"))
+    path = _study(tmp_path, models, model="raymem-mini")
+    code, out, err = _run(path, capsys)
+    _check(tmp_path, code, out, err, ["raymem-mini", "cannot load its config"])
+
+
+def test_registry_model_with_missing_files_precog_off(tmp_path, models, capsys, monkeypatch):
+    from raymem import models as models_module
+
+    monkeypatch.setitem(models_module.REGISTRY, "raymem-mini", lambda: str(tmp_path / "gone"))
+    path = _study(tmp_path, models, model="raymem-mini", extra="precog: {enabled: false}\n")
+    code, out, err = _run(path, capsys)
+    _check(tmp_path, code, out, err, ["raymem-mini"])
