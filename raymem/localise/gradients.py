@@ -31,7 +31,6 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from raymem.localise.layers import body_layers, is_decoder_model
@@ -42,7 +41,9 @@ METHODS = ("mean", "per_example", "loop")
 
 def negative_training_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-example negative cross-entropy: log-softmax first, then the label's log-probability."""
-    return torch.log_softmax(logits.float(), dim=-1).gather(-1, labels[..., None]).squeeze(-1)
+    if logits.dtype in (torch.float16, torch.bfloat16):  # a softmax wants at least float32
+        logits = logits.float()
+    return torch.log_softmax(logits, dim=-1).gather(-1, labels[..., None]).squeeze(-1)
 
 
 def layer_parameter_names(model) -> list[list[str]]:
@@ -133,18 +134,28 @@ def _summed_gradient(model, batch: dict[str, torch.Tensor], names: list[str]) ->
         return dict(zip(names, torch.autograd.grad(loss, [leaves[n] for n in names])))
 
 
+def length_sorted_batches(data: Encoded, index, batch_size: int):
+    """Batches of the examples `index`, shortest first, so each batch pads little.
+
+    Padding is wasted compute for every batched path (a per-example vmap pays it per example).
+    """
+    index = [int(i) for i in index]
+    index.sort(key=lambda i: len(data.features[i]["input_ids"]))
+    for start in range(0, len(index), batch_size):
+        yield data.batch(index[start:start + batch_size])
+
+
 def mean_gradients(model, data: Encoded, index, batch_size: int = 32, method: str = "mean",
                    names: list[str] | None = None) -> dict[str, torch.Tensor]:
     """Mean over the examples `index` of the per-example gradients: name -> parameter shape."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
-    index = [int(i) for i in index]
-    if not index:
+    count = len(index)
+    if count == 0:
         raise ValueError("mean_gradients needs at least one example")
     names = names or [n for layer in layer_parameter_names(model) for n in layer]
     total = None
-    for start in range(0, len(index), batch_size):
-        batch = data.batch(index[start:start + batch_size])
+    for batch in length_sorted_batches(data, index, batch_size):
         if method == "mean":
             summed = _summed_gradient(model, batch, names)
         else:
@@ -152,7 +163,7 @@ def mean_gradients(model, data: Encoded, index, batch_size: int = 32, method: st
                            else per_example_gradients_loop)(model, batch, names)
             summed = {n: g.sum(0) for n, g in per_example.items()}
         total = summed if total is None else {n: total[n] + summed[n] for n in names}
-    return {n: g / len(index) for n, g in total.items()}
+    return {n: g / count for n, g in total.items()}
 
 
 def layer_gradient_differences(model, data: Encoded, noisy_index, clean_index, batch_size: int = 32,

@@ -73,6 +73,8 @@ def retraining_windows(memorised, pretrained, clean_data: Encoded, noisy_data: E
     if len(clean_data) == 0 or len(noisy_data) == 0:
         raise ValueError("layer retraining needs clean examples to train on and noisy ones to score")
     wanted = sorted(set(windows or all_windows(n_layers)) | {(1, n_layers)})  # (1, L) normalises
+    for start, end in wanted:
+        _check_window(start, end, n_layers)
     working = _working_copy(memorised)
     datasets = [clean_data, noisy_data]
     inputs = None  # cached inputs of the current start layer; None while starting at layer 1
@@ -102,12 +104,22 @@ def retrain_window(memorised, pretrained, start: int, end: int, clean_data: Enco
                    settings: TrainSettings = RETRAIN_SETTINGS, seed: int = 0, reuse: bool = True,
                    batch_size: int = 64):
     """A new model: `memorised` with layers start..end reset to `pretrained` and retrained."""
+    _check_window(start, end, num_layers(memorised))
     working = _working_copy(memorised)
     inputs = None
     while reuse and (inputs.layer if inputs else 1) < start:
         inputs = _next_layer_inputs(working, inputs, [clean_data], batch_size)
     _retrain(working, pretrained, start, end, inputs, [clean_data], settings, seed)
+    # hand it back configured like the model it came from
+    working.config.use_cache = memorised.config.use_cache
+    for param, original in zip(working.parameters(), memorised.parameters(), strict=True):
+        param.requires_grad_(original.requires_grad)
     return working
+
+
+def _check_window(start: int, end: int, n_layers: int) -> None:
+    if not 1 <= start <= end <= n_layers:
+        raise ValueError(f"window ({start}, {end}) is not within layers 1..{n_layers}")
 
 
 def _working_copy(model):

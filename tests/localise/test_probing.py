@@ -39,6 +39,8 @@ def test_probe_width_follows_hidden_size():
     hidden, noisy = synthetic_hidden(n_layers=4, n=400, width=48)
     scores = probing_scores(hidden, noisy, ProbeSettings(seeds=(1,), epochs=3))
     assert scores.shape == (3,) and np.all(scores >= 0)
+    narrow, _ = synthetic_hidden(n_layers=4, n=400, width=20)
+    assert probe_f1(narrow, noisy, seed=1, s=ProbeSettings(epochs=2)).shape == (4,)
     with pytest.raises(ValueError, match="N=400"):
         probe_f1(hidden[:, :300], noisy, seed=1)
 
