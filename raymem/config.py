@@ -81,6 +81,47 @@ class FinetuneConfig(Strict):
     max_failures: int = Field(2, ge=0)
 
 
+class CounterfactualConfig(Strict):
+    """Subset models per task; they train with the finetune settings (and resources)."""
+    enabled: bool = False
+    n_models: int = Field(30, ge=2)
+    subset_seed: int = 1
+    epochs: int | None = Field(None, ge=1)  # default: finetune.epochs
+
+
+Technique = Literal["swapping", "retraining", "gradients", "probing", "centroids"]
+
+
+class ControlConfig(Strict):
+    """The control setup: memorisation planted in a known layer pair (RESEARCH.md 3)."""
+    enabled: bool = False
+    auxiliary_task: str = "tweet_polarity"  # clean second task; its head updates all layers
+    # default: {1,2}, {L/2, L/2+1}, {L-1, L}
+    pairs: list[tuple[int, int]] | None = None
+
+    @field_validator("pairs")
+    @classmethod
+    def _adjacent(cls, pairs):
+        for a, b in pairs or []:
+            if b != a + 1:
+                raise ValueError(f"a planted pair is two adjacent layers, got [{a}, {b}]")
+        return pairs
+
+
+class LocaliseConfig(Strict):
+    enabled: bool = False
+    techniques: list[Technique] = Field(
+        default_factory=lambda: ["swapping", "retraining", "gradients", "probing", "centroids"], min_length=1)
+    retrain_epochs: int = Field(5, ge=1)
+    retrain_lr: float = Field(3e-5, gt=0)
+    retrain_batch_size: int = Field(8, ge=1)
+    probe_seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
+    probe_epochs: int = Field(20, ge=1)
+    resources: Resources = Resources()
+    actors: ActorPool = ActorPool()  # hidden-state extraction
+    control: ControlConfig = ControlConfig()
+
+
 class UserTask(Strict):
     """A task from local files: one file per split."""
     name: str
@@ -117,6 +158,8 @@ class Study(Strict):
     bin_width: float = Field(0.1, gt=0, le=1)
     precog: PrecogConfig = PrecogConfig()
     finetune: FinetuneConfig = FinetuneConfig()
+    counterfactual: CounterfactualConfig = CounterfactualConfig()
+    localise: LocaliseConfig = LocaliseConfig()
     ray: RayConfig = RayConfig()
 
     @field_validator("subsample")

@@ -73,6 +73,11 @@ def model_type(spec: ModelSpec) -> str:
                           f"{str(exc).splitlines()[0]}") from exc
 
 
+def layer_count(spec: ModelSpec) -> int:
+    config = AutoConfig.from_pretrained(spec.source)
+    return config.num_hidden_layers  # GPT-Neo maps its num_layers onto this name
+
+
 def check_model(spec: ModelSpec) -> None:
     """Fail while planning, not in a trial: the config loads and a local folder has a tokenizer
     (transformers would otherwise build an empty one and turn every word into [UNK])."""

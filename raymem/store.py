@@ -136,6 +136,19 @@ class Store:
                         source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
         return Path(local_dir)
 
+    def exists(self, *parts: str) -> bool:
+        return self.fs.get_file_info(self._path(*parts)).type != pafs.FileType.NotFound
+
+    def put_bytes(self, data: bytes, *parts: str) -> None:
+        path = self._path(*parts)
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with self.fs.open_output_stream(path) as f:
+            f.write(data)
+
+    def get_bytes(self, *parts: str) -> bytes:
+        with self.fs.open_input_stream(self._path(*parts)) as f:
+            return f.read()
+
     def local_path(self, *parts: str) -> str:
         """An absolute local path or URI under the results root (e.g. Tune's storage_path)."""
         return self._path(*parts) if self.is_local else "/".join([self.uri.rstrip("/"), *parts])

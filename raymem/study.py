@@ -19,8 +19,8 @@ import polars as pl
 from raymem.config import Study
 from raymem.data import precog_rows, prepare_examples
 from raymem.errors import ConfigError
-from raymem.models import ModelSpec, check_masked_lm, check_model, model_spec
-from raymem.stages import finetune
+from raymem.models import ModelSpec, check_masked_lm, check_model, layer_count, model_spec
+from raymem.stages import control, counterfactual, finetune, localise
 from raymem.store import Store, database_path, ingest
 from raymem.sweep import make_trial, record_run, run_sweep
 from raymem.tasks import load_task
@@ -36,9 +36,17 @@ class Plan:
     examples_trials: dict[tuple[str, str], dict] = field(default_factory=dict)
     precog_trials: dict[tuple[str, str], dict] = field(default_factory=dict)
     finetune_trials: list[dict] = field(default_factory=list)
+    # (task, model) -> (summary trial, its subset-model trials)
+    counterfactual_trials: dict[tuple[str, str], tuple[dict, list[dict]]] = field(default_factory=dict)
+    control_trials: list[dict] = field(default_factory=list)
+    localise_pairs: list[localise.PairPlan] = field(default_factory=list)
 
     def trials(self) -> list[dict]:
-        return [*self.examples_trials.values(), *self.precog_trials.values(), *self.finetune_trials]
+        counterfactual = [t for summary, subsets in self.counterfactual_trials.values()
+                          for t in (summary, *subsets)]
+        pairs = [t for p in self.localise_pairs for t in (p.hidden, p.summary, *p.trials)]
+        return [*self.examples_trials.values(), *self.precog_trials.values(), *self.finetune_trials,
+                *counterfactual, *self.control_trials, *pairs]
 
     def n_trials(self) -> int:
         return len(self.trials())
@@ -79,10 +87,74 @@ def make_plan(study: Study, log=print) -> Plan:
                            "precog": study.precog.model_dump(exclude={"actors", "enabled",
                                                                       "examples_per_batch"})},
                 study.study, store.uri)
+    ids = {key: t["trial_id"] for key, t in plan.examples_trials.items()}
     if study.finetune.enabled:
-        ids = {key: t["trial_id"] for key, t in plan.examples_trials.items()}
         plan.finetune_trials = finetune.plan(study, ids, n_labels, store.uri)
+    if study.counterfactual.enabled:
+        for key, subsets in counterfactual.plan(study, ids, n_labels, store.uri).items():
+            summary = counterfactual.summary_trial(subsets, study.study, store.uri)
+            plan.counterfactual_trials[key] = (summary, subsets)
+    if study.localise.enabled:
+        _plan_localisation(plan, ids, n_labels, log)
     return plan
+
+
+def _plan_localisation(plan: Plan, examples_ids: dict, n_labels: dict[str, int], log) -> None:
+    study, uri = plan.study, plan.store.uri
+    if not study.finetune.enabled or set(study.finetune.variants) != {"clean", "noisy"}:
+        raise ConfigError("localise: needs finetune enabled with variants [clean, noisy] "
+                          "(the memorised model and its clean twin)")
+    n_layers = {name: layer_count(spec) for name, spec in plan.models.items()}
+    finetuned = {(t["params"]["task"], t["params"]["model"], t["params"]["seed"], t["params"]["variant"]):
+                 t["trial_id"] for t in plan.finetune_trials}
+    cfg = study.localise
+    for (task, model), examples_trial in examples_ids.items():
+        for seed in study.seeds:
+            base = localise.pair_base(study, task, model, seed, finetuned[task, model, seed, "noisy"],
+                                      finetuned[task, model, seed, "clean"], examples_trial, n_labels[task])
+            plan.localise_pairs.append(localise.plan_pair(study.study, uri, base, n_layers[model], cfg))
+    if not cfg.control.enabled:
+        return
+    aux_spec, aux_splits = load_task(cfg.control.auxiliary_task)
+    aux_ids = {}
+    for name, mspec in plan.models.items():
+        key = (f"{aux_spec.name}", name)
+        if key not in plan.examples:
+            plan.examples[key] = prepare_examples(study, aux_spec, aux_splits, mspec)
+            plan.examples_trials[key] = make_trial("examples", {
+                "task": aux_spec.name, "model": name, "data_seed": study.data_seed,
+                "noise_ratio": study.noise_ratio, "subsample": dict(sorted(study.subsample.items()))},
+                study.study, uri)
+        aux_ids[name] = plan.examples_trials[key]["trial_id"]
+    plan.control_trials, pairs = control.plan(study, examples_ids, aux_ids, n_labels,
+                                              len(aux_spec.label_names), n_layers, uri)
+    for task, model, seed, pair, noisy, clean in pairs:
+        base = localise.pair_base(study, task, model, seed, noisy["trial_id"], clean["trial_id"],
+                                  examples_ids[task, model], n_labels[task], pair)
+        plan.localise_pairs.append(localise.plan_pair(study.study, uri, base, n_layers[model], cfg, pair))
+    log(f"[plan] control setup: {len(pairs)} planted pairs, {len(plan.control_trials)} control models")
+
+
+def _run_localisation(plan: Plan, log) -> list[dict]:
+    study, store = plan.study, plan.store
+    ready = [p for p in plan.localise_pairs
+             if store.is_done(p.base["memorised_trial"]) and store.is_done(p.base["clean_trial"])]
+    needs_hidden = {"probing", "centroids"} & set(study.localise.techniques)
+    for pair in ready:
+        if needs_hidden and not store.is_done(pair.hidden["trial_id"]):
+            log(f"[hidden] {pair.base['task']} / {pair.base['model']} seed {pair.base['seed']} "
+                f"{pair.base['pair'] or ''}: pooled hidden states of every layer")
+            key = (pair.base["task"], pair.base["model"])
+            localise.extract_hidden(store, pair.hidden, plan.examples[key], study.localise.actors)
+            store.mark_done(pair.hidden["trial_id"], pair.hidden["params"])
+    trials = [t for p in ready for t in p.trials]
+    failed = run_sweep("localise", trials, study.localise.resources, store,
+                       study.finetune.max_failures, log)
+    for pair in ready:
+        if all(store.is_done(t["trial_id"]) for t in pair.trials):
+            localise.summarise(store, pair)
+    skipped = [p.summary for p in plan.localise_pairs if p not in ready]
+    return failed + skipped
 
 
 def _init_ray(study: Study) -> None:
@@ -123,6 +195,19 @@ def run_plan(plan: Plan, log=print) -> list[dict]:
     if plan.finetune_trials:
         failed += run_sweep("finetune", plan.finetune_trials, study.finetune.resources, store,
                             study.finetune.max_failures, log)
+    if plan.counterfactual_trials:
+        subsets = [t for _, ts in plan.counterfactual_trials.values() for t in ts]
+        lost = run_sweep("counterfactual", subsets, study.finetune.resources, store,
+                         study.finetune.max_failures, log)
+        failed += lost
+        for summary, ts in plan.counterfactual_trials.values():
+            if not any(t in lost for t in ts):
+                counterfactual.aggregate(summary, ts, store)
+    if plan.control_trials:
+        failed += run_sweep("control", plan.control_trials, study.finetune.resources, store,
+                            study.finetune.max_failures, log)
+    if plan.localise_pairs:
+        failed += _run_localisation(plan, log)
     # The database holds this study's trials only, not shards left by other settings.
     counts = ingest(store, plan.db_path, {t["trial_id"] for t in plan.trials()})
     log(f"[ingest] {plan.db_path}: " + ", ".join(f"{t} {n}" for t, n in counts.items()))

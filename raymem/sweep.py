@@ -23,6 +23,9 @@ from raymem.store import Store
 # stage name -> "module:function" running one trial: fn(trial, store, report) -> run info
 STAGE_RUNNERS = {
     "finetune": "raymem.stages.finetune:run_trial",
+    "counterfactual": "raymem.stages.counterfactual:run_trial",
+    "control": "raymem.stages.control:run_trial",
+    "localise": "raymem.stages.localise:run_trial",
 }
 
 

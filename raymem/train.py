@@ -53,6 +53,15 @@ class Encoded:
             yield self.batch(order[start:start + batch_size].tolist())
 
 
+def make_optimiser(params, s: TrainSettings, steps: int):
+    """AdamW with a linear schedule: warm-up over `s.warmup` of the steps, then decay to 0."""
+    optimiser = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    warmup = int(s.warmup * steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda i: (i + 1) / warmup if i < warmup else max(0.0, (steps - i) / max(1, steps - warmup)))
+    return optimiser, schedule
+
+
 def fine_tune(model, data: Encoded, s: TrainSettings, seed: int,
               after_epoch: Callable[[int], bool] | None = None) -> list[float]:
     """Train in place; `after_epoch(epoch)` may return True to stop early. Returns losses."""
@@ -62,11 +71,7 @@ def fine_tune(model, data: Encoded, s: TrainSettings, seed: int,
         for p in embedding_parameters(model):
             p.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimiser = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
-    steps = s.epochs * -(-len(data) // s.batch_size)
-    warmup = int(s.warmup * steps)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda i: (i + 1) / warmup if i < warmup else max(0.0, (steps - i) / max(1, steps - warmup)))
+    optimiser, schedule = make_optimiser(params, s, s.epochs * -(-len(data) // s.batch_size))
     losses = []
     for epoch in range(1, s.epochs + 1):
         model.train()

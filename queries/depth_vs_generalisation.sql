@@ -1,0 +1,14 @@
+-- Do tasks that generalise better memorise later? Mean M-CoG over techniques against mean counterfactual generalisation (gen) of the clean training examples, per task.
+WITH depth AS (
+    SELECT task, model, AVG(mcog) AS mcog FROM mcog WHERE pair = '' AND NOT isnan(mcog)
+    GROUP BY task, model
+),
+generalisation AS (
+    SELECT c.task, c.model, AVG(c.gen) AS mean_gen, AVG(c.mem) AS mean_mem
+    FROM counterfactual c JOIN examples e USING (task, model, example_id)
+    WHERE NOT e.noisy GROUP BY c.task, c.model
+)
+SELECT d.task, d.model, ROUND(d.mcog, 3) AS mcog, ROUND(g.mean_gen, 4) AS mean_gen,
+       ROUND(g.mean_mem, 4) AS mean_mem
+FROM depth d JOIN generalisation g USING (task, model)
+ORDER BY d.model, d.mcog;

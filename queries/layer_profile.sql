@@ -1,0 +1,12 @@
+-- Per-layer memorisation scores of each technique, normalised to sum to 1 per (task, model, seed, technique), averaged over seeds.
+SELECT task, model, technique, layer,
+       ROUND(AVG(share), 4) AS score, COUNT(*) AS n_seeds
+FROM (
+    SELECT task, model, seed, technique, layer,
+           CASE WHEN SUM(score) OVER w > 0 THEN score / SUM(score) OVER w END AS share
+    FROM layer_scores
+    WHERE pair = ''  -- the studied models, not the control setup
+    WINDOW w AS (PARTITION BY task, model, seed, technique)
+)
+GROUP BY task, model, technique, layer
+ORDER BY task, model, technique, layer;
