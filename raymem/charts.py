@@ -42,7 +42,42 @@ def precog_planted(db) -> alt.Chart:
         title="PreCog of planted vs never-planted examples")
 
 
-CHARTS = {"precog_accuracy_by_bin": precog_accuracy_by_bin, "precog_planted": precog_planted}
+def localisation(db) -> alt.Chart:
+    """Per-layer profiles: one small multiple per task, a line per technique."""
+    data = query("layer_profile", db)
+    return alt.Chart(data).mark_line(point=True).encode(
+        x=alt.X("layer:O", title="layer"), y=alt.Y("score:Q", title="share of memorisation score"),
+        color=alt.Color("technique:N"), tooltip=["task", "technique", "layer", "score"],
+    ).properties(width=220, height=160).facet(
+        column=alt.Column("task:N", title=None), row=alt.Row("model:N", title=None)).properties(
+        title="Where memorisation sits, by technique")
+
+
+def windows(db) -> alt.Chart:
+    """Window heatmaps for swapping and retraining: window size by start layer."""
+    data = query("window_heatmap", db)
+    return alt.Chart(data).mark_rect().encode(
+        x=alt.X("window_start:O", title="first layer of the window"),
+        y=alt.Y("window_size:O", title="window size", sort="descending"),
+        color=alt.Color("error:Q", title="memorisation error", scale=alt.Scale(domain=[0, 1])),
+        tooltip=["task", "technique", "window_start", "window_size", "error", "noisy_acc"],
+    ).properties(width=160, height=140).facet(
+        column=alt.Column("task:N", title=None), row=alt.Row("technique:N", title=None)).properties(
+        title="Memorisation error per layer window")
+
+
+def mcog(db) -> alt.Chart:
+    """M-CoG per task by technique (and the mean over techniques)."""
+    data = query("mcog_by_task", db)
+    return alt.Chart(data).mark_point(filled=True, size=80).encode(
+        x=alt.X("mcog:Q", title="M-CoG (layer)"), y=alt.Y("task:N", title=None),
+        color=alt.Color("technique:N"), shape=alt.Shape("model:N"),
+        tooltip=["task", "model", "technique", "mcog", "mcog_sd", "n_seeds"],
+    ).properties(width=360, height=120, title="Memorisation centre of gravity per task")
+
+
+CHARTS = {"precog_accuracy_by_bin": precog_accuracy_by_bin, "precog_planted": precog_planted,
+          "localisation": localisation, "windows": windows, "mcog": mcog}
 
 
 def save_chart(name: str, db, out_dir: str | Path) -> list[Path]:

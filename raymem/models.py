@@ -56,7 +56,7 @@ def model_spec(name: str) -> ModelSpec:
     if Path(name).is_dir():
         if not (Path(name) / "config.json").is_file():
             raise ConfigError(f"model {name!r}: folder has no config.json (not a checkpoint)")
-        return ModelSpec(Path(name).name, str(Path(name).resolve()))
+        return ModelSpec(name, str(Path(name).resolve()))  # rows name it as the study does
     raise ConfigError(f"unknown model {name!r}; known models: {', '.join(REGISTRY)}, "
                       f"or a path to a checkpoint folder")
 

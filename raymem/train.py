@@ -46,11 +46,24 @@ class Encoded:
         inputs["labels"] = self.labels[index]
         return dict(inputs)
 
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(f["input_ids"]) for f in self.features), int, len(self.features))
+
     def batches(self, batch_size: int, generator: torch.Generator | None = None):
-        order = (torch.randperm(len(self), generator=generator) if generator is not None
-                 else torch.arange(len(self)))
-        for start in range(0, len(self), batch_size):
-            yield self.batch(order[start:start + batch_size].tolist())
+        """In stored order; or, with a generator, in training order: shuffled, sorted by length
+        within pools of 50 batches (so a batch pads little), then the batches shuffled."""
+        if generator is None:
+            for start in range(0, len(self), batch_size):
+                yield self.batch(list(range(start, min(start + batch_size, len(self)))))
+            return
+        order, lengths, pool = torch.randperm(len(self), generator=generator).numpy(), self.lengths(), 50 * batch_size
+        batches = []
+        for start in range(0, len(order), pool):
+            chunk = order[start:start + pool]
+            chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+            batches += [chunk[i:i + batch_size].tolist() for i in range(0, len(chunk), batch_size)]
+        for b in torch.randperm(len(batches), generator=generator).tolist():
+            yield self.batch(batches[b])
 
 
 def make_optimiser(params, s: TrainSettings, steps: int):
@@ -93,13 +106,18 @@ def fine_tune(model, data: Encoded, s: TrainSettings, seed: int,
 
 @torch.inference_mode()
 def predict(model, data: Encoded, batch_size: int = 64) -> np.ndarray:
-    """Class probabilities, shape (examples, classes)."""
+    """Class probabilities, shape (examples, classes), in the order of `data`."""
     model.eval()
-    probs = []
-    for batch in data.batches(batch_size):
+    order = np.argsort(data.lengths(), kind="stable")  # similar lengths share a batch
+    probs = None
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
+        batch = data.batch(index.tolist())
         batch.pop("labels")
-        probs.append(torch.softmax(model(**batch).logits.float(), -1))
-    return torch.cat(probs).numpy()
+        p = torch.softmax(model(**batch).logits.float(), -1).numpy()
+        probs = np.empty((len(data), p.shape[1]), dtype=p.dtype) if probs is None else probs
+        probs[index] = p
+    return probs
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
