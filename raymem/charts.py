@@ -76,14 +76,30 @@ def mcog(db) -> alt.Chart:
     ).properties(width=360, height=120, title="Memorisation centre of gravity per task")
 
 
-CHARTS = {"precog_accuracy_by_bin": precog_accuracy_by_bin, "precog_planted": precog_planted,
-          "localisation": localisation, "windows": windows, "mcog": mcog}
+# name -> (builder, the result tables it needs)
+CHARTS = {"precog_accuracy_by_bin": (precog_accuracy_by_bin, {"precog", "predictions"}),
+          "precog_planted": (precog_planted, {"precog", "examples"}),
+          "localisation": (localisation, {"layer_scores"}),
+          "windows": (windows, {"window_scores"}),
+          "mcog": (mcog, {"mcog"})}
+
+
+def available_charts(db) -> list[str]:
+    """The charts whose tables the database holds (the stages the study ran)."""
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    finally:
+        con.close()
+    return [name for name, (_, needs) in CHARTS.items() if needs <= tables]
 
 
 def save_chart(name: str, db, out_dir: str | Path) -> list[Path]:
     if name not in CHARTS:
         raise ConfigError(f"unknown chart {name!r}; known charts: {', '.join(CHARTS)}")
-    chart = CHARTS[name](db)
+    chart = CHARTS[name][0](db)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.html"]

@@ -29,7 +29,7 @@ def _print_table(title: str, df: pl.DataFrame) -> None:
 
 
 def cmd_study(args) -> int:
-    from raymem.charts import CHARTS, save_chart
+    from raymem.charts import available_charts, save_chart
     from raymem.config import load_study
     from raymem.queries import query
     from raymem.study import make_plan, run_plan
@@ -41,11 +41,9 @@ def cmd_study(args) -> int:
     print(f"[plan] study {study.study}: {plan.n_trials()} trials, results in {plan.store.uri}", flush=True)
     failed = run_plan(plan)
     charts_dir = plan.db_path.parent / "charts"
-    for name in CHARTS:
-        try:
-            save_chart(name, plan.db_path, charts_dir)
-        except ConfigError as exc:  # a chart whose stage the study did not run
-            print(f"[charts] {name}: skipped ({exc})")
+    for name in available_charts(plan.db_path):
+        save_chart(name, plan.db_path, charts_dir)
+        print(f"[charts] {charts_dir / name}.png and .html")
     for name, keep, title in HEADLINES:
         try:
             df = query(name, plan.db_path)
