@@ -125,6 +125,40 @@ def test_matches_naive_reference(scorers, unit, pair):
     assert ((want["precog_at_50"] > 0) & (want["precog_at_50"] < 1)).any()
 
 
+@pytest.mark.parametrize("unit", ["subword", "word"])
+def test_generic_forward_matches_reference_too(spec, unit):
+    """Masked-LMs without the BERT layout take the plain forward; it must agree as well."""
+    scorer = PrecogScorer(spec, PrecogSettings(ks=KS, unit=unit))
+    assert scorer.bert_like  # the fixture is a BERT: switch the shortcut off by hand
+    scorer.bert_like = False
+    assert_same(scorer.score(TEXTS, PAIRS), naive_scores(scorer, TEXTS, PAIRS, unit, KS), KS)
+
+
+def test_roberta_layout_matches_reference(tiny_mlm, tmp_path):
+    """The shortcut also serves RoBERTa (positions counted from the padding id)."""
+    from transformers import AutoTokenizer, RobertaConfig, RobertaForMaskedLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_mlm)
+    torch.manual_seed(0)
+    RobertaForMaskedLM(RobertaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=130, pad_token_id=tokenizer.pad_token_id,
+    )).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    scorer = PrecogScorer(ModelSpec("roberta", str(tmp_path)), PrecogSettings(ks=KS, unit="word"))
+    assert scorer.bert_like
+    assert_same(scorer.score(TEXTS, PAIRS), naive_scores(scorer, TEXTS, PAIRS, "word", KS), KS)
+
+
+def test_pair_segment_ids_reach_the_model(spec):
+    """raymem's tokenizer emits no token_type_ids, BERT's does: force them on to check the
+    scorer passes segment ids (second segment = 1) into every masked copy."""
+    scorer = PrecogScorer(spec, PrecogSettings(ks=KS))
+    scorer.tokenizer.model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
+    assert scorer.tokenizer("a", "b")["token_type_ids"][-1] == 1
+    assert_same(scorer.score(TEXTS, PAIRS), naive_scores(scorer, TEXTS, PAIRS, "subword", KS), KS)
+
+
 def test_word_units_group_pieces():
     """`word` masks fewer, larger units than `subword` whenever a word splits."""
     word_ids = [None, 0, 0, 1, None, 0, 1, 1, None]
