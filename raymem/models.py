@@ -114,8 +114,9 @@ def load_tokenizer(spec: ModelSpec, max_length: int | None = None):
     if tokenizer.pad_token is None:  # decoders ship without one
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    if max_length:
-        tokenizer.model_max_length = max_length
+    # Never longer than the model has positions for: a longer input would crash the forward.
+    positions = getattr(AutoConfig.from_pretrained(spec.source), "max_position_embeddings", None)
+    tokenizer.model_max_length = min(x for x in (max_length, positions, tokenizer.model_max_length) if x)
     return tokenizer
 
 

@@ -165,7 +165,8 @@ def _init_ray(study: Study) -> None:
     if study.ray.address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=study.ray.address)  # a running cluster, e.g. under `ray job submit`
     else:
-        ray.init(num_cpus=study.ray.num_cpus or os.cpu_count())
+        # "local": a new Ray of our own, even where `ray start` left a cluster address behind
+        ray.init(address="local", num_cpus=study.ray.num_cpus or os.cpu_count())
 
 
 def run_plan(plan: Plan, log=print) -> list[dict]:

@@ -88,6 +88,8 @@ def run_sweep(stage: str, trials: list[dict], resources: Resources, store: Store
     tuner = tune.Tuner(
         tune.with_resources(_tune_entry, {"cpu": resources.cpus, "gpu": resources.gpus}),
         param_space={"trial": tune.grid_search(pending)},
+        # One worker process serves trial after trial: no re-import of torch per trial.
+        tune_config=tune.TuneConfig(reuse_actors=True),
         run_config=tune.RunConfig(
             name=f"{pending[0]['study']}-{stage}", storage_path=store.local_path("tune"),
             failure_config=tune.FailureConfig(max_failures=max_failures), verbose=1))

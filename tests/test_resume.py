@@ -1,0 +1,472 @@
+"""Resuming and failing on a real Ray: a killed driver, lost workers, a trial that fails.
+
+a. The driver of `raymem study` is SIGKILLed (with its whole process group) after some
+   but not all fine-tuning trials finished; a rerun of the same study finishes the rest,
+   and its database equals that of an uninterrupted run of the same study, row for row.
+b. While fine-tuning trials run on a Ray head this test started, their worker processes
+   (found through Ray's actor table) are SIGKILLed; Tune retries them (FailureConfig
+   max_failures) and the study still ends with every trial's rows exactly once.
+c. A model whose weights file is cut short passes planning (which reads a model's config
+   and tokenizer, not its weights); its trial fails inside Ray, is recorded as failed
+   with its error, the other trial finishes, and the study exits 1 naming the failure.
+
+Two more tests guard fixes found on the way: fine-tuning truncates at the model's
+position limit, and a local study ignores a cluster that `ray start` recorded.
+
+Every Ray this module starts runs under its own RAY_TMPDIR, so it neither finds nor is
+found by another Ray on the machine (`ray.init()` connects to the cluster recorded in
+<tmp>/ray/ray_current_cluster by `ray start`), and it is stopped by killing only the
+processes in the session the test created: never `ray stop`, which kills every Ray
+process on the machine by name. Linux only (process sessions are read from /proc).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.ray,
+              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")]
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+SUBSAMPLE = {"train": 48, "validation": 16, "test": 24}
+SEEDS = [1, 2]
+VARIANTS = ["clean", "noisy"]
+K = [1, 5]
+N_FINETUNE = len(SEEDS) * len(VARIANTS)
+# Columns that legitimately differ between two runs of the same study: when a row was
+# written, and how long a trial took. Everything else (trial ids, parameters, labels,
+# PreCog scores, p_label, storage_bytes...) must be identical: seeds are fixed and every
+# trial runs on one thread (Ray sets OMP_NUM_THREADS to the trial's 1 CPU).
+VOLATILE = {"created_at", "wall_seconds"}
+TRAINABLE = "ImplicitFunc"  # the actor class Tune wraps a function trainable in
+STUDY_TIMEOUT = 420
+
+
+# -- processes (by session: every process a started session leader spawned) ----------
+def _stat(pid: int) -> dict | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2:].split()
+    return {"pid": pid, "comm": raw[raw.index("(") + 1:raw.rindex(")")], "state": fields[0],
+            "session": int(fields[3]), "start": int(fields[19])}
+
+
+def _session(sid: int) -> list[dict]:
+    """Live processes of the session `sid` (a session leader this test started)."""
+    procs = (_stat(int(d)) for d in os.listdir("/proc") if d.isdigit())
+    return [p for p in procs if p and p["session"] == sid and p["state"] not in "ZX"]
+
+
+def _alive(proc: dict) -> bool:
+    now = _stat(proc["pid"])
+    return now is not None and now["start"] == proc["start"] and now["state"] not in "ZX"
+
+
+def _kill_session(sid: int, grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL, every process of a session this test started."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
+        procs = _session(sid)
+        for p in procs:
+            try:
+                os.kill(p["pid"], sig)
+            except OSError:
+                pass
+        deadline = time.time() + wait
+        while any(_alive(p) for p in procs) and time.time() < deadline:
+            time.sleep(0.2)
+
+
+# -- studies --------------------------------------------------------------------------
+class Runs:
+    """Studies and Ray heads started by this module: their own temp dirs and sessions."""
+
+    def __init__(self):
+        # Short: Ray's socket paths under it must stay below the 107-byte limit.
+        self.root = Path(tempfile.mkdtemp(prefix="rmres-", dir="/tmp"))
+        self.sessions: list[int] = []
+
+    def env(self, ray_tmp: str = "local", **extra) -> dict:
+        tmp = self.root / ray_tmp
+        tmp.mkdir(exist_ok=True)
+        env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+               "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_TMPDIR": str(tmp),
+               "PYTHONUNBUFFERED": "1"}
+        env.pop("RAY_ADDRESS", None)
+        env.update(extra)
+        return env
+
+    def start(self, args: list, log: Path, env: dict) -> subprocess.Popen:
+        with open(log, "w") as out:
+            proc = subprocess.Popen([str(a) for a in args], stdout=out, stderr=subprocess.STDOUT,
+                                    cwd=REPO, env=env, start_new_session=True)
+        self.sessions.append(proc.pid)
+        return proc
+
+    def study(self, file: Path, results: Path, log: Path, env: dict | None = None) -> subprocess.Popen:
+        return self.start([sys.executable, "-m", "raymem.cli", "study", file, "--results", results],
+                          log, env or self.env())
+
+    def close(self) -> None:
+        for sid in self.sessions:
+            _kill_session(sid, grace=2.0)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _wait(proc: subprocess.Popen, log: Path, timeout: float = STUDY_TIMEOUT) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pytest.fail(f"study did not finish in {timeout}s:\n{_tail(log)}")
+
+
+def _tail(log: Path, n: int = 4000) -> str:
+    return log.read_text(errors="replace")[-n:]
+
+
+def _finetune_markers(results: Path) -> set[str]:
+    return {p.stem for p in (results / "_done").glob("finetune-*.json")}
+
+
+def _study(tiny_mlm, **overrides) -> dict:
+    study = {
+        "study": "resume", "results": "set-by---results", "models": [str(tiny_mlm)],
+        "tasks": ["tweet_sentiment"], "seeds": SEEDS, "subsample": SUBSAMPLE,
+        "precog": {"k": K, "max_length": 48, "actors": {"min_size": 1, "max_size": 1}},
+        "finetune": {"variants": VARIANTS, "epochs": 2, "lr": 1e-3, "batch_size": 16,
+                     "max_length": 48},
+        "ray": {"num_cpus": 2},
+    }
+    study.update(overrides)
+    return study
+
+
+def _write(path: Path, study: dict) -> Path:
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def _sql(db: Path, sql: str) -> list[tuple]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def _contents(db: Path) -> dict[str, tuple[list[str], list[tuple]]]:
+    """Every table: its columns less VOLATILE, and all its rows in a fixed order."""
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        out = {}
+        tables = con.execute("SELECT table_name FROM information_schema.tables ORDER BY 1").fetchall()
+        for (table,) in tables:
+            columns = [c for (c,) in con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+                "ORDER BY ordinal_position", [table]).fetchall() if c not in VOLATILE]
+            select = ", ".join(f'"{c}"' for c in columns)
+            out[table] = (columns, con.execute(f'SELECT {select} FROM "{table}" ORDER BY ALL').fetchall())
+        return out
+    finally:
+        con.close()
+
+
+def _assert_same_database(db: Path, reference: Path) -> None:
+    got, want = _contents(db), _contents(reference)
+    assert sorted(got) == sorted(want)
+    for table in want:
+        assert got[table][0] == want[table][0], f"{table}: columns differ"
+        assert len(got[table][1]) == len(want[table][1]), f"{table}: row counts differ"
+        if got[table][1] != want[table][1]:
+            columns = got[table][0]
+            diffs = [{c: (a, b) for c, a, b in zip(columns, x, y) if a != b}
+                     for x, y in zip(got[table][1], want[table][1]) if x != y]
+            pytest.fail(f"{table}: {len(diffs)} rows differ from the uninterrupted run, "
+                        f"e.g. {diffs[:3]}")
+
+
+def _assert_complete(db: Path, n_finetune: int = N_FINETUNE) -> None:
+    """Every planned trial's rows exactly once, and every run ok."""
+    runs = _sql(db, "SELECT stage, trial_id, status FROM runs ORDER BY ALL")
+    assert len(runs) == 1 + n_finetune, runs  # the precog run and the fine-tuning trials
+    assert len({r[1] for r in runs}) == len(runs)
+    assert {r[2] for r in runs} == {"ok"}
+    finetuned = {r[1] for r in runs if r[0] == "finetune"}
+    assert {r[0] for r in _sql(db, "SELECT DISTINCT trial_id FROM predictions")} == finetuned
+    dupes = _sql(db, """SELECT COUNT(*) FROM (
+        SELECT trial_id, checkpoint, split, example_id, COUNT(*) n FROM predictions
+        GROUP BY ALL HAVING n > 1)""")
+    assert dupes == [(0,)]
+    # per trial: train + eval split at "final", and again at "memorised" when it got there
+    per_trial = _sql(db, """SELECT p.trial_id, COUNT(*), ANY_VALUE(r.memorised_epoch) IS NOT NULL
+                            FROM predictions p JOIN runs r USING (trial_id) GROUP BY 1""")
+    per_checkpoint = SUBSAMPLE["train"] + SUBSAMPLE["test"]
+    for trial_id, n, memorised in per_trial:
+        assert n == per_checkpoint * (1 + memorised), trial_id
+    assert _sql(db, "SELECT COUNT(*) FROM precog") == [(SUBSAMPLE["test"] * len(K),)]
+    assert _sql(db, "SELECT COUNT(*) FROM examples") == [(sum(SUBSAMPLE.values()),)]
+
+
+# -- fixtures -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def runs():
+    r = Runs()
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+@pytest.fixture(scope="module")
+def study_file(tiny_mlm, tmp_path_factory):
+    return _write(tmp_path_factory.mktemp("resume") / "study.yaml", _study(tiny_mlm))
+
+
+@pytest.fixture(scope="module")
+def reference(runs, study_file, tmp_path_factory):
+    """An uninterrupted run of the study, started at once and awaited when needed."""
+    root = tmp_path_factory.mktemp("reference")
+    proc = runs.study(study_file, root / "results", root / "study.log")
+
+    def done() -> Path:
+        code = _wait(proc, root / "study.log")
+        assert code == 0, _tail(root / "study.log")
+        return root / "results" / "raymem.duckdb"
+    return done
+
+
+# -- a. the driver is killed ----------------------------------------------------------
+def test_killed_driver_resumes_to_the_same_database(runs, study_file, reference, tmp_path):
+    study = yaml.safe_load(study_file.read_text())
+    results, log = tmp_path / "results", tmp_path / "first.log"
+    first = runs.study(study_file, results, log)
+    deadline = time.time() + STUDY_TIMEOUT
+    while not _finetune_markers(results) and first.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert first.poll() is None, f"the study ended before any trial finished:\n{_tail(log)}"
+    # The driver's descendants now: its local Ray (GCS, raylet, dashboard) and workers.
+    ray_procs = [p for p in _session(first.pid) if p["pid"] != first.pid]
+    assert any(p["comm"] == "raylet" for p in ray_procs), ray_procs
+    # The driver's process group: the driver and the Ray daemons it started (its workers
+    # have process groups of their own; they go when their raylet does).
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    killed_at = time.time()
+    finished = _finetune_markers(results)
+    assert 1 <= len(finished) < N_FINETUNE, finished
+
+    # The same study again, to completion, while the killed Ray winds down.
+    code = _wait(runs.study(study_file, results, tmp_path / "rerun.log"), tmp_path / "rerun.log")
+    rerun_log = (tmp_path / "rerun.log").read_text(errors="replace")
+    assert code == 0, rerun_log[-4000:]
+    assert f"[finetune] {N_FINETUNE} trials: {len(finished)} already done" in rerun_log
+    assert f"[precog] tweet_sentiment / {study['models'][0]}: already done" in rerun_log
+    assert len(_finetune_markers(results)) == N_FINETUNE
+
+    # Nothing of the killed driver's Ray is left: the raylet and GCS die with the driver
+    # (Ray binds them to it), the workers with the raylet. A worker that was still
+    # starting up can take a while to notice, so allow up to a minute after the kill.
+    def left():  # the snapshot, and anything started in the driver's session since
+        return [p for p in ray_procs if _alive(p)] + _session(first.pid)
+    while left() and time.time() < killed_at + 60:
+        time.sleep(0.5)
+    assert not left(), f"processes of the killed driver's Ray still running: {left()}"
+
+    db = results / "raymem.duckdb"
+    _assert_complete(db)
+    _assert_same_database(db, reference())
+
+
+# -- b. workers are lost --------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(runs, tmp_path):
+    """A Ray head of this test's own (session, temp dir; token auth off on 127.0.0.1)."""
+    port = _free_port()
+    env = runs.env("head", RAY_AUTH_MODE="disabled")
+    log = tmp_path / "ray-start.log"
+    start = runs.start([BIN / "ray", "start", "--head", f"--port={port}", "--num-cpus=2",
+                        "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+                        f"--dashboard-port={_free_port()}", "--disable-usage-stats"], log, env)
+    try:
+        assert start.wait(timeout=120) == 0, _tail(log)
+        yield f"127.0.0.1:{port}", env, start.pid
+    finally:
+        _kill_session(start.pid)
+        assert not _session(start.pid), "the test's Ray head is still running"
+
+
+def _trainable_workers(head_sid: int) -> dict[str, int]:
+    """actor id -> pid of the live Tune trial actors, from Ray's actor table (GCS).
+
+    `ray.util.state.list_actors` would do the same through the dashboard's state API,
+    which needs `ray[default]`; raymem installs `ray[tune,data]`, so the GCS table it is.
+    """
+    import ray._private.state
+
+    out = {}
+    for actor_id, info in ray._private.state.actors(actor_state_name="ALIVE").items():
+        if info["ActorClassName"] == TRAINABLE and info["Pid"]:
+            stat = _stat(info["Pid"])
+            # belongs to the head this test started (never signal anything else)
+            if stat and stat["session"] == head_sid:
+                out[actor_id] = info["Pid"]
+    return out
+
+
+def _training_trials(ray_tmp: Path) -> dict[str, int]:
+    """raymem trial id -> pid of the worker that last reported a finished epoch for it,
+    from Tune's result files (each report carries the reporting process's pid). The
+    driver writes them as reports arrive into the Ray session's artifacts folder, and
+    copies them to the study's results/tune only now and then."""
+    out = {}
+    for path in ray_tmp.glob("ray/session_*/artifacts/*/*/driver_artifacts/*/result.json"):
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                report = json.loads(line)
+            except ValueError:  # a line being written
+                continue
+            if "epoch" in report:
+                out[report["config"]["trial"]["trial_id"]] = report["pid"]
+    return out
+
+
+def test_lost_workers_are_retried(runs, ray_head, tiny_mlm, reference, tmp_path, monkeypatch):
+    import ray
+
+    address, env, head_sid = ray_head
+    results, log = tmp_path / "results", tmp_path / "study.log"
+    study = _write(tmp_path / "study.yaml", _study(tiny_mlm, ray={"address": address}))
+    proc = runs.study(study, results, log, env)
+    killed: dict[str, int] = {}  # raymem trial id -> pid of its lost worker
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    try:
+        deadline = time.time() + STUDY_TIMEOUT
+        while proc.poll() is None and time.time() < deadline and len(killed) < 2:
+            # Kill a trial's worker after it finished its first epoch and before the trial
+            # finished: training is lost half-way. Each trial at most once (max_failures 2).
+            workers = set(_trainable_workers(head_sid).values())
+            for trial_id, pid in _training_trials(Path(env["RAY_TMPDIR"])).items():
+                if (len(killed) < 2 and trial_id not in killed and pid in workers
+                        and not (results / "_done" / f"{trial_id}.json").exists()):
+                    os.kill(pid, signal.SIGKILL)
+                    killed[trial_id] = pid
+            time.sleep(0.2)
+    finally:
+        ray.shutdown()
+    code = _wait(proc, log)
+    text = log.read_text(errors="replace")
+    assert killed, f"no trial worker was caught mid-training:\n{text[-4000:]}"
+    assert code == 0, text[-4000:]
+    assert text.count("ActorDiedError") >= len(killed)  # Tune saw the lost workers, retried
+    assert re.search(r"errored after [1-9]\d* iterations", text)  # lost after an epoch or more
+    db = results / "raymem.duckdb"
+    _assert_complete(db)
+    _assert_same_database(db, reference())
+
+
+# -- c. a trial fails for a real reason -----------------------------------------------
+def test_failing_trial_is_recorded_and_the_rest_finish(runs, tiny_mlm, tmp_path):
+    # A second model whose weights file was cut short (an interrupted copy). Planning
+    # loads a model's config and tokenizer, not its weights (that is a trial's work), so
+    # the study plans; the trials of that model fail inside Ray as they load it.
+    broken = tmp_path / "broken_mlm"
+    shutil.copytree(tiny_mlm, broken)
+    weights = broken / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size // 2)
+    study = _write(tmp_path / "study.yaml", _study(
+        tiny_mlm, study="failing", models=[str(tiny_mlm), str(broken)], seeds=[1],
+        precog={"enabled": False},
+        finetune={"variants": ["clean"], "epochs": 2, "lr": 1e-3, "batch_size": 16, "max_length": 48}))
+    results, log = tmp_path / "results", tmp_path / "study.log"
+    code = _wait(runs.study(study, results, log), log)
+    text = log.read_text(errors="replace")
+    assert code == 1, text[-4000:]
+
+    db = results / "raymem.duckdb"
+    rows = _sql(db, "SELECT model, trial_id, status, error FROM runs WHERE stage = 'finetune'")
+    by_model = {r[0]: r[1:] for r in rows}
+    assert sorted(by_model) == sorted([str(tiny_mlm), str(broken)])
+    failed_id, status, error = by_model[str(broken)]
+    ok_id, ok_status, ok_error = by_model[str(tiny_mlm)]
+    assert (status, ok_status) == ("failed", "ok")
+    assert "Traceback" in error and "SafetensorError" in error and ok_error is None
+    assert "1 trial(s) failed" in text and f"{failed_id} tweet_sentiment seed=1 clean" in text
+    assert ok_id not in text.split("trial(s) failed")[1]
+    assert _finetune_markers(results) == {ok_id}  # no marker: a rerun tries the failed one again
+    assert _sql(db, "SELECT DISTINCT trial_id FROM predictions") == [(ok_id,)]
+    # an exception inside a trial is not retried: to Tune the trial ended normally
+    assert "ActorDiedError" not in text and "errored after" not in text
+
+
+# -- text longer than the model's position embeddings --------------------------------
+def test_text_longer_than_the_model_is_refused_at_planning_or_truncated(tiny_mlm, tmp_path):
+    from raymem.config import load_study
+    from raymem.errors import ConfigError
+    from raymem.study import make_plan
+    from raymem.sweep import run_trial
+
+    max_positions = json.loads((Path(tiny_mlm) / "config.json").read_text())["max_position_embeddings"]
+    words = ["good", "film", "plot", "actor", "scene", "music", "story", "ending"]
+    short = [f"{a} {b} {c}" for a in words for b in words[:3] for c in ("!", "?", ".")]
+    train = [*short[:20], " ".join(words * max_positions)]  # far beyond the positions
+    for split, texts in (("train", train), ("test", short[20:28])):
+        rows = [f"{t},{'negative' if i % 2 else 'positive'}" for i, t in enumerate(texts)]
+        (tmp_path / f"{split}.csv").write_text("\n".join(["text,label", *rows]) + "\n")
+    task = {"name": "long_texts", "text_fields": ["text"], "label_field": "label",
+            "label_names": ["negative", "positive"],
+            "files": {s: str(tmp_path / f"{s}.csv") for s in ("train", "test")}}
+    study = load_study(_write(tmp_path / "study.yaml", {
+        "study": "long", "results": str(tmp_path / "results"), "models": [str(tiny_mlm)],
+        "tasks": [task], "seeds": [1], "precog": {"enabled": False},
+        "finetune": {"variants": ["clean"], "epochs": 1, "lr": 1e-3, "batch_size": 16}}))
+    try:
+        plan = make_plan(study, log=lambda *_: None)
+    except ConfigError:
+        return  # refused while planning: fine
+    # Otherwise the one trial must train (on truncated text). Run it here, without Ray.
+    (key, examples_trial), = plan.examples_trials.items()
+    plan.store.write_rows("examples", "examples", examples_trial["trial_id"], plan.examples[key], study.study)
+    result = run_trial(plan.finetune_trials[0])
+    assert result["status"] == "ok", result.get("error")
+
+
+# -- a local study on a machine where `ray start` recorded a cluster -------------------
+def test_local_study_ignores_a_cluster_recorded_by_ray_start(runs, tiny_mlm, tmp_path):
+    env = runs.env("recorded")
+    recorded = Path(env["RAY_TMPDIR"]) / "ray"
+    recorded.mkdir(exist_ok=True)
+    (recorded / "ray_current_cluster").write_text(f"127.0.0.1:{_free_port()}")  # a head long gone
+    study = _write(tmp_path / "study.yaml", _study(
+        tiny_mlm, study="local", precog={"enabled": False}, finetune={"enabled": False}))
+    log = tmp_path / "study.log"
+    code = _wait(runs.study(study, tmp_path / "results", log, env), log, timeout=180)
+    assert code == 0, _tail(log)
