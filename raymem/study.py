@@ -52,6 +52,17 @@ class Plan:
         return len(self.trials())
 
 
+def _examples_params(study: Study) -> dict:
+    """What fixes a task's examples table besides the task and model."""
+    return {"data_seed": study.data_seed, "noise_ratio": study.noise_ratio,
+            "subsample": dict(sorted(study.subsample.items()))}
+
+
+def _examples_trial(study: Study, task: str, model: str, results: str) -> dict:
+    return make_trial("examples", {"task": task, "model": model, **_examples_params(study)},
+                      study.study, results)
+
+
 def make_plan(study: Study, log=print) -> Plan:
     """Load and check everything the study needs; write nothing."""
     store = Store(study.results)
@@ -76,11 +87,9 @@ def make_plan(study: Study, log=print) -> Plan:
             f"{split} {n}" for split, n in examples[spec.name, study.models[0]]
             .group_by("split", maintain_order=True).len().iter_rows()))
     plan = Plan(study, store, db_path, models, examples)
-    common = {"data_seed": study.data_seed, "noise_ratio": study.noise_ratio,
-              "subsample": dict(sorted(study.subsample.items()))}
+    common = _examples_params(study)
     for (task, model) in examples:
-        plan.examples_trials[task, model] = make_trial(
-            "examples", {"task": task, "model": model, **common}, study.study, store.uri)
+        plan.examples_trials[task, model] = _examples_trial(study, task, model, store.uri)
         if study.precog.enabled:
             plan.precog_trials[task, model] = make_trial(
                 "precog", {"task": task, "model": model, **common,
@@ -121,10 +130,7 @@ def _plan_localisation(plan: Plan, examples_ids: dict, n_labels: dict[str, int],
         key = (f"{aux_spec.name}", name)
         if key not in plan.examples:
             plan.examples[key] = prepare_examples(study, aux_spec, aux_splits, mspec)
-            plan.examples_trials[key] = make_trial("examples", {
-                "task": aux_spec.name, "model": name, "data_seed": study.data_seed,
-                "noise_ratio": study.noise_ratio, "subsample": dict(sorted(study.subsample.items()))},
-                study.study, uri)
+            plan.examples_trials[key] = _examples_trial(study, aux_spec.name, name, uri)
         aux_ids[name] = plan.examples_trials[key]["trial_id"]
     plan.control_trials, pairs = control.plan(study, examples_ids, aux_ids, n_labels,
                                               len(aux_spec.label_names), n_layers, uri)

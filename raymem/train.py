@@ -47,6 +47,13 @@ class Encoded:
         inputs["labels"] = self.labels[index]
         return dict(inputs)
 
+    def subset(self, index) -> "Encoded":
+        """The examples `index`, without tokenising again."""
+        out = object.__new__(Encoded)
+        out.tokenizer, out.features = self.tokenizer, [self.features[i] for i in index]
+        out.labels = self.labels[torch.as_tensor(np.asarray(index), dtype=torch.long)]
+        return out
+
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(f["input_ids"]) for f in self.features), int, len(self.features))
 

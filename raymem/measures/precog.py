@@ -84,10 +84,9 @@ class PrecogScorer:
         self.model = load_masked_lm(model).to(self.device)
         self.mask_id = self.tokenizer.mask_token_id
         self.bert_like = is_bert_like(self.model)  # the shortcut below; else the generic forward
-        # Never longer than the model has positions for (a longer input crashes the forward)
-        # nor than the tokenizer declares (raymem-mini was pre-trained on 64 tokens).
-        self.max_length = min(settings.max_length, self.tokenizer.model_max_length,
-                              getattr(self.model.config, "max_position_embeddings", None) or 10**9)
+        # load_tokenizer caps model_max_length at the model's positions and at what the
+        # tokenizer declares (raymem-mini was pre-trained on 64 tokens).
+        self.max_length = min(settings.max_length, self.tokenizer.model_max_length)
         # Short inputs: plain matmul-softmax attention beats the fused kernel on CPU (about
         # 10% end to end for raymem-mini) but keeps every attention weight: only when small.
         heads = getattr(self.model.config, "num_attention_heads", 64)

@@ -68,14 +68,6 @@ def training_split(store: Store, p: dict):
     return train, data, labels, train["noisy"].to_numpy()
 
 
-def subset(data: Encoded, index) -> Encoded:
-    """The examples `index` of an encoded split, without tokenising again."""
-    out = object.__new__(Encoded)
-    out.tokenizer, out.features = data.tokenizer, [data.features[i] for i in index]
-    out.labels = data.labels[torch.as_tensor(np.asarray(index), dtype=torch.long)]
-    return out
-
-
 def layer_rows(p: dict, technique: str, scores: np.ndarray) -> pl.DataFrame:
     return pl.DataFrame({"task": p["task"], "model": p["model"], "seed": p["seed"],
                          "pair": p["pair"], "technique": technique,
@@ -106,10 +98,10 @@ def run_trial(trial: dict, store: Store, report) -> dict:
         clean_train, _ = clean_split(noisy, p["seed"])
         s = TrainSettings(**p["retrain"])
         start, end = p["window"]
-        model = retraining.retrain_window(memorised, pretrained, start, end, subset(data, clean_train),
+        model = retraining.retrain_window(memorised, pretrained, start, end, data.subset(clean_train),
                                           s, seed=p["seed"])
         noisy_index = np.flatnonzero(noisy)
-        noisy_acc = accuracy(model, subset(data, noisy_index), labels[noisy_index])
+        noisy_acc = accuracy(model, data.subset(noisy_index), labels[noisy_index])
         write("retrain_windows", with_keys(p, pl.DataFrame(
             {"window_start": [start], "window_end": [end], "noisy_acc": [noisy_acc]}), technique))
     elif technique == "gradients":
