@@ -1,7 +1,11 @@
 -- Do tasks that generalise better memorise later? Mean M-CoG over techniques against mean counterfactual generalisation (gen) of the clean training examples, per task.
-WITH depth AS (
-    SELECT task, model, AVG(mcog) AS mcog FROM mcog WHERE pair = '' AND NOT isnan(mcog)
-    GROUP BY task, model
+-- The M-CoG is mcog_by_task's 'mean': over the techniques of each seed (NaN left out), then over seeds.
+WITH per_seed AS (
+    SELECT task, model, seed, AVG(mcog) AS mcog FROM mcog WHERE pair = '' AND NOT isnan(mcog)
+    GROUP BY task, model, seed
+),
+depth AS (
+    SELECT task, model, AVG(mcog) AS mcog FROM per_seed GROUP BY task, model
 ),
 generalisation AS (
     SELECT c.task, c.model, AVG(c.gen) AS mean_gen, AVG(c.mem) AS mean_mem

@@ -323,6 +323,39 @@ def test_memorisation_fit(tmp_path):
                    ("final", True): (2, 1.0), ("final", False): (3, 1.0)}
 
 
+def test_counterfactual_auroc_matches_scipy_by_annotator_agreement(tmp_path):
+    rng = np.random.default_rng(3)
+    n = 60
+    noisy = rng.random(n) < 0.3
+    # ties on purpose (mem rounded), one example without mem, a third without a confidence
+    mem = np.round(np.where(noisy, rng.normal(0.6, 0.3, n), rng.normal(0.3, 0.3, n)), 1)
+    confidence = np.where(rng.random(n) < 0.5, 1.0, 0.6)
+    confidence = [None if i % 3 == 0 else float(c) for i, c in enumerate(confidence)]
+    examples = [{"task": "T", "model": "m", "example_id": f"e{i}", "split": "train", "noisy": bool(noisy[i]),
+                 "annotator_confidence": confidence[i]} for i in range(n)]
+    examples.append({"task": "T", "model": "m", "example_id": "t0", "split": "test", "noisy": True,
+                     "annotator_confidence": 1.0})
+    rows = [{"task": "T", "model": "m", "example_id": f"e{i}", "mem": None if i == 5 else float(mem[i]),
+             "gen": 0.5} for i in range(n)] + [{"task": "T", "model": "m", "example_id": "t0", "mem": 9.0,
+                                                "gen": 0.5}]
+    db = make_db(tmp_path / "r.duckdb", examples=examples)
+    con = duckdb.connect(str(db))
+    con.register("df", pl.DataFrame(rows).to_arrow())
+    con.execute("CREATE TABLE counterfactual AS SELECT * FROM df")
+    con.close()
+    got = {r["annotators"]: r for r in query("counterfactual_auroc", db).iter_rows(named=True)}
+    assert list(got) == ["all", "unanimous", "split"]
+    keep = np.arange(n) != 5
+    groups = {"all": keep, "unanimous": keep & np.array([c == 1.0 for c in confidence]),
+              "split": keep & np.array([c == 0.6 for c in confidence])}
+    for name, chosen in groups.items():
+        pos, neg = mem[chosen & noisy], mem[chosen & ~noisy]
+        expected = stats.mannwhitneyu(pos, neg).statistic / (len(pos) * len(neg))
+        assert got[name]["n_noisy"] == len(pos) and got[name]["n_clean"] == len(neg)
+        assert got[name]["auroc_mem"] == pytest.approx(expected, abs=1e-4)
+        assert got[name]["mean_mem_noisy"] == pytest.approx(pos.mean(), abs=1e-4)
+
+
 def test_queries_dir_default_is_the_repo_queries_folder(monkeypatch):
     monkeypatch.delenv("RAYMEM_QUERIES", raising=False)
     assert queries.queries_dir().resolve() == QUERIES

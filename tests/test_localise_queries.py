@@ -1,0 +1,394 @@
+"""The localisation queries (queries/*.sql) against tiny hand-made results databases.
+
+Tables mirror what the stages write: layer_scores (localise.layer_rows), window_scores
+(swapping_windows / retraining.window_errors + localise.with_keys), mcog (localise.summarise),
+control_accuracy (control.accuracy_rows + keys) and counterfactual (counterfactual.mem_gen),
+each with provenance columns. The control setup shares those tables with `pair` = "a-b";
+the studied models have `pair` = "".
+"""
+
+import math
+
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+from scipy import stats
+
+from raymem.localise.summary import m_cog
+from raymem.queries import query
+
+NAN = float("nan")
+
+
+def make_db(path, **tables):
+    """A results database: each table from a list of row dicts (or a frame), plus provenance."""
+    con = duckdb.connect(str(path))
+    for name, rows in tables.items():
+        df = rows if isinstance(rows, pl.DataFrame) else pl.DataFrame(rows)
+        df = df.with_columns(pl.lit("s").alias("study"), pl.lit("localise").alias("stage"),
+                             pl.lit("t0").alias("trial_id"))
+        con.register("df", df.to_arrow())
+        con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM df')
+        con.unregister("df")
+    con.close()
+    return path
+
+
+def _mcog(task, technique, seed, value, model="m", pair=""):
+    return {"task": task, "model": model, "seed": seed, "pair": pair, "technique": technique,
+            "mcog": value}
+
+
+def _layer_rows(task, technique, seed, scores, model="m", pair=""):
+    """As raymem.stages.localise.layer_rows: layers 1..L."""
+    return [{"task": task, "model": model, "seed": seed, "pair": pair, "technique": technique,
+             "layer": i + 1, "score": float(s)} for i, s in enumerate(scores)]
+
+
+def _same(a, b, tol=1e-9):
+    if a is None or b is None:
+        return a is None and b is None
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return abs(a - b) <= tol
+
+
+# -- mcog_by_task ----------------------------------------------------------------------------
+
+L = 4
+RNG = np.random.default_rng(11)
+# task -> technique -> seed -> layer scores; the centroids of A at seed 2 saw no crossings:
+# all-zero scores, M-CoG NaN
+SCORES = {task: {tech: {seed: RNG.random(L) * RNG.integers(1, 5) for seed in (1, 2, 3)}
+                 for tech in ("centroids", "gradients", "swapping")} for task in ("A", "B")}
+SCORES["A"]["centroids"][2] = np.zeros(L)
+
+
+@pytest.fixture(scope="module")
+def mcog_db(tmp_path_factory):
+    rows = [_mcog(task, tech, seed, m_cog(s)) for task, techs in SCORES.items()
+            for tech, seeds in techs.items() for seed, s in seeds.items()]
+    # the control setup: same task, model and seeds, every M-CoG at layer 1 -- must be left out
+    rows += [_mcog(task, tech, seed, 1.0, pair="1-2") for task in SCORES
+             for tech in ("centroids", "gradients", "swapping") for seed in (1, 2, 3, 4)]
+    return make_db(tmp_path_factory.mktemp("mcog") / "r.duckdb", mcog=rows)
+
+
+def test_mcog_by_task_means_over_seeds_and_techniques(mcog_db):
+    df = query("mcog_by_task", mcog_db)
+    assert df.columns == ["task", "model", "technique", "n_seeds", "mcog", "mcog_sd"]
+    # per task: techniques alphabetically, then 'mean'
+    assert df.select("task", "technique").rows() == [
+        (t, x) for t in ("A", "B") for x in ("centroids", "gradients", "swapping", "mean")]
+    assert (df["model"] == "m").all() and (df["n_seeds"] == 3).all()  # control pairs left out
+    got = {(r["task"], r["technique"]): r for r in df.iter_rows(named=True)}
+    for task, techs in SCORES.items():
+        centres = np.array([[m_cog(techs[tech][seed]) for tech in sorted(techs)] for seed in (1, 2, 3)])
+        for j, tech in enumerate(sorted(techs)):
+            row = got[task, tech]
+            if np.isnan(centres[:, j]).any():  # a NaN seed makes that technique's mean NaN
+                assert math.isnan(row["mcog"])
+                continue
+            assert row["mcog"] == round(centres[:, j].mean(), 3)
+            assert row["mcog_sd"] == round(centres[:, j].std(ddof=1), 3)
+        # 'mean': the mean over the techniques of each seed (NaN ones skipped), then over seeds
+        per_seed = np.nanmean(centres, axis=1)
+        assert got[task, "mean"]["mcog"] == round(per_seed.mean(), 3)
+        assert got[task, "mean"]["mcog_sd"] == round(per_seed.std(ddof=1), 3)
+        assert 1 <= got[task, "mean"]["mcog"] <= L
+    # not the pooled mean of every (seed, technique) M-CoG: a NaN seed weighs less there
+    pooled = np.nanmean([m_cog(s) for seeds in SCORES["A"].values() for s in seeds.values()])
+    assert got["A", "mean"]["mcog"] != round(pooled, 3)
+    assert math.isnan(got["A", "centroids"]["mcog"])
+
+
+def test_mcog_by_task_single_seed_has_no_spread(tmp_path):
+    db = make_db(tmp_path / "r.duckdb",
+                 mcog=[_mcog("T", "gradients", 1, 2.5), _mcog("T", "probing", 1, 3.5)])
+    df = query("mcog_by_task", db)
+    assert df.select("technique", "n_seeds", "mcog").rows() == [
+        ("gradients", 1, 2.5), ("probing", 1, 3.5), ("mean", 1, 3.0)]
+    assert df["mcog_sd"].null_count() == 3
+
+
+# -- layer_profile ---------------------------------------------------------------------------
+
+def test_layer_profile_normalises_each_seed_before_averaging(tmp_path):
+    rng = np.random.default_rng(5)
+    probing = {seed: rng.random(5) * seed for seed in (1, 2, 3)}
+    rows = (_layer_rows("A", "swapping", 1, [1, 1, 1, 1]) + _layer_rows("A", "swapping", 2, [0, 20, 10, 10])
+            + _layer_rows("A", "centroids", 1, [0, 0, 0, 0])  # no crossings: places nothing
+            + _layer_rows("A", "centroids", 2, [0, 0, 0.5, 0.5])
+            + [r for seed, s in probing.items() for r in _layer_rows("B", "probing", seed, s)]
+            # the control setup: must be left out
+            + _layer_rows("A", "swapping", 1, [9, 0, 0, 0], pair="1-2")
+            + _layer_rows("A", "swapping", 3, [9, 0, 0, 0], pair="3-4"))
+    df = query("layer_profile", make_db(tmp_path / "r.duckdb", layer_scores=rows))
+    assert df.columns == ["task", "model", "technique", "layer", "score", "n_seeds"]
+    assert df.select("task", "technique").unique(maintain_order=True).rows() == [
+        ("A", "centroids"), ("A", "swapping"), ("B", "probing")]
+    prof = {(r["task"], r["technique"]): [] for r in df.iter_rows(named=True)}
+    for r in df.iter_rows(named=True):
+        prof[r["task"], r["technique"]].append((r["layer"], r["score"], r["n_seeds"]))
+    # shares of seed 1 (total 4) and seed 2 (total 40), averaged: not the share of the summed
+    # scores ([1, 21, 11, 11] / 44) nor the mean raw score
+    assert prof["A", "swapping"] == [(1, 0.125, 2), (2, 0.375, 2), (3, 0.25, 2), (4, 0.25, 2)]
+    # an all-zero seed has no shares: the profile is that of seed 2 alone, and says so
+    assert prof["A", "centroids"] == [(1, 0.0, 1), (2, 0.0, 1), (3, 0.5, 1), (4, 0.5, 1)]
+    expected = np.mean([s / s.sum() for s in probing.values()], axis=0)
+    assert [x[0] for x in prof["B", "probing"]] == [1, 2, 3, 4, 5]
+    assert [x[1] for x in prof["B", "probing"]] == pytest.approx(expected, abs=5.1e-5)
+    assert [x[2] for x in prof["B", "probing"]] == [3] * 5
+    for key, layers in prof.items():
+        assert sum(x[1] for x in layers) == pytest.approx(1.0, abs=5e-4)
+
+
+def test_layer_profile_technique_that_places_nothing(tmp_path):
+    rows = _layer_rows("A", "centroids", 1, [0, 0, 0]) + _layer_rows("A", "centroids", 2, [0, 0, 0])
+    df = query("layer_profile", make_db(tmp_path / "r.duckdb", layer_scores=rows))
+    assert df["layer"].to_list() == [1, 2, 3]
+    assert df["score"].null_count() == 3 and df["n_seeds"].to_list() == [0, 0, 0]
+
+
+# -- technique_agreement ---------------------------------------------------------------------
+
+# model -> technique -> task -> M-CoG at seeds 1 and 2. Ties on purpose (gradients: T1, T4
+# at 3.0, the mean of T2 too; centroids: T2, T3), and one technique that placed nothing on
+# one task (NaN: centroids of T5 on model m; NULL: swapping of T4 on model m2).
+AGREE = {
+    "m": {"swapping": {"T1": (2.0, 2.2), "T2": (3.0, 3.4), "T3": (5.5, 5.9), "T4": (4.0, 4.4),
+                       "T5": (1.0, 1.0), "T6": (1.5, 1.7)},
+          "gradients": {"T1": (3.0, 3.0), "T2": (2.5, 3.5), "T3": (4.0, 6.0), "T4": (3.0, 3.0),
+                        "T5": (5.0, 5.2), "T6": (2.0, 2.4)},
+          "centroids": {"T1": (1.0, 1.0), "T2": (4.0, 4.0), "T3": (4.0, 4.0), "T4": (2.0, 2.0),
+                        "T5": (NAN, NAN), "T6": (3.0, 3.0)}},
+    "m2": {"swapping": {"T1": (1.0, 1.0), "T2": (2.0, 2.0), "T3": (3.0, 3.0), "T4": (None, None)},
+           "probing": {"T1": (1.5, 1.5), "T2": (1.0, 1.0), "T3": (3.0, 3.0), "T4": (2.0, 2.0)}},
+}
+
+
+def _task_mcog(values):
+    values = [np.nan if v is None else v for v in values]
+    return np.nan if all(np.isnan(values)) else float(np.nanmean(values))
+
+
+@pytest.fixture(scope="module")
+def agreement_db(tmp_path_factory):
+    rows = [_mcog(task, tech, seed, v, model=model) for model, techs in AGREE.items()
+            for tech, tasks in techs.items() for task, values in tasks.items()
+            for seed, v in zip((1, 2), values)]
+    # the control setup: centroids run the other way round there -- must be left out
+    rows += [_mcog(f"T{i}", "centroids", 1, float(10 - i), pair="1-2") for i in range(1, 7)]
+    return make_db(tmp_path_factory.mktemp("agree") / "r.duckdb", mcog=rows)
+
+
+def test_technique_agreement_matches_scipy(agreement_db):
+    df = query("technique_agreement", agreement_db)
+    assert df.columns == ["model", "technique_a", "technique_b", "n_tasks", "spearman"]
+    assert df.select("model", "technique_a", "technique_b").rows() == [
+        ("m", "centroids", "gradients"), ("m", "centroids", "swapping"),
+        ("m", "gradients", "swapping"), ("m2", "probing", "swapping")]
+    for row in df.iter_rows(named=True):
+        a, b = AGREE[row["model"]][row["technique_a"]], AGREE[row["model"]][row["technique_b"]]
+        tasks = [t for t in sorted(a) if t in b and not np.isnan(_task_mcog(a[t]))
+                 and not np.isnan(_task_mcog(b[t]))]
+        x, y = [_task_mcog(a[t]) for t in tasks], [_task_mcog(b[t]) for t in tasks]
+        assert row["n_tasks"] == len(tasks)
+        assert row["spearman"] == pytest.approx(stats.spearmanr(x, y).statistic, abs=5.1e-4)
+    got = {(r["model"], r["technique_a"], r["technique_b"]): (r["n_tasks"], r["spearman"])
+           for r in df.iter_rows(named=True)}
+    # centroids placed nothing on T5: 5 tasks, ranked among themselves
+    assert got["m", "centroids", "gradients"][0] == got["m", "centroids", "swapping"][0] == 5
+    assert got["m", "gradients", "swapping"][0] == 6
+    # by hand: probing ranks T2 < T1 < T3, swapping T1 < T2 < T3 -> 1 - 6*2/(3*8) = 0.5
+    assert got["m2", "probing", "swapping"] == (3, 0.5)
+
+
+def test_technique_agreement_ties_use_average_ranks(tmp_path):
+    a = [1.0, 1.0, 2.0, 3.0, 3.0, 3.0]
+    b = [2.0, 1.0, 1.0, 4.0, 5.0, 4.0]
+    rows = [_mcog(f"T{i}", t, 1, v) for i in range(6) for t, v in (("a", a[i]), ("b", b[i]))]
+    row = query("technique_agreement", make_db(tmp_path / "r.duckdb", mcog=rows)).row(0, named=True)
+    expected = stats.spearmanr(a, b).statistic
+    assert row["spearman"] == round(expected, 3)
+    plain = np.corrcoef(stats.rankdata(a, method="min"), stats.rankdata(b, method="min"))[0, 1]
+    assert round(plain, 3) != round(expected, 3)
+
+
+# -- depth_vs_generalisation ----------------------------------------------------------------
+
+# task -> technique -> M-CoG at seeds 1, 2; gradients placed nothing at seed 1 of B (NaN)
+DEPTH = {"A": {"gradients": (2.0, 2.5), "swapping": (3.0, 3.5)},
+         "B": {"gradients": (NAN, 4.0), "swapping": (2.0, 6.0)},
+         "C": {"gradients": (1.0, 1.5), "swapping": (1.0, 2.0)},
+         "D": {"gradients": (5.0, 5.0), "swapping": (4.0, 4.5)}}
+# task -> [(example, noisy, mem, gen)]; mem None: every subset model trained on the example
+CF = {"A": [("a1", False, 0.1, 0.8), ("a2", False, 0.3, 0.6), ("a3", True, 0.9, 0.05)],
+      "B": [("b1", False, 0.2, 0.7), ("b2", False, None, 0.5), ("b3", False, 0.4, 0.4),
+            ("b4", True, 0.7, 0.1)],
+      "C": [("c1", False, 0.5, 0.3), ("c2", True, 0.8, 0.0)],
+      "D": [("d1", False, 0.05, 0.9), ("d2", False, 0.15, 0.95)]}
+
+
+@pytest.fixture(scope="module")
+def depth_db(tmp_path_factory):
+    mcog = [_mcog(task, tech, seed, v) for task, techs in DEPTH.items()
+            for tech, values in techs.items() for seed, v in zip((1, 2), values)]
+    mcog += [_mcog(task, "swapping", 1, 9.0, pair="3-4") for task in DEPTH]  # control setup
+    counterfactual, examples = [], []
+    for task, rows in CF.items():
+        for eid, noisy, mem, gen in rows:
+            counterfactual.append({"task": task, "model": "m", "example_id": eid, "mem": mem,
+                                   "gen": gen, "n_in": 4, "n_out": 4})
+            examples.append({"task": task, "model": "m", "split": "train", "example_id": eid,
+                             "noisy": noisy, "planted_count": 0})
+        # the same examples fine-tuned from another model without localisation results
+        counterfactual.append({"task": task, "model": "m2", "example_id": rows[0][0], "mem": 0.0,
+                               "gen": 0.0, "n_in": 4, "n_out": 4})
+        examples.append({"task": task, "model": "m2", "split": "train", "example_id": rows[0][0],
+                         "noisy": False, "planted_count": 0})
+        examples.append({"task": task, "model": "m", "split": "test", "example_id": f"{task}-test",
+                         "noisy": False, "planted_count": 0})
+    return make_db(tmp_path_factory.mktemp("depth") / "r.duckdb", mcog=mcog,
+                   counterfactual=counterfactual, examples=examples)
+
+
+def test_depth_vs_generalisation(depth_db):
+    df = query("depth_vs_generalisation", depth_db)
+    assert df.columns == ["task", "model", "mcog", "mean_gen", "mean_mem"]
+    assert (df["model"] == "m").all()
+    expected = {}
+    for task, techs in DEPTH.items():
+        per_seed = np.nanmean(np.array(list(techs.values())), axis=0)  # over techniques, per seed
+        clean = [(mem, gen) for _, noisy, mem, gen in CF[task] if not noisy]
+        expected[task] = (round(per_seed.mean(), 3),
+                          round(np.mean([g for _, g in clean]), 4),
+                          round(np.mean([m for m, _ in clean if m is not None]), 4))
+    got = {r["task"]: (r["mcog"], r["mean_gen"], r["mean_mem"]) for r in df.iter_rows(named=True)}
+    assert got == expected
+    # seed 1: 2 (gradients NaN), seed 2: (4 + 6) / 2 -> 3.5, not the pooled (4 + 2 + 6) / 3;
+    # noisy b4 and b2's missing mem left out
+    assert got["B"] == (3.5, 0.5333, 0.3)
+    assert df["task"].to_list() == ["C", "A", "B", "D"]  # by depth
+    rho = stats.spearmanr([v[0] for v in expected.values()], [v[1] for v in expected.values()])
+    assert stats.spearmanr(df["mcog"], df["mean_gen"]).statistic == pytest.approx(rho.statistic)
+
+
+def test_depth_is_the_mean_row_of_mcog_by_task(depth_db):
+    depth = query("depth_vs_generalisation", depth_db)
+    mean = query("mcog_by_task", depth_db).filter(pl.col("technique") == "mean")
+    assert dict(depth.select("task", "mcog").rows()) == dict(mean.select("task", "mcog").rows())
+
+
+# -- control_accuracy ------------------------------------------------------------------------
+
+def _control_row(model, n_layers, technique, planted, scores, task="T", seed=1):
+    """As raymem.stages.control.accuracy_rows, plus the keys summarise adds."""
+    order = np.argsort(-np.asarray(scores, float), kind="stable") + 1
+    return {"technique": technique, "planted_start": planted[0], "planted_end": planted[1],
+            "top_layers": f"{order[0]},{order[1]}", "hit_at_1": bool(order[0] in planted),
+            "hit_at_2": set(order[:2].tolist()) == set(planted),
+            "chance_at_1": 2 / n_layers, "chance_at_2": 1 / math.comb(n_layers, 2),
+            "task": task, "model": model, "seed": seed, "pair": f"{planted[0]}-{planted[1]}"}
+
+
+def test_control_accuracy(tmp_path):
+    rows = []
+    # model m, 4 layers, pairs {1,2} {2,3} {3,4}, 2 seeds, 2 tasks
+    top = {  # technique -> the planted pair -> layer scores
+        "swapping": {(1, 2): [4, 3, 1, 0], (2, 3): [0, 3, 4, 1], (3, 4): [0, 1, 3, 4]},  # all hit@2
+        "gradients": {(1, 2): [4, 0, 3, 1], (2, 3): [0, 3, 4, 1], (3, 4): [4, 3, 0, 1]},
+        "probing": {(1, 2): [3, 4, 0, 0], (2, 3): [0, 4, 0, 3], (3, 4): [0, 3, 4, 0]},  # all hit@1
+    }
+    for task in ("T", "U"):
+        for seed in (1, 2):
+            for tech, pairs in top.items():
+                rows += [_control_row("m", 4, tech, p, s, task, seed) for p, s in pairs.items()]
+    # model m2, 6 layers: one run per technique
+    rows += [_control_row("m2", 6, "swapping", (3, 4), [0, 0, 0, 2, 1, 0]),
+             _control_row("m2", 6, "probing", (3, 4), [0, 0, 2, 1, 0, 0])]
+    df = query("control_accuracy", make_db(tmp_path / "r.duckdb", control_accuracy=rows))
+    assert df.columns == ["model", "technique", "n_runs", "accuracy_at_1", "accuracy_at_2",
+                          "chance_at_1", "chance_at_2", "times_chance_at_2"]
+    got = {(r["model"], r["technique"]): r for r in df.iter_rows(named=True)}
+    # best at hit@2 first, ties by name
+    assert list(got) == [("m", "swapping"), ("m", "gradients"), ("m", "probing"),
+                         ("m2", "probing"), ("m2", "swapping")]
+    frame = pl.DataFrame(rows)
+    for (model, tech), r in got.items():
+        runs = frame.filter((pl.col("model") == model) & (pl.col("technique") == tech))
+        assert r["n_runs"] == runs.height
+        assert r["accuracy_at_1"] == round(runs["hit_at_1"].mean(), 3)
+        assert r["accuracy_at_2"] == round(runs["hit_at_2"].mean(), 3)
+        n_layers = {"m": 4, "m2": 6}[model]
+        assert r["chance_at_1"] == round(2 / n_layers, 3)
+        assert r["chance_at_2"] == round(1 / math.comb(n_layers, 2), 3)
+        assert r["times_chance_at_2"] == round(runs["hit_at_2"].mean() * math.comb(n_layers, 2), 2)
+    assert [(got["m", t]["n_runs"], got["m", t]["accuracy_at_1"], got["m", t]["accuracy_at_2"])
+            for t in ("swapping", "gradients", "probing")] == [(12, 1.0, 1.0), (12, 0.667, 0.333),
+                                                                (12, 1.0, 0.333)]
+    assert (got["m", "swapping"]["chance_at_1"], got["m", "swapping"]["chance_at_2"],
+            got["m", "swapping"]["times_chance_at_2"]) == (0.5, 0.167, 6.0)
+    assert (got["m2", "probing"]["accuracy_at_2"], got["m2", "probing"]["times_chance_at_2"],
+            got["m2", "swapping"]["accuracy_at_2"]) == (1.0, 15.0, 0.0)
+    assert got["m2", "swapping"]["accuracy_at_1"] == 1.0  # top layer 4 is in the pair, layer 5 is not
+
+
+# -- window_heatmap --------------------------------------------------------------------------
+
+def _windows(n_layers):
+    return [(s, e) for s in range(1, n_layers + 1) for e in range(s, n_layers + 1)]
+
+
+@pytest.fixture(scope="module")
+def window_frames():
+    """window_scores as the two techniques write it: swapping with clean_acc, retraining
+    with normalised_acc (the ingested table has both columns, NULL where not written)."""
+    rng = np.random.default_rng(2)
+    n_layers, frames = 3, []
+    for seed in (1, 2, 3):
+        acc = {w: float(rng.random()) for w in _windows(n_layers)}
+        frames.append(pl.DataFrame({
+            "window_start": [w[0] for w in acc], "window_end": [w[1] for w in acc],
+            "noisy_acc": list(acc.values()), "clean_acc": [float(rng.random()) for _ in acc],
+            "error": [1 - a for a in acc.values()]}).with_columns(
+            pl.lit("A").alias("task"), pl.lit("m").alias("model"), pl.lit(seed).alias("seed"),
+            pl.lit("").alias("pair"), pl.lit("swapping").alias("technique")))
+        acc = {w: float(rng.random()) * 0.5 for w in _windows(n_layers)}
+        acc_all = acc[1, n_layers]
+        frames.append(pl.DataFrame({
+            "window_start": [w[0] for w in acc], "window_end": [w[1] for w in acc],
+            "noisy_acc": list(acc.values()),
+            "normalised_acc": [(a - acc_all) / (1 - acc_all) for a in acc.values()],
+            "error": [1 - (a - acc_all) / (1 - acc_all) for a in acc.values()]}).with_columns(
+            pl.lit("A").alias("task"), pl.lit("m").alias("model"), pl.lit(seed).alias("seed"),
+            pl.lit("").alias("pair"), pl.lit("retraining").alias("technique")))
+    real = pl.concat(frames, how="diagonal_relaxed")
+    control = real.filter(pl.col("seed") == 1).with_columns(
+        pl.lit("1-2").alias("pair"), pl.lit(0.0).alias("error"), pl.lit(1.0).alias("noisy_acc"))
+    return real, pl.concat([real, control], how="diagonal_relaxed")
+
+
+def test_window_heatmap(tmp_path, window_frames):
+    real, table = window_frames
+    df = query("window_heatmap", make_db(tmp_path / "r.duckdb", window_scores=table))
+    assert df.columns == ["task", "model", "technique", "window_start", "window_size", "error",
+                          "noisy_acc", "n_seeds"]
+    # the axes: every (start, size) of a 3-layer model once per technique, sizes then starts
+    cells = [(s, e - s + 1) for s, e in _windows(3)]
+    order = sorted(cells, key=lambda c: (c[1], c[0]))
+    assert df.select("technique", "window_start", "window_size").rows() == [
+        (t, s, size) for t in ("retraining", "swapping") for s, size in order]
+    assert order[:3] == [(1, 1), (2, 1), (3, 1)] and order[-1] == (1, 3)
+    assert (df["n_seeds"] == 3).all()  # the control setup's rows left out
+    for r in df.iter_rows(named=True):
+        runs = real.filter((pl.col("technique") == r["technique"])
+                           & (pl.col("window_start") == r["window_start"])
+                           & (pl.col("window_end") == r["window_start"] + r["window_size"] - 1))
+        assert runs.height == 3
+        assert r["error"] == pytest.approx(runs["error"].mean(), abs=5.1e-5)
+        assert r["noisy_acc"] == pytest.approx(runs["noisy_acc"].mean(), abs=5.1e-5)
+    # retraining all layers is the reference: its error is 1 at every seed
+    full = df.filter((pl.col("technique") == "retraining") & (pl.col("window_size") == 3))
+    assert full["error"].to_list() == [1.0]
