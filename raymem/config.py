@@ -96,6 +96,7 @@ class ControlConfig(Strict):
     """The control setup: memorisation planted in a known layer pair (RESEARCH.md 3)."""
     enabled: bool = False
     auxiliary_task: str = "tweet_polarity"  # clean second task; its head updates all layers
+    epochs: int | None = Field(None, ge=1)  # default: finetune.epochs
     # default: {1,2}, {L/2, L/2+1}, {L-1, L}
     pairs: list[tuple[int, int]] | None = None
 

@@ -1,7 +1,8 @@
 """A study from start to end: validate and plan (no writes), then run the stages.
 
     plan:     study file -> tasks and models loaded and checked -> examples -> trial lists
-    run:      examples -> precog (Ray Data actor pool) -> finetune (Ray Tune) -> ingest -> charts
+    run:      examples -> precog (Ray Data actor pool) -> fine-tuning, subset and control models
+              (one Ray Tune sweep) -> localisation (Ray Tune) -> ingest -> charts
 
 Every bad input is found while planning, so it fails before any trial starts and
 before anything is written. Every stage skips the trials a previous run finished.
@@ -146,14 +147,14 @@ def _run_localisation(plan: Plan, log) -> list[dict]:
     ready = [p for p in plan.localise_pairs
              if store.is_done(p.base["memorised_trial"]) and store.is_done(p.base["clean_trial"])]
     needs_hidden = {"probing", "centroids"} & set(study.localise.techniques)
-    for pair in ready:
-        if needs_hidden and not store.is_done(pair.hidden["trial_id"]):
-            log(f"[hidden] {pair.base['task']} / {pair.base['model']} seed {pair.base['seed']} "
-                f"{pair.base['pair'] or ''}: pooled hidden states of every layer")
-            key = (pair.base["task"], pair.base["model"])
-            localise.extract_hidden(store, pair.hidden, plan.examples[key], study.localise.actors)
-            store.mark_done(pair.hidden["trial_id"], pair.hidden["params"])
-    trials = [t for p in ready for t in p.trials]
+    missing = [p for p in ready if needs_hidden and not store.is_done(p.hidden["trial_id"])]
+    if missing:
+        log(f"[hidden] pooled hidden states of every layer for {len(missing)} checkpoints")
+        start = time.time()
+        localise.extract_hidden(store, missing, plan.examples, study.localise.actors)
+        log(f"[hidden] done in {time.time() - start:.0f}s")
+    # the single trials of a pair take longest: they go first, the many short windows after
+    trials = sorted((t for p in ready for t in p.trials), key=lambda t: "window" in t["params"])
     failed = run_sweep("localise", trials, study.localise.resources, store,
                        study.finetune.max_failures, log)
     for pair in ready:
@@ -199,20 +200,16 @@ def run_plan(plan: Plan, log=print) -> list[dict]:
         record_run(store, trial, "ok", time.time() - start)
         store.mark_done(trial["trial_id"], trial["params"])
         log(f"[precog] {task} / {model}: done in {time.time() - start:.1f}s")
-    if plan.finetune_trials:
-        failed += run_sweep("finetune", plan.finetune_trials, study.finetune.resources, store,
+    # Fine-tuning, subset models and control models need only the examples: one sweep,
+    # longest trials first (control models learn two tasks), so the cores stay busy.
+    training = [*plan.control_trials, *plan.finetune_trials,
+                *(t for _, ts in plan.counterfactual_trials.values() for t in ts)]
+    if training:
+        failed += run_sweep("training", training, study.finetune.resources, store,
                             study.finetune.max_failures, log)
-    if plan.counterfactual_trials:
-        subsets = [t for _, ts in plan.counterfactual_trials.values() for t in ts]
-        lost = run_sweep("counterfactual", subsets, study.finetune.resources, store,
-                         study.finetune.max_failures, log)
-        failed += lost
-        for summary, ts in plan.counterfactual_trials.values():
-            if not any(t in lost for t in ts):
-                counterfactual.aggregate(summary, ts, store)
-    if plan.control_trials:
-        failed += run_sweep("control", plan.control_trials, study.finetune.resources, store,
-                            study.finetune.max_failures, log)
+    for summary, subsets in plan.counterfactual_trials.values():
+        if all(store.is_done(t["trial_id"]) for t in subsets):
+            counterfactual.aggregate(summary, subsets, store)
     if plan.localise_pairs:
         failed += _run_localisation(plan, log)
     # The database holds this study's trials only, not shards left by other settings.

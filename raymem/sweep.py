@@ -75,14 +75,18 @@ def _tune_entry(config: dict) -> None:
     tune.report({"done": True, **{k: v for k, v in result.items() if k in ("status", "error")}})
 
 
-def run_sweep(stage: str, trials: list[dict], resources: Resources, store: Store,
+def run_sweep(name: str, trials: list[dict], resources: Resources, store: Store,
               max_failures: int, log=print) -> list[dict]:
-    """Run the unfinished trials as a Tune sweep; return the trials that failed."""
+    """Run the unfinished trials (of one or more stages) as one Tune sweep, in the order
+    given; return the trials that failed."""
     from ray import tune
 
     pending = [t for t in trials if not store.is_done(t["trial_id"])]
-    log(f"[{stage}] {len(trials)} trials: {len(trials) - len(pending)} already done, "
-        f"{len(pending)} to run ({resources.cpus:g} CPU, {resources.gpus:g} GPU each)")
+    for stage in dict.fromkeys(t["stage"] for t in trials):
+        n = sum(t["stage"] == stage for t in trials)
+        left = sum(t["stage"] == stage for t in pending)
+        log(f"[{stage}] {n} trials: {n - left} already done, {left} to run "
+            f"({resources.cpus:g} CPU, {resources.gpus:g} GPU each)")
     if not pending:
         return []
     tuner = tune.Tuner(
@@ -91,7 +95,11 @@ def run_sweep(stage: str, trials: list[dict], resources: Resources, store: Store
         # One worker process serves trial after trial: no re-import of torch per trial.
         tune_config=tune.TuneConfig(reuse_actors=True),
         run_config=tune.RunConfig(
-            name=f"{pending[0]['study']}-{stage}", storage_path=store.local_path("tune"),
+            name=f"{pending[0]['study']}-{name}", storage_path=store.local_path("tune"),
             failure_config=tune.FailureConfig(max_failures=max_failures), verbose=1))
+    start = time.time()
     tuner.fit()
-    return [t for t in pending if not store.is_done(t["trial_id"])]
+    failed = [t for t in pending if not store.is_done(t["trial_id"])]
+    log(f"[{name}] {len(pending) - len(failed)} trials done, {len(failed)} failed, "
+        f"in {time.time() - start:.0f}s")
+    return failed

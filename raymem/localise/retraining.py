@@ -117,6 +117,22 @@ def retrain_window(memorised, pretrained, start: int, end: int, clean_data: Enco
     return working
 
 
+def train_head(model, data: Encoded, settings: TrainSettings, seed: int = 0, batch_size: int = 64):
+    """Train only the head of `model` in place, the whole body frozen (e.g. the control model
+    of forgetting gradients). The body runs in eval mode, so its outputs are computed once
+    and replayed: each epoch costs a head's forward and backward, not the whole model's."""
+    inputs = None
+    while (inputs.layer if inputs else 1) <= num_layers(model):
+        inputs = _next_layer_inputs(model, inputs, [data], batch_size)
+    model.requires_grad_(False)
+    for module in head_modules(model):
+        module.requires_grad_(True)
+    with _below_replayed(model, inputs, [data]) as (train,):
+        fine_tune(_TrainFrom(model, num_layers(model) + 1), train,
+                  replace(settings, freeze_embeddings=False), seed)
+    return model
+
+
 def _check_window(start: int, end: int, n_layers: int) -> None:
     if not 1 <= start <= end <= n_layers:
         raise ValueError(f"window ({start}, {end}) is not within layers 1..{n_layers}")

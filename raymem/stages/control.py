@@ -107,6 +107,7 @@ def plan(study, examples_trials: dict, auxiliary_trials: dict, n_labels: dict[st
     cfg = study.localise.control
     settings = study.finetune.model_dump(include={"epochs", "lr", "batch_size", "max_length", "warmup",
                                                   "clip", "weight_decay", "freeze_embeddings"})
+    settings["epochs"] = cfg.epochs or settings["epochs"]
     trials, pairs = [], []
     for (task, model), examples_trial in examples_trials.items():
         if task == cfg.auxiliary_task:

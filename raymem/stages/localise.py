@@ -33,7 +33,7 @@ from raymem.models import load_classifier, load_tokenizer, model_spec, quiet_tra
 from raymem.stages import control
 from raymem.store import Store
 from raymem.sweep import make_trial
-from raymem.train import Encoded, TrainSettings, fine_tune, predict
+from raymem.train import Encoded, TrainSettings, predict
 
 STAGE = "localise"
 TECHNIQUES = ("swapping", "retraining", "gradients", "probing", "centroids")
@@ -141,11 +141,8 @@ def accuracy(model, data: Encoded, labels: np.ndarray) -> float:
 def head_only_control(p: dict, data: Encoded, s: TrainSettings):
     """The control model: pre-trained body frozen, only the head trained on the same labels."""
     model = load_classifier(model_spec(p["model"]), p["n_labels"])
-    head = {id(q) for m in retraining.head_modules(model) for q in m.parameters()}
-    for q in model.parameters():
-        q.requires_grad_(id(q) in head)
-    fine_tune(model, data, s, p["seed"])
-    return model
+    model.config.use_cache = False
+    return retraining.train_head(model, data, s, p["seed"])
 
 
 def crossing_shares(events: pl.DataFrame, n_layers: int) -> np.ndarray:
@@ -158,40 +155,61 @@ def crossing_shares(events: pl.DataFrame, n_layers: int) -> np.ndarray:
 
 # -- hidden states, once per pair, through a Ray Data actor pool ---------------------------
 class PooledHiddenStates:
-    """Ray Data callable class: pooled hidden states of every layer of one checkpoint."""
+    """Ray Data callable class: pooled hidden states of every layer, each row by the
+    checkpoint it names (an actor loads each checkpoint once and keeps it)."""
 
-    def __init__(self, results: str, trial_id: str, model: str, max_length: int):
-        self.model = load_checkpoint(Store(results), trial_id, ("memorised", "final"))
+    def __init__(self, results: str, model: str, max_length: int):
+        self.store = Store(results)
+        self.checkpoints = {}
         self.tokenizer = load_tokenizer(model_spec(model), max_length)
         self.max_length = max_length
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        texts = [str(t) for t in batch["text"]]
-        pairs = [None if x is None else str(x) for x in batch["text_pair"]]
-        data = Encoded(self.tokenizer, texts, pairs, np.zeros(len(texts)), self.max_length)
-        inputs = data.batch(list(range(len(texts))))
-        hidden = pooled_hidden_states(self.model, inputs).float().numpy()  # (L+1, B, H)
-        return {"example_id": np.asarray(batch["example_id"]), "hidden": hidden.transpose(1, 0, 2)}
+        hidden = [None] * len(batch["example_id"])
+        for checkpoint in dict.fromkeys(batch["checkpoint"].tolist()):
+            if checkpoint not in self.checkpoints:
+                self.checkpoints[checkpoint] = load_checkpoint(self.store, checkpoint, ("memorised", "final"))
+            rows = np.flatnonzero(batch["checkpoint"] == checkpoint)
+            texts = [str(batch["text"][i]) for i in rows]
+            pairs = [None if batch["text_pair"][i] is None else str(batch["text_pair"][i]) for i in rows]
+            data = Encoded(self.tokenizer, texts, pairs, np.zeros(len(rows)), self.max_length)
+            states = pooled_hidden_states(self.checkpoints[checkpoint], data.batch(list(range(len(rows)))))
+            for i, h in zip(rows, states.float().numpy().transpose(1, 0, 2)):  # (B, L+1, H)
+                hidden[i] = h
+        return {"hidden_trial": batch["hidden_trial"], "example_id": batch["example_id"],
+                "hidden": np.stack(hidden)}
 
 
-def extract_hidden(store: Store, hidden_trial: dict, examples: pl.DataFrame, actors) -> None:
+def extract_hidden(store: Store, pairs: list[PairPlan], examples: dict, actors) -> None:
+    """For each pair, the pooled hidden states of every layer of its memorised checkpoint
+    on the training examples, saved as (L+1, N, H). One Ray Data job per model."""
     import ray
 
-    p = hidden_trial["params"]
-    train = examples.filter(pl.col("split") == "train").sort("example_id")
-    ds = ray.data.from_arrow(train.select("example_id", "text", "text_pair").to_arrow())
-    out = ds.map_batches(PooledHiddenStates, batch_size=64, batch_format="numpy",
-                         fn_constructor_kwargs={"results": store.uri, "trial_id": p["memorised_trial"],
-                                                "model": p["model"], "max_length": p["max_length"]},
-                         compute=ray.data.ActorPoolStrategy(min_size=actors.min_size, max_size=actors.max_size),
-                         num_cpus=actors.cpus, num_gpus=actors.gpus)
-    rows = {}
-    for batch in out.iter_batches(batch_format="numpy", batch_size=None):
-        rows.update(zip(batch["example_id"].tolist(), batch["hidden"]))
-    hidden = np.stack([rows[e] for e in train["example_id"].to_list()], axis=1)  # (L+1, N, H)
-    buffer = io.BytesIO()
-    np.save(buffer, hidden.astype(np.float32), allow_pickle=False)
-    store.put_bytes(buffer.getvalue(), "checkpoints", hidden_trial["trial_id"], "hidden.npy")
+    by_model: dict[str, list[PairPlan]] = {}
+    for pair in pairs:
+        by_model.setdefault(pair.base["model"], []).append(pair)
+    for model, group in by_model.items():
+        trains = {pair.hidden["trial_id"]: examples[pair.base["task"], model]
+                  .filter(pl.col("split") == "train").sort("example_id") for pair in group}
+        rows = pl.concat([trains[pair.hidden["trial_id"]].select(
+            "example_id", "text", "text_pair", pl.lit(pair.hidden["trial_id"]).alias("hidden_trial"),
+            pl.lit(pair.base["memorised_trial"]).alias("checkpoint")) for pair in group])
+        out = ray.data.from_arrow(rows.to_arrow()).map_batches(
+            PooledHiddenStates, batch_size=64, batch_format="numpy",
+            fn_constructor_kwargs={"results": store.uri, "model": model,
+                                   "max_length": group[0].base["max_length"]},
+            compute=ray.data.ActorPoolStrategy(min_size=actors.min_size, max_size=actors.max_size),
+            num_cpus=actors.cpus, num_gpus=actors.gpus)
+        states = {}
+        for batch in out.iter_batches(batch_format="numpy", batch_size=None):
+            states.update(zip(zip(batch["hidden_trial"].tolist(), batch["example_id"].tolist()), batch["hidden"]))
+        for pair in group:
+            trial_id = pair.hidden["trial_id"]
+            hidden = np.stack([states[trial_id, e] for e in trains[trial_id]["example_id"].to_list()], axis=1)
+            buffer = io.BytesIO()
+            np.save(buffer, hidden.astype(np.float32), allow_pickle=False)
+            store.put_bytes(buffer.getvalue(), "checkpoints", trial_id, "hidden.npy")
+            store.mark_done(trial_id, pair.hidden["params"])
 
 
 def read_hidden(store: Store, trial_id: str) -> np.ndarray:

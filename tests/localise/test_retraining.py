@@ -194,3 +194,29 @@ def test_working_copy_leaves_the_config_alone(splits):
     assert memorised.config.use_cache
     retrain_window(memorised, pretrained, 2, 2, splits[0], replace(SETTINGS, epochs=1))
     assert memorised.config.use_cache  # only the working copy skips the key/value cache
+
+
+@pytest.mark.parametrize("kind", ["bert", "opt"])
+def test_train_head_trains_the_head_on_replayed_body_outputs(kind, splits):
+    """The head-only model: the body is untouched, the head learns, and replaying the body's
+    outputs gives exactly the plain full forward with the body in eval mode."""
+    clean, _ = splits
+    model = pair(kind, clean.tokenizer)[0]
+    model.config.use_cache = False
+    before = state(model)
+    reference = retraining._working_copy(model)
+    reference.requires_grad_(False)
+    for module in head_modules(reference):
+        module.requires_grad_(True)
+    retraining.fine_tune(retraining._TrainFrom(reference, N_LAYERS + 1), clean,
+                         replace(SETTINGS, freeze_embeddings=False), 0)
+
+    retraining.train_head(model, clean, SETTINGS, seed=0)
+
+    head_ids = {id(q) for m in head_modules(model) for q in m.parameters()}
+    head = {name for name, q in model.named_parameters() if id(q) in head_ids}
+    after = state(model)
+    assert all(torch.equal(after[k], before[k]) for k in before if k not in head)
+    assert any(not torch.equal(after[k], before[k]) for k in head)
+    for k in after:
+        assert torch.allclose(after[k], reference.state_dict()[k], atol=1e-6), k
