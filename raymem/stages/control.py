@@ -87,13 +87,22 @@ def run_trial(trial: dict, store: Store, report) -> dict:
 
 
 def accuracy_rows(layer_scores: pl.DataFrame, pair: tuple[int, int], n_layers: int) -> pl.DataFrame:
-    """One row per technique: did its top layer(s) land in the planted pair?"""
+    """One row per technique: did its top layer(s) land in the planted pair?
+
+    Ties earn nothing: hit@1 needs every layer sharing the top score to be in the pair,
+    hit@2 needs both planted layers to score above every other layer. So a technique that
+    placed nothing (all scores 0) finds no pair, rather than the first layers by index.
+    """
     rows = []
     for (technique,), scores in layer_scores.sort("layer").group_by(["technique"], maintain_order=True):
-        order = np.argsort(-scores["score"].to_numpy(), kind="stable") + 1  # layers, best first
+        score = scores["score"].to_numpy()
+        order = np.argsort(-score, kind="stable") + 1  # layers, best first
+        planted = np.isin(np.arange(1, len(score) + 1), pair)
+        top = np.flatnonzero(score == score.max()) + 1
         rows.append({"technique": technique, "planted_start": pair[0], "planted_end": pair[1],
                      "top_layers": f"{order[0]},{order[1]}",
-                     "hit_at_1": bool(order[0] in pair), "hit_at_2": set(order[:2]) == set(pair),
+                     "hit_at_1": bool(np.isin(top, pair).all()),
+                     "hit_at_2": bool(score[planted].min() > score[~planted].max(initial=-np.inf)),
                      "chance_at_1": 2 / n_layers, "chance_at_2": 1 / math.comb(n_layers, 2)})
     return pl.DataFrame(rows)
 
