@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 some trials failed (the rest finished and were ingested
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,14 +30,19 @@ def _print_table(title: str, df: pl.DataFrame) -> None:
 
 
 def cmd_study(args) -> int:
-    from raymem.charts import available_charts, save_chart
     from raymem.config import load_study
-    from raymem.queries import query
-    from raymem.study import make_plan, run_plan
 
     start = time.time()
     overrides = {"results": args.results} if args.results else None
     study = load_study(args.file, overrides)
+    if not (study.ray.address or os.environ.get("RAY_ADDRESS")) and "ray" not in sys.modules:
+        # A Ray of our own on this machine: Ray's single-machine mode binds every server
+        # to 127.0.0.1 instead of all interfaces. Read once, when ray is imported.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    from raymem.charts import available_charts, save_chart
+    from raymem.queries import query
+    from raymem.study import make_plan, run_plan
+
     plan = make_plan(study)
     print(f"[plan] study {study.study}: {plan.n_trials()} trials, results in {plan.store.uri}", flush=True)
     failed = run_plan(plan)

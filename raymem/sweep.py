@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
 import time
 import traceback
 
@@ -80,7 +81,11 @@ def run_sweep(name: str, trials: list[dict], resources: Resources, store: Store,
     """Run the unfinished trials (of one or more stages) as one Tune sweep, in the order
     given; return the trials that failed."""
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
+    # Tune's default TensorBoard logger keeps every trial's writer until the driver exits
+    # (memory grows per trial); keep Tune's JSON and CSV results only.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     pending = [t for t in trials if not store.is_done(t["trial_id"])]
     for stage in dict.fromkeys(t["stage"] for t in trials):
         n = sum(t["stage"] == stage for t in trials)
@@ -96,7 +101,8 @@ def run_sweep(name: str, trials: list[dict], resources: Resources, store: Store,
         tune_config=tune.TuneConfig(reuse_actors=True),
         run_config=tune.RunConfig(
             name=f"{pending[0]['study']}-{name}", storage_path=store.local_path("tune"),
-            failure_config=tune.FailureConfig(max_failures=max_failures), verbose=1))
+            failure_config=tune.FailureConfig(max_failures=max_failures), verbose=1,
+            callbacks=[JsonLoggerCallback(), CSVLoggerCallback()]))
     start = time.time()
     tuner.fit()
     failed = [t for t in pending if not store.is_done(t["trial_id"])]

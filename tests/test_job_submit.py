@@ -1,14 +1,18 @@
 """The README's `ray job submit` line against a real local Ray head started by the test."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import duckdb
 import pytest
 import yaml
+
+from raymem.localcluster import stop_session
 
 pytestmark = pytest.mark.ray
 
@@ -28,20 +32,28 @@ def _run(*args, env, timeout=120):
 
 
 @pytest.fixture
-def ray_head(tmp_path):
-    # Token authentication on, for the head and for the `ray job submit` client alike.
+def ray_head():
+    # Token authentication on, for the head and for the `ray job submit` client alike; a
+    # RAY_TMPDIR of its own, so the head neither finds nor is found by another Ray here.
+    # (short: Ray's socket paths under it must stay below 107 bytes)
+    ray_tmp = tempfile.mkdtemp(prefix="rjs-", dir="/tmp")
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
-           "RAY_AUTH_MODE": "token"}
+           "RAY_AUTH_MODE": "token", "RAY_TMPDIR": ray_tmp}
     env.pop("RAY_ADDRESS", None)
     port, dashboard = _free_port(), _free_port()
-    started = _run(BIN / "ray", "start", "--head", f"--port={port}", "--num-cpus=2",
-                   "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-                   f"--dashboard-port={dashboard}", "--disable-usage-stats", env=env)
-    assert started.returncode == 0, started.stderr
+    # its own session: stopping it kills that session's processes, never another Ray's
+    started = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", f"--port={port}", "--num-cpus=2",
+         "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+         "--disable-usage-stats"], env=env, cwd=REPO, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
+        output, _ = started.communicate(timeout=120)
+        assert started.returncode == 0, output
         yield env, f"http://127.0.0.1:{dashboard}"
     finally:
-        _run(BIN / "ray", "stop", env=env)  # stops the head this test started
+        stop_session(started.pid)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def test_ray_job_submit_runs_a_study(ray_head, tiny_mlm, tmp_path):
