@@ -266,9 +266,9 @@ def driver_memory(args, root: Path) -> dict[str, list[dict]]:
     out = {}
     for variant, context in MEMORY_VARIANTS.items():
         out[variant] = []
-        for k in args.memory_trials:
+        for i, k in enumerate(args.memory_trials):  # a sweep of its own each: no trial done before
             with context():
-                m = {"trials": k, **measured(lambda: sleep_sweep(root, f"memory-{len(out)}-{k}", k, 0))}
+                m = {"trials": k, **measured(lambda: sleep_sweep(root, f"memory-{len(out)}-{i}-{k}", k, 0))}
             out[variant].append(m)
             print(f"[memory] {variant}: {k} trials in {m['wall_seconds']:.1f}s: RSS "
                   f"{m['rss_before'] / 2**20:.1f} -> peak {m['rss_peak'] / 2**20:.1f} -> "
