@@ -355,15 +355,19 @@ def _training_trials(ray_tmp: Path) -> dict[str, int]:
     return out
 
 
-def test_lost_workers_are_retried(runs, ray_head, tiny_mlm, reference, tmp_path, monkeypatch):
+def test_lost_workers_are_retried(runs, ray_head, tiny_mlm, reference, tmp_path):
     import ray
+    from ray._private.authentication_test_utils import reset_auth_token_state
 
     address, env, head_sid = ray_head
     results, log = tmp_path / "results", tmp_path / "study.log"
     study = _write(tmp_path / "study.yaml", _study(tiny_mlm, ray={"address": address}))
     proc = runs.study(study, results, log, env)
     killed: dict[str, int] = {}  # raymem trial id -> pid of its lost worker
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    # This process watches the head as a Ray client (token authentication off for it, as
+    # for the head); Ray caches the mode per process, so it is reset again afterwards.
+    auth_mode = os.environ.pop("RAY_AUTH_MODE", None)
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     if ray.is_initialized():
         ray.shutdown()
     ray.init(address=address, log_to_driver=False, logging_level="ERROR")
@@ -381,6 +385,10 @@ def test_lost_workers_are_retried(runs, ray_head, tiny_mlm, reference, tmp_path,
             time.sleep(0.2)
     finally:
         ray.shutdown()
+        os.environ.pop("RAY_AUTH_MODE")
+        if auth_mode is not None:
+            os.environ["RAY_AUTH_MODE"] = auth_mode
+        reset_auth_token_state()  # later in-process Rays of this test run start afresh
     code = _wait(proc, log)
     text = log.read_text(errors="replace")
     assert killed, f"no trial worker was caught mid-training:\n{text[-4000:]}"
