@@ -21,10 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-import duckdb
 import pytest
 import yaml
 
+from results_db import fetch
 from raymem.localcluster import LocalCluster
 
 pytestmark = [pytest.mark.ray,
@@ -55,14 +55,6 @@ def cluster():
 
 def _gpu_nodes(nodes: list[dict]) -> list[dict]:
     return [n for n in nodes if n["resources"].get("GPU", 0) > 0]
-
-
-def _sql(db: Path, sql: str) -> list[tuple]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def test_gpu_sweep_scales_out_finishes_and_scales_in(cluster, tiny_mlm, tmp_path):
@@ -110,14 +102,14 @@ def test_gpu_sweep_scales_out_finishes_and_scales_in(cluster, tiny_mlm, tmp_path
 
     # every trial finished, every row exactly once
     db = results / "raymem.duckdb"
-    runs = _sql(db, "SELECT trial_id, status, error FROM runs WHERE stage = 'finetune'")
+    runs = fetch(db, "SELECT trial_id, status, error FROM runs WHERE stage = 'finetune'")
     assert len(runs) == N_TRIALS and {r[1] for r in runs} == {"ok"}, runs
-    per_trial = _sql(db, """SELECT p.trial_id, COUNT(*), ANY_VALUE(r.memorised_epoch) IS NOT NULL
+    per_trial = fetch(db, """SELECT p.trial_id, COUNT(*), ANY_VALUE(r.memorised_epoch) IS NOT NULL
                             FROM predictions p JOIN runs r USING (trial_id) GROUP BY 1""")
     assert {r[0] for r in per_trial} == {r[0] for r in runs}
     for trial_id, n, memorised in per_trial:  # train + test at "final", again at "memorised"
         assert n == (SUBSAMPLE["train"] + SUBSAMPLE["test"]) * (1 + memorised), trial_id
-    assert _sql(db, """SELECT COUNT(*) FROM (SELECT trial_id, checkpoint, split, example_id
+    assert fetch(db, """SELECT COUNT(*) FROM (SELECT trial_id, checkpoint, split, example_id
                        FROM predictions GROUP BY ALL HAVING COUNT(*) > 1)""") == [(0,)]
     assert len({p.stem for p in (results / "_done").glob("finetune-*.json")}) == N_TRIALS
 

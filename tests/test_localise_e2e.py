@@ -12,13 +12,13 @@ import math
 import sys
 import time
 
-import duckdb
 import numpy as np
 import polars as pl
 import pytest
 import ray
 import yaml
 
+from results_db import fetch, fetch_frame, table_counts
 from raymem.cli import main
 from raymem.config import load_study
 from raymem.localise.summary import m_cog
@@ -80,38 +80,13 @@ def study_run(tiny_mlm, tmp_path_factory):
             logs.append((code, out.getvalue()))
             if len(logs) == 1:
                 db = root / "results" / "raymem.duckdb"
-                first = _table_rows(db)
+                first = table_counts(db)
     finally:
         ray.shutdown()
     print(f"\nlocalise e2e: first run {seconds[0]:.0f}s, rerun {seconds[1]:.0f}s", file=sys.__stdout__)
     plan = make_plan(load_study(path), log=lambda *_: None)
     return {"codes": tuple(c for c, _ in logs), "logs": [o for _, o in logs], "db": db,
             "first": first, "root": root, "plan": plan}
-
-
-def _table_rows(db) -> dict:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        tables = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()]
-        return {t: con.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0] for t in tables}
-    finally:
-        con.close()
-
-
-def _sql(db, sql):
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
-
-
-def _frame(db, sql) -> pl.DataFrame:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.sql(sql).pl()
-    finally:
-        con.close()
 
 
 def test_study_succeeds_twice(study_run):
@@ -123,13 +98,13 @@ def test_every_trial_ran_once_and_ok(study_run):
     # every trial that runs as a task (Tune trials and PreCog) leaves exactly one run row;
     # examples, hidden-state and summary steps do not
     expected = {t["trial_id"] for t in plan.trials() if t["stage"] in {*STAGE_RUNNERS, "precog"}}
-    rows = _sql(db, "SELECT trial_id, status, error FROM runs")
+    rows = fetch(db, "SELECT trial_id, status, error FROM runs")
     assert sorted(r[0] for r in rows) == sorted(expected)
     assert [r for r in rows if r[1] != "ok"] == []
     # 1 precog + 2 finetune + N_MODELS subset models + 2 control models
     # + 2 pairs x (swapping, 3 retraining windows, gradients, probing, centroids)
     assert len(rows) == 1 + 2 + N_MODELS + 2 + len(PAIRS) * (4 + len(WINDOWS))
-    stages = dict(_sql(db, "SELECT stage, COUNT(*) FROM runs GROUP BY stage"))
+    stages = dict(fetch(db, "SELECT stage, COUNT(*) FROM runs GROUP BY stage"))
     assert stages == {"precog": 1, "finetune": 2, "counterfactual": N_MODELS, "control": 2,
                       "localise": len(PAIRS) * (4 + len(WINDOWS))}
 
@@ -138,13 +113,14 @@ def test_finetune_predictions_per_checkpoint(study_run):
     db = study_run["db"]
     # each fine-tuning trial predicts train + eval split at "final", and at "memorised" too
     # if it reached the F1 threshold; the runs table says which did
-    memorised = _sql(db, "SELECT COUNT(*) FROM runs WHERE stage = 'finetune' AND memorised_epoch IS NOT NULL")
+    memorised = fetch(db, "SELECT COUNT(*) FROM runs "
+                          "WHERE stage = 'finetune' AND memorised_epoch IS NOT NULL")
     per_checkpoint = SUBSAMPLE["train"] + SUBSAMPLE["test"]
     assert study_run["first"]["predictions"] == per_checkpoint * (2 + memorised[0][0])
 
 
 def test_examples_hold_task_and_auxiliary_task(study_run):
-    rows = dict(_sql(study_run["db"], "SELECT task, COUNT(*) FROM examples GROUP BY task"))
+    rows = dict(fetch(study_run["db"], "SELECT task, COUNT(*) FROM examples GROUP BY task"))
     assert rows == {TASK: sum(SUBSAMPLE.values()), AUX: sum(SUBSAMPLE.values())}
 
 
@@ -153,57 +129,58 @@ def test_counterfactual_one_row_per_train_example(study_run):
     counts = study_run["first"]
     assert counts["counterfactual"] == SUBSAMPLE["train"]
     assert counts["subset_predictions"] == SUBSAMPLE["train"] * N_MODELS
-    missing = _sql(db, f"""
+    missing = fetch(db, f"""
         SELECT COUNT(*) FROM examples e ANTI JOIN counterfactual c USING (task, model, example_id)
         WHERE e.split = 'train' AND e.task = '{TASK}'""")[0][0]
     assert missing == 0
-    assert _sql(db, "SELECT DISTINCT task FROM counterfactual") == [(TASK,)]
-    assert _sql(db, f"SELECT COUNT(*) FROM counterfactual WHERE n_in + n_out <> {N_MODELS}")[0][0] == 0
-    bad = _sql(db, """SELECT COUNT(*) FROM counterfactual
+    assert fetch(db, "SELECT DISTINCT task FROM counterfactual") == [(TASK,)]
+    assert fetch(db, f"SELECT COUNT(*) FROM counterfactual WHERE n_in + n_out <> {N_MODELS}")[0][0] == 0
+    bad = fetch(db, """SELECT COUNT(*) FROM counterfactual
                       WHERE (mem IS NOT NULL AND (isnan(mem) OR mem < -1 OR mem > 1))
                          OR (gen IS NOT NULL AND (isnan(gen) OR gen < 0 OR gen > 1))""")[0][0]
     assert bad == 0
     # mem is defined exactly where some subset models trained on the example and some did not
-    undefined = _sql(db, "SELECT COUNT(*) FROM counterfactual WHERE (mem IS NULL) <> (n_in = 0 OR n_out = 0)")
+    undefined = fetch(db, "SELECT COUNT(*) FROM counterfactual "
+                          "WHERE (mem IS NULL) <> (n_in = 0 OR n_out = 0)")
     assert undefined[0][0] == 0
-    assert _sql(db, "SELECT COUNT(*) FROM counterfactual WHERE mem IS NOT NULL")[0][0] > 0
+    assert fetch(db, "SELECT COUNT(*) FROM counterfactual WHERE mem IS NOT NULL")[0][0] > 0
 
 
 def test_layer_scores_per_technique_and_pair(study_run):
     db = study_run["db"]
-    rows = _sql(db, """SELECT pair, technique, LIST(layer ORDER BY layer), COUNT(*)
+    rows = fetch(db, """SELECT pair, technique, LIST(layer ORDER BY layer), COUNT(*)
                        FROM layer_scores GROUP BY pair, technique ORDER BY pair, technique""")
     assert rows == [(pair, t, list(range(1, L + 1)), L) for pair in PAIRS for t in TECHNIQUES]
-    assert _sql(db, "SELECT DISTINCT task, seed FROM layer_scores") == [(TASK, 1)]
-    assert _sql(db, "SELECT COUNT(*) FROM layer_scores WHERE NOT isfinite(score) OR score < 0")[0][0] == 0
-    sums = _sql(db, """SELECT pair, SUM(score) FROM layer_scores WHERE technique = 'gradients'
+    assert fetch(db, "SELECT DISTINCT task, seed FROM layer_scores") == [(TASK, 1)]
+    assert fetch(db, "SELECT COUNT(*) FROM layer_scores WHERE NOT isfinite(score) OR score < 0")[0][0] == 0
+    sums = fetch(db, """SELECT pair, SUM(score) FROM layer_scores WHERE technique = 'gradients'
                        GROUP BY pair ORDER BY pair""")
     assert [p for p, _ in sums] == PAIRS
     for _, total in sums:
         assert total == pytest.approx(1.0, abs=1e-6)
     # centroid scores are shares of crossings: they sum to 1, or to 0 when nothing crossed
-    for _, total in _sql(db, """SELECT pair, SUM(score) FROM layer_scores WHERE technique = 'centroids'
+    for _, total in fetch(db, """SELECT pair, SUM(score) FROM layer_scores WHERE technique = 'centroids'
                                 GROUP BY pair"""):
         assert total == pytest.approx(1.0) or total == 0
 
 
 def test_window_scores_for_swapping_and_retraining(study_run):
     db = study_run["db"]
-    rows = _sql(db, """SELECT pair, technique,
+    rows = fetch(db, """SELECT pair, technique,
                               LIST([window_start, window_end] ORDER BY window_start, window_end)
                        FROM window_scores GROUP BY pair, technique ORDER BY pair, technique""")
     windows = [[s, e] for s, e in WINDOWS]
     assert rows == [(pair, t, windows) for pair in PAIRS for t in ("retraining", "swapping")]
     assert study_run["first"]["window_scores"] == len(PAIRS) * 2 * len(WINDOWS)
     # swapping: accuracies are shares, error = 1 - noisy accuracy
-    bad = _sql(db, """SELECT COUNT(*) FROM window_scores WHERE technique = 'swapping' AND NOT (
+    bad = fetch(db, """SELECT COUNT(*) FROM window_scores WHERE technique = 'swapping' AND NOT (
                           noisy_acc BETWEEN 0 AND 1 AND clean_acc BETWEEN 0 AND 1
                           AND abs(error - (1 - noisy_acc)) < 1e-9)""")[0][0]
     assert bad == 0
     # retraining: one trial per window; errors normalised by window (1, L), whose error is 1
     # (NaN throughout when retraining all layers forgot nothing)
     assert study_run["first"]["retrain_windows"] == len(PAIRS) * len(WINDOWS)
-    joined = _sql(db, """SELECT w.pair, w.window_start, w.window_end, w.noisy_acc, r.noisy_acc, w.error
+    joined = fetch(db, """SELECT w.pair, w.window_start, w.window_end, w.noisy_acc, r.noisy_acc, w.error
                          FROM window_scores w JOIN retrain_windows r
                            USING (task, model, seed, pair, technique, window_start, window_end)
                          WHERE w.technique = 'retraining'""")
@@ -220,8 +197,8 @@ def test_window_scores_for_swapping_and_retraining(study_run):
 def test_window_layer_scores_follow_from_the_windows(study_run):
     """Swapping and retraining layer scores are the windows' errors averaged per window size."""
     db = study_run["db"]
-    frame = _frame(db, "SELECT pair, technique, window_start, window_end, error FROM window_scores")
-    scores = {(p, t, layer): score for p, t, layer, score in _sql(
+    frame = fetch_frame(db, "SELECT pair, technique, window_start, window_end, error FROM window_scores")
+    scores = {(p, t, layer): score for p, t, layer, score in fetch(
         db, "SELECT pair, technique, layer, score FROM layer_scores")}
     for pair in PAIRS:
         for technique in ("retraining", "swapping"):
@@ -233,10 +210,10 @@ def test_window_layer_scores_follow_from_the_windows(study_run):
 
 def test_mcog_one_per_technique_and_pair_matching_layer_scores(study_run):
     db = study_run["db"]
-    rows = _sql(db, "SELECT pair, technique, mcog FROM mcog ORDER BY pair, technique")
+    rows = fetch(db, "SELECT pair, technique, mcog FROM mcog ORDER BY pair, technique")
     assert [(p, t) for p, t, _ in rows] == [(p, t) for p in PAIRS for t in TECHNIQUES]
     scores = {}
-    for pair, technique, layer, score in _sql(db, "SELECT pair, technique, layer, score FROM layer_scores"):
+    for pair, technique, layer, score in fetch(db, "SELECT pair, technique, layer, score FROM layer_scores"):
         scores.setdefault((pair, technique), {})[layer] = score
     for pair, technique, value in rows:
         expected = m_cog([scores[pair, technique][layer] for layer in range(1, L + 1)])
@@ -247,7 +224,7 @@ def test_mcog_one_per_technique_and_pair_matching_layer_scores(study_run):
 
 
 def test_control_accuracy_for_the_planted_pair(study_run):
-    rows = _sql(study_run["db"], """
+    rows = fetch(study_run["db"], """
         SELECT pair, technique, planted_start, planted_end, top_layers, hit_at_1, hit_at_2,
                chance_at_1, chance_at_2
         FROM control_accuracy ORDER BY technique""")
@@ -259,7 +236,7 @@ def test_control_accuracy_for_the_planted_pair(study_run):
 
 
 def test_centroid_events(study_run):
-    rows = _sql(study_run["db"], """
+    rows = fetch(study_run["db"], """
         SELECT pair, technique, event, class_from, class_to, layer FROM events ORDER BY ALL""")
     per_pair = 2 * N_LABELS * (N_LABELS - 1)  # crossing and initiation per ordered class pair
     assert len(rows) == len(PAIRS) * per_pair
@@ -301,7 +278,7 @@ def test_localisation_charts(study_run, tmp_path, name, capsys):
 
 def test_rerun_adds_no_rows_and_skips_everything(study_run):
     db = study_run["db"]
-    assert _table_rows(db) == study_run["first"]
+    assert table_counts(db) == study_run["first"]
     keys = {"runs": "trial_id",
             "counterfactual": "task, model, example_id",
             "layer_scores": "task, model, seed, pair, technique, layer",
@@ -311,7 +288,8 @@ def test_rerun_adds_no_rows_and_skips_everything(study_run):
             "events": "task, model, seed, pair, class_from, class_to, event",
             "predictions": "task, model, seed, variant, checkpoint, example_id"}
     for table, key in keys.items():
-        dupes = _sql(db, f"SELECT COUNT(*) FROM (SELECT {key} FROM {table} GROUP BY ALL HAVING COUNT(*) > 1)")
+        dupes = fetch(db, f"SELECT COUNT(*) FROM "
+                          f"(SELECT {key} FROM {table} GROUP BY ALL HAVING COUNT(*) > 1)")
         assert dupes[0][0] == 0, table
     first, second = study_run["logs"]
     assert "[hidden]" in first and "[hidden]" not in second

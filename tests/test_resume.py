@@ -38,6 +38,8 @@ import duckdb
 import pytest
 import yaml
 
+from results_db import fetch
+
 pytestmark = [pytest.mark.ray,
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")]
 
@@ -165,14 +167,6 @@ def _write(path: Path, study: dict) -> Path:
     return path
 
 
-def _sql(db: Path, sql: str) -> list[tuple]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
-
-
 def _contents(db: Path) -> dict[str, tuple[list[str], list[tuple]]]:
     """Every table: its columns less VOLATILE, and all its rows in a fixed order."""
     con = duckdb.connect(str(db), read_only=True)
@@ -206,24 +200,24 @@ def _assert_same_database(db: Path, reference: Path) -> None:
 
 def _assert_complete(db: Path, n_finetune: int = N_FINETUNE) -> None:
     """Every planned trial's rows exactly once, and every run ok."""
-    runs = _sql(db, "SELECT stage, trial_id, status FROM runs ORDER BY ALL")
+    runs = fetch(db, "SELECT stage, trial_id, status FROM runs ORDER BY ALL")
     assert len(runs) == 1 + n_finetune, runs  # the precog run and the fine-tuning trials
     assert len({r[1] for r in runs}) == len(runs)
     assert {r[2] for r in runs} == {"ok"}
     finetuned = {r[1] for r in runs if r[0] == "finetune"}
-    assert {r[0] for r in _sql(db, "SELECT DISTINCT trial_id FROM predictions")} == finetuned
-    dupes = _sql(db, """SELECT COUNT(*) FROM (
+    assert {r[0] for r in fetch(db, "SELECT DISTINCT trial_id FROM predictions")} == finetuned
+    dupes = fetch(db, """SELECT COUNT(*) FROM (
         SELECT trial_id, checkpoint, split, example_id, COUNT(*) n FROM predictions
         GROUP BY ALL HAVING n > 1)""")
     assert dupes == [(0,)]
     # per trial: train + eval split at "final", and again at "memorised" when it got there
-    per_trial = _sql(db, """SELECT p.trial_id, COUNT(*), ANY_VALUE(r.memorised_epoch) IS NOT NULL
+    per_trial = fetch(db, """SELECT p.trial_id, COUNT(*), ANY_VALUE(r.memorised_epoch) IS NOT NULL
                             FROM predictions p JOIN runs r USING (trial_id) GROUP BY 1""")
     per_checkpoint = SUBSAMPLE["train"] + SUBSAMPLE["test"]
     for trial_id, n, memorised in per_trial:
         assert n == per_checkpoint * (1 + memorised), trial_id
-    assert _sql(db, "SELECT COUNT(*) FROM precog") == [(SUBSAMPLE["test"] * len(K),)]
-    assert _sql(db, "SELECT COUNT(*) FROM examples") == [(sum(SUBSAMPLE.values()),)]
+    assert fetch(db, "SELECT COUNT(*) FROM precog") == [(SUBSAMPLE["test"] * len(K),)]
+    assert fetch(db, "SELECT COUNT(*) FROM examples") == [(sum(SUBSAMPLE.values()),)]
 
 
 # -- fixtures -------------------------------------------------------------------------
@@ -420,7 +414,7 @@ def test_failing_trial_is_recorded_and_the_rest_finish(runs, tiny_mlm, tmp_path)
     assert code == 1, text[-4000:]
 
     db = results / "raymem.duckdb"
-    rows = _sql(db, "SELECT model, trial_id, status, error FROM runs WHERE stage = 'finetune'")
+    rows = fetch(db, "SELECT model, trial_id, status, error FROM runs WHERE stage = 'finetune'")
     by_model = {r[0]: r[1:] for r in rows}
     assert sorted(by_model) == sorted([str(tiny_mlm), str(broken)])
     failed_id, status, error = by_model[str(broken)]
@@ -430,7 +424,7 @@ def test_failing_trial_is_recorded_and_the_rest_finish(runs, tiny_mlm, tmp_path)
     assert "1 trial(s) failed" in text and f"{failed_id} tweet_sentiment seed=1 clean" in text
     assert ok_id not in text.split("trial(s) failed")[1]
     assert _finetune_markers(results) == {ok_id}  # no marker: a rerun tries the failed one again
-    assert _sql(db, "SELECT DISTINCT trial_id FROM predictions") == [(ok_id,)]
+    assert fetch(db, "SELECT DISTINCT trial_id FROM predictions") == [(ok_id,)]
     # an exception inside a trial is not retried: to Tune the trial ended normally
     assert "ActorDiedError" not in text and "errored after" not in text
 

@@ -1,10 +1,10 @@
 """End to end on a local Ray: a small study, the database it builds, and a rerun."""
 
-import duckdb
 import pytest
 import ray
 import yaml
 
+from results_db import fetch, table_counts
 from raymem.cli import main
 
 pytestmark = pytest.mark.ray
@@ -31,28 +31,11 @@ def study_run(tiny_mlm, tmp_path_factory):
     try:
         first = main(["study", str(path)])
         db = root / "results" / "raymem.duckdb"
-        snapshot = _table_rows(db)
+        snapshot = table_counts(db)
         second = main(["study", str(path)])  # a rerun: every trial is already done
     finally:
         ray.shutdown()
     return {"codes": (first, second), "db": db, "first": snapshot, "root": root}
-
-
-def _table_rows(db) -> dict:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        tables = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()]
-        return {t: con.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0] for t in tables}
-    finally:
-        con.close()
-
-
-def _sql(db, sql):
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def test_study_succeeds_twice(study_run):
@@ -68,14 +51,14 @@ def test_row_counts_equal_the_plan(study_run):
     assert counts["runs"] == 1 + n_trials  # one precog run and the finetune trials
     # each finetune trial predicts train + eval split at "final", and again at "memorised"
     # if it reached the F1 threshold; the runs table says which did.
-    memorised = _sql(study_run["db"], "SELECT COUNT(*) FROM runs WHERE memorised_epoch IS NOT NULL")[0][0]
+    memorised = fetch(study_run["db"], "SELECT COUNT(*) FROM runs WHERE memorised_epoch IS NOT NULL")[0][0]
     per_checkpoint = SUBSAMPLE["train"] + SUBSAMPLE["test"]
     assert counts["predictions"] == per_checkpoint * (n_trials + memorised)
 
 
 def test_rerun_adds_no_rows(study_run):
-    assert _table_rows(study_run["db"]) == study_run["first"]
-    dupes = _sql(study_run["db"], """
+    assert table_counts(study_run["db"]) == study_run["first"]
+    dupes = fetch(study_run["db"], """
         SELECT COUNT(*) FROM (SELECT example_id, seed, variant, checkpoint, split, COUNT(*) n
                               FROM predictions GROUP BY ALL HAVING n > 1)""")[0][0]
     assert dupes == 0
@@ -83,17 +66,17 @@ def test_rerun_adds_no_rows(study_run):
 
 def test_every_k_and_provenance_present(study_run):
     db = study_run["db"]
-    assert [r[0] for r in _sql(db, "SELECT DISTINCT k FROM precog ORDER BY k")] == K
-    assert _sql(db, "SELECT COUNT(*) FROM precog WHERE score < 0 OR score > 1")[0][0] == 0
-    studies = _sql(db, "SELECT DISTINCT study, raymem_version FROM predictions")
+    assert [r[0] for r in fetch(db, "SELECT DISTINCT k FROM precog ORDER BY k")] == K
+    assert fetch(db, "SELECT COUNT(*) FROM precog WHERE score < 0 OR score > 1")[0][0] == 0
+    studies = fetch(db, "SELECT DISTINCT study, raymem_version FROM predictions")
     assert studies == [("e2e", "0.1.0")]
-    statuses = _sql(db, "SELECT DISTINCT status FROM runs")
+    statuses = fetch(db, "SELECT DISTINCT status FROM runs")
     assert statuses == [("ok",)]
 
 
 def test_noisy_variant_trains_on_perturbed_labels(study_run):
     db = study_run["db"]
-    rows = _sql(db, """
+    rows = fetch(db, """
         SELECT pr.variant, BOOL_AND(pr.label = e.label), BOOL_AND(pr.label = e.original_label)
         FROM predictions pr JOIN examples e USING (task, model, example_id)
         WHERE pr.split = 'train' GROUP BY pr.variant ORDER BY pr.variant""")
