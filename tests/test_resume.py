@@ -154,7 +154,9 @@ def _study(tiny_mlm, **overrides) -> dict:
         "study": "resume", "results": "set-by---results", "models": [str(tiny_mlm)],
         "tasks": ["tweet_sentiment"], "seeds": SEEDS, "subsample": SUBSAMPLE,
         "precog": {"k": K, "max_length": 48, "actors": {"min_size": 1, "max_size": 1}},
-        "finetune": {"variants": VARIANTS, "epochs": 2, "lr": 1e-3, "batch_size": 16,
+        # 4 epochs: a trial reports 3 epochs before it ends, a window wide enough for the
+        # lost-workers test to catch its worker mid-training (with 2 it sometimes did not)
+        "finetune": {"variants": VARIANTS, "epochs": 4, "lr": 1e-3, "batch_size": 16,
                      "max_length": 48},
         "ray": {"num_cpus": 2},
     }
