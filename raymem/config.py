@@ -154,6 +154,10 @@ class Study(Strict):
     seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
     data_seed: int = 1
     noise_ratio: float = Field(0.15, ge=0, lt=1)
+    # Keep only training examples whose annotators agreed at least this much (the corpus's
+    # annotator_confidence; examples without one are dropped), so that the planted label
+    # noise is the only label noise in training. None keeps every example.
+    train_min_annotator_confidence: float | None = Field(None, gt=0, le=1)
     subsample: dict[Split, int] = Field(default_factory=dict)
     eval_split: Split = "test"
     bin_width: float = Field(0.1, gt=0, le=1)

@@ -15,6 +15,7 @@ import pyarrow as pa
 import ray
 
 from raymem.config import PrecogConfig, Study
+from raymem.errors import ConfigError
 from raymem.measures.noise import perturb_labels
 from raymem.measures.precog import PrecogScorer, PrecogSettings
 from raymem.models import ModelSpec, load_tokenizer, planted_counts
@@ -25,6 +26,18 @@ def subsample(split: pl.DataFrame, n: int | None) -> pl.DataFrame:
     """The first n examples in example-id order: a fixed pseudo-random subset."""
     split = split.sort("example_id")
     return split if n is None else split.head(n)
+
+
+def agreed_examples(split: pl.DataFrame, min_confidence: float, task: str) -> pl.DataFrame:
+    """The examples whose annotators agreed at least `min_confidence` (unknown agreement: dropped)."""
+    if split["annotator_confidence"].is_null().all():
+        raise ConfigError(f"train_min_annotator_confidence: task {task} does not record how its "
+                          f"annotators agreed; remove the setting for this study")
+    agreed = split.filter(pl.col("annotator_confidence") >= min_confidence)
+    if agreed.is_empty():
+        raise ConfigError(f"train_min_annotator_confidence: no training example of task {task} "
+                          f"has annotator_confidence >= {min_confidence}")
+    return agreed
 
 
 def word_rarity(texts: pl.Series) -> pl.Series:
@@ -42,6 +55,8 @@ def prepare_examples(study: Study, spec: TaskSpec, splits: dict[str, pl.DataFram
                      model: ModelSpec) -> pl.DataFrame:
     parts = []
     for split, df in splits.items():
+        if split == "train" and study.train_min_annotator_confidence is not None:
+            df = agreed_examples(df, study.train_min_annotator_confidence, spec.name)
         df = subsample(df, study.subsample.get(split))
         label = df["label"].to_numpy()
         if split == "train":

@@ -55,8 +55,11 @@ class Plan:
 
 def _examples_params(study: Study) -> dict:
     """What fixes a task's examples table besides the task and model."""
-    return {"data_seed": study.data_seed, "noise_ratio": study.noise_ratio,
-            "subsample": dict(sorted(study.subsample.items()))}
+    params = {"data_seed": study.data_seed, "noise_ratio": study.noise_ratio,
+              "subsample": dict(sorted(study.subsample.items()))}
+    if study.train_min_annotator_confidence is not None:  # absent when unset: ids stay as they were
+        params["train_min_annotator_confidence"] = study.train_min_annotator_confidence
+    return params
 
 
 def _examples_trial(study: Study, task: str, model: str, results: str) -> dict:

@@ -134,6 +134,11 @@ CASES = {  # id: (keyword arguments of _study, given the data folder; words the 
                                          ["finetune.variants", "noisy", "noise_ratio"]),
     "eval_split missing from a user task": (lambda d: {"task": _user_task(d, test=None)},
                                             ["eval_split", "mine", "'test'"]),
+    "annotator agreement the task does not record": (
+        lambda d: {"extra": "train_min_annotator_confidence: 1.0\n"},
+        ["train_min_annotator_confidence", "task mine", "does not record"]),
+    "annotator agreement above 1": (lambda d: {"extra": "train_min_annotator_confidence: 1.5\n"},
+                                    ["train_min_annotator_confidence", "less than or equal to 1"]),
     "eval_split validation missing": (lambda d: {"extra": "eval_split: validation\n"},
                                       ["eval_split", "'validation'"]),
 }

@@ -1,9 +1,20 @@
 """The study schema: published defaults, and clear errors that name the file and field."""
 
+from pathlib import Path
+
 import pytest
 
 from raymem.config import Study, load_study
 from raymem.errors import ConfigError
+
+
+STUDIES = sorted((Path(__file__).parents[1] / "studies").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=[p.stem for p in STUDIES])
+def test_every_shipped_study_file_is_valid(path):
+    assert len(STUDIES) >= 5
+    assert load_study(path).study == path.stem
 
 
 def _write(tmp_path, text, name="study.yaml"):

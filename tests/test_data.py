@@ -76,6 +76,28 @@ def test_noise_ratio_zero_gives_no_noisy_examples(sentiment, model):
     assert not df["noisy"].any() and (df["label"] == df["original_label"]).all()
 
 
+def test_train_min_annotator_confidence_keeps_agreed_training_examples(sentiment, model, examples):
+    spec, splits = sentiment
+    study = Study(study="t", tasks=["tweet_sentiment"], subsample=SUBSAMPLE,
+                  train_min_annotator_confidence=1.0)
+    agreed = prepare_examples(study, spec, splits, model)
+    train = agreed.filter(pl.col("split") == "train")
+    assert train.height == SUBSAMPLE["train"] and (train["annotator_confidence"] == 1.0).all()
+    # The first n agreed tweets by example id, not the agreed part of the usual first n.
+    want = splits["train"].filter(pl.col("annotator_confidence") >= 1.0).sort("example_id")
+    assert train["example_id"].to_list() == want["example_id"].head(SUBSAMPLE["train"]).to_list()
+    assert (examples.filter(pl.col("split") == "train")["annotator_confidence"] < 1.0).any()
+    for c in range(3):  # noise is planted as usual, now into agreed labels only
+        members = train.filter(pl.col("original_label") == c)
+        assert members["noisy"].sum() == round(0.15 * members.height) > 0
+    # Only training is filtered: the evaluation splits hold the usual examples (rarity, a
+    # statistic over the task's words, moves with the training texts).
+    for split in ("validation", "test"):
+        columns = ["example_id", "text", "label", "noisy", "planted_count", "annotator_confidence"]
+        assert agreed.filter(pl.col("split") == split).select(columns).equals(
+            examples.filter(pl.col("split") == split).select(columns))
+
+
 def test_planted_counts_come_from_the_model(examples, tiny_mlm):
     planted = pl.read_csv(tiny_mlm / "planted.csv", schema_overrides={"example_id": pl.Utf8})
     assert planted.height == 40  # 4 counts x 10 per count in the fixture
