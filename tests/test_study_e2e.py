@@ -92,3 +92,12 @@ def test_queries_and_charts_answer(study_run, capsys):
         assert (charts / f"{name}.png").stat().st_size > 1000
         html = (charts / f"{name}.html").read_text()
         assert "cdn.jsdelivr" not in html  # self-contained
+
+
+def test_tune_keeps_json_and_csv_results_but_no_tensorboard_writers(study_run):
+    # One tensorboardX writer per trial stayed in the driver until it exited.
+    tune_dir = study_run["root"] / "results" / "tune"
+    trial_dirs = {p.parent for p in tune_dir.rglob("result.json")}
+    assert len(trial_dirs) == len(SEEDS) * len(VARIANTS)
+    assert all((d / "progress.csv").is_file() for d in trial_dirs)
+    assert not list(tune_dir.rglob("events.out.tfevents*"))
