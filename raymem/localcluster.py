@@ -63,7 +63,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _session_pids(sid: int) -> list[int]:
+def session_pids(sid: int) -> list[int]:
     """Live processes of session `sid` (zombies left out)."""
     pids = []
     for entry in os.listdir("/proc"):
@@ -83,15 +83,15 @@ def stop_session(sid: int, grace: float = 5.0) -> None:
     """SIGTERM, then SIGKILL, every process of session `sid` (e.g. a `ray start` run with
     start_new_session=True, and everything it started); wait until they are gone."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-        for pid in _session_pids(sid):
+        for pid in session_pids(sid):
             try:
                 os.kill(pid, sig)
             except OSError:
                 pass
         deadline = time.time() + wait
-        while _session_pids(sid) and time.time() < deadline:
+        while session_pids(sid) and time.time() < deadline:
             time.sleep(0.2)
-    if left := _session_pids(sid):
+    if left := session_pids(sid):
         raise RuntimeError(f"processes of session {sid} still running: {left}")
 
 
