@@ -12,17 +12,19 @@ The control model is the same architecture whose body was frozen (only the head 
 
 Three ways to get the mean gradient of a set, all equal up to float rounding:
 
-- `per_example`: batched per-example gradients, `torch.func` (functional_call + vmap +
-  grad) over the layers' parameters. This is the per-example form other analyses need.
+- `per_example`: batched per-example gradients from one forward and one backward of the
+  batch. Forward hooks keep each layer module's input; the backward asks only for the
+  gradients of the modules' outputs (no weight gradients), and each example's weight
+  gradient is then an einsum of its own inputs and output gradients (the standard
+  per-sample gradient of a linear map, as in Opacus). Linear, Conv1D and LayerNorm cover
+  the layers of every registry model; any other parameter is an error. This is the
+  per-example form other analyses need.
 - `mean`: the gradient of the batch's summed loss, one backward per batch. Exact for the
   mean, because in eval mode examples do not interact (no dropout, no batch statistics,
   padding masked) and the gradient is linear; the cheapest route when only g_l is wanted.
 - `loop`: one unpadded example at a time with plain autograd; the reference.
 
-Dropout must be off, so every path runs the model in eval mode. vmap cannot trace the
-data-dependent checks in transformers' mask builders, so the vmapped forward uses eager
-attention, and encoders get a ready 4D additive mask (decoders keep their 2D mask: OPT
-derives its positions from it).
+Dropout must be off, so every path runs the model in eval mode.
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-from torch.func import functional_call, grad, vmap
+import torch.nn.functional as F
+from torch.func import functional_call
+from transformers.pytorch_utils import Conv1D
 
-from raymem.localise.layers import body_layers, is_decoder_model
+from raymem.localise.layers import body_layers
 from raymem.train import Encoded
 
 METHODS = ("mean", "per_example", "loop")
@@ -53,17 +57,13 @@ def layer_parameter_names(model) -> list[list[str]]:
 
 
 @contextmanager
-def _analysis_mode(model, eager: bool):
-    """Eval mode (no dropout) and, for vmap, eager attention; both restored afterwards."""
-    was_training, implementation = model.training, model.config._attn_implementation
+def _analysis_mode(model):
+    """Eval mode (no dropout), restored afterwards."""
+    was_training = model.training
     model.eval()
-    if eager and implementation != "eager":
-        model.set_attn_implementation("eager")
     try:
         yield
     finally:
-        if eager and implementation != "eager":
-            model.set_attn_implementation(implementation)
         model.train(was_training)
 
 
@@ -80,29 +80,74 @@ def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in batch.items() if k != "labels"}
 
 
-def per_example_gradients(model, batch: dict[str, torch.Tensor], names: list[str] | None = None,
-                          chunk_size: int | None = None) -> dict[str, torch.Tensor]:
+# Modules whose per-example parameter gradients follow from their input and output gradient.
+PER_EXAMPLE_MODULES = (torch.nn.Linear, Conv1D, torch.nn.LayerNorm)
+
+
+def _owning_modules(model, names: list[str]) -> dict:
+    """module -> {"weight" or "bias": parameter name} for the parameters `names`."""
+    wanted, owners = set(names), {}
+    for module_name, module in model.named_modules():
+        for role, _ in module.named_parameters(recurse=False):
+            name = f"{module_name}.{role}" if module_name else role
+            if name not in wanted:
+                continue
+            if not isinstance(module, PER_EXAMPLE_MODULES):
+                raise ValueError(f"per-example gradients: {name} belongs to a {type(module).__name__}; "
+                                 f"supported: {', '.join(m.__name__ for m in PER_EXAMPLE_MODULES)}")
+            owners.setdefault(module, {})[role] = name
+    return owners
+
+
+def _weight_gradients(module, inputs: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """Per example (batch, tokens, features) -> (batch, *weight shape): sum over tokens."""
+    if isinstance(module, torch.nn.Linear):  # y = x W^T + b
+        return torch.einsum("bto,bti->boi", grad_out, inputs)
+    if isinstance(module, Conv1D):  # y = x W + b
+        return torch.einsum("bti,bto->bio", inputs, grad_out)
+    normalised = F.layer_norm(inputs, module.normalized_shape, eps=module.eps)  # y = x^ w + b
+    return (grad_out * normalised).sum(1)
+
+
+def per_example_gradients(model, batch: dict[str, torch.Tensor],
+                          names: list[str] | None = None) -> dict[str, torch.Tensor]:
     """Gradients of each example's negative training loss: name -> (batch, *parameter shape).
 
-    `names` defaults to every layer parameter (layers 1..L); `chunk_size` bounds how many
-    examples vmap holds at once (memory is batch x parameters).
+    `names` defaults to every layer parameter (layers 1..L). In eval mode an example's
+    loss depends only on its own activations, so the gradient of the summed loss with
+    respect to a module's output holds each example's own output gradient.
     """
     names = names or [n for layer in layer_parameter_names(model) for n in layer]
-    decoder = is_decoder_model(model)
-    with _analysis_mode(model, eager=True):
-        differentiated, fixed = _split_parameters(model, names)
-        dtype = next(iter(differentiated.values())).dtype
+    owners = _owning_modules(model, names)
+    seen = {}  # module -> (its input, its output) in this forward
 
-        def example_loss(params, inputs, label):
-            inputs = {k: v[None] for k, v in inputs.items()}  # vmap strips the batch axis
-            if not decoder:  # a ready mask skips transformers' data-dependent mask checks
-                keep = inputs["attention_mask"][:, None, None, :].to(dtype)
-                inputs["attention_mask"] = (1.0 - keep) * torch.finfo(dtype).min
-            logits = functional_call(model, (params, fixed), (), inputs).logits
-            return negative_training_loss(logits, label[None]).sum()
+    def remember(module, args, output):
+        seen[module] = (args[0].detach(), output)
 
-        per_example = vmap(grad(example_loss), in_dims=(None, 0, 0), chunk_size=chunk_size)
-        return per_example(differentiated, _inputs(batch), batch["labels"])
+    handles = [module.register_forward_hook(remember) for module in owners]
+    try:
+        with _analysis_mode(model):
+            differentiated, fixed = _split_parameters(model, names)
+            leaves = {n: p.clone().requires_grad_(True) for n, p in differentiated.items()}
+            logits = functional_call(model, (leaves, fixed), (), _inputs(batch)).logits
+            loss = negative_training_loss(logits, batch["labels"]).sum()
+    finally:
+        for handle in handles:
+            handle.remove()
+    modules = list(owners)
+    grad_outs = torch.autograd.grad(loss, [seen[m][1] for m in modules], allow_unused=True)
+    n = len(batch["labels"])
+    grads = {}
+    for module, grad_out in zip(modules, grad_outs):
+        inputs, output = seen[module]
+        grad_out = torch.zeros_like(output) if grad_out is None else grad_out
+        grad_out, inputs = grad_out.reshape(n, -1, grad_out.shape[-1]), inputs.reshape(n, -1, inputs.shape[-1])
+        roles = owners[module]
+        if "weight" in roles:
+            grads[roles["weight"]] = _weight_gradients(module, inputs, grad_out)
+        if "bias" in roles:
+            grads[roles["bias"]] = grad_out.sum(1)
+    return {name: grads[name] for name in names}
 
 
 def per_example_gradients_loop(model, batch: dict[str, torch.Tensor],
@@ -111,7 +156,7 @@ def per_example_gradients_loop(model, batch: dict[str, torch.Tensor],
     names = names or [n for layer in layer_parameter_names(model) for n in layer]
     inputs, labels = _inputs(batch), batch["labels"]
     grads = {n: [] for n in names}
-    with _analysis_mode(model, eager=False):
+    with _analysis_mode(model):
         differentiated, fixed = _split_parameters(model, names)
         leaves = {n: p.clone().requires_grad_(True) for n, p in differentiated.items()}
         for i in range(len(labels)):
@@ -126,7 +171,7 @@ def per_example_gradients_loop(model, batch: dict[str, torch.Tensor],
 
 def _summed_gradient(model, batch: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
     """Sum over the batch of per-example gradients, as one backward of the summed loss."""
-    with _analysis_mode(model, eager=False):
+    with _analysis_mode(model):
         differentiated, fixed = _split_parameters(model, names)
         leaves = {n: p.clone().requires_grad_(True) for n, p in differentiated.items()}
         logits = functional_call(model, (leaves, fixed), (), _inputs(batch)).logits
@@ -137,7 +182,7 @@ def _summed_gradient(model, batch: dict[str, torch.Tensor], names: list[str]) ->
 def length_sorted_batches(data: Encoded, index, batch_size: int):
     """Batches of the examples `index`, shortest first, so each batch pads little.
 
-    Padding is wasted compute for every batched path (a per-example vmap pays it per example).
+    Padding is wasted compute for every batched path.
     """
     index = [int(i) for i in index]
     index.sort(key=lambda i: len(data.features[i]["input_ids"]))

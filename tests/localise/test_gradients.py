@@ -151,3 +151,11 @@ def test_scores_sum_to_one_for_an_encoder(data):
     scores = forgetting_gradient_scores(model, control, data, [0, 1, 2, 3], [4, 5, 6, 7],
                                         method="per_example")
     assert scores.shape == (3,) and np.all(scores > 0) and scores.sum() == pytest.approx(1.0)
+
+
+def test_per_example_gradients_refuse_a_parameter_they_cannot_split(data):
+    model = model_for("bert", data)
+    layer = body_layers(model)[0]
+    layer.scale = torch.nn.Parameter(torch.ones(1))  # owned by the layer itself, not a Linear
+    with pytest.raises(ValueError, match=r"bert\.encoder\.layer\.0\.scale belongs to a BertLayer"):
+        per_example_gradients(model, data.batch([0, 1]))
