@@ -39,6 +39,10 @@ def tiny_model(kind: str, vocab_size: int, pad_token_id: int, layers: int = 3, s
                                            attention_types=[[["global", "local"], 1], [["global"], 1]],
                                            bos_token_id=2, eos_token_id=2,
                                            **{k: v for k, v in common.items() if k != "num_attention_heads"})
+    elif kind == "gpt2":  # its layers are transformers' Conv1D, not Linear
+        config = transformers.GPT2Config(n_embd=32, n_layer=layers, n_head=2, n_positions=64,
+                                         num_labels=N_CLASSES, vocab_size=vocab_size, pad_token_id=pad_token_id,
+                                         bos_token_id=2, eos_token_id=2)
     else:
         config = transformers.GPTNeoXConfig(num_hidden_layers=layers, intermediate_size=64,
                                             bos_token_id=2, eos_token_id=2, **common)
@@ -59,7 +63,7 @@ def test_loss_is_log_softmax_cross_entropy():
     assert not torch.allclose(negative_training_loss(logits, labels), logits.gather(1, labels[:, None]).squeeze(1))
 
 
-@pytest.mark.parametrize("kind", ["bert", "opt", "gpt_neo", "gpt_neox"])
+@pytest.mark.parametrize("kind", ["bert", "opt", "gpt_neo", "gpt_neox", "gpt2"])
 def test_batched_per_example_gradients_equal_the_loop(kind, data):
     model = model_for(kind, data)
     implementation = model.config._attn_implementation
