@@ -67,17 +67,27 @@ def _analysis_mode(model):
         model.train(was_training)
 
 
-def _split_parameters(model, names: list[str]):
-    """Detached tensors: the ones to differentiate, and everything else (params + buffers)."""
+def _as_leaves(model, names: list[str]):
+    """Fresh leaf copies of the parameters `names` (to differentiate) and detached
+    everything else (parameters and buffers), for functional_call."""
     wanted = set(names)
-    differentiated = {n: p.detach() for n, p in model.named_parameters() if n in wanted}
+    leaves = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters() if n in wanted}
     fixed = {n: p.detach() for n, p in model.named_parameters() if n not in wanted}
     fixed.update({n: b for n, b in model.named_buffers()})
-    return differentiated, fixed
+    return leaves, fixed
 
 
 def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in batch.items() if k != "labels"}
+
+
+def _summed_loss(model, batch: dict[str, torch.Tensor], names: list[str]):
+    """The batch's summed negative training loss in eval mode, and the parameter leaves
+    `names` it was computed with."""
+    with _analysis_mode(model):
+        leaves, fixed = _as_leaves(model, names)
+        logits = functional_call(model, (leaves, fixed), (), _inputs(batch)).logits
+        return negative_training_loss(logits, batch["labels"]).sum(), leaves
 
 
 # Modules whose per-example parameter gradients follow from their input and output gradient.
@@ -126,11 +136,7 @@ def per_example_gradients(model, batch: dict[str, torch.Tensor],
 
     handles = [module.register_forward_hook(remember) for module in owners]
     try:
-        with _analysis_mode(model):
-            differentiated, fixed = _split_parameters(model, names)
-            leaves = {n: p.clone().requires_grad_(True) for n, p in differentiated.items()}
-            logits = functional_call(model, (leaves, fixed), (), _inputs(batch)).logits
-            loss = negative_training_loss(logits, batch["labels"]).sum()
+        loss, _ = _summed_loss(model, batch, names)
     finally:
         for handle in handles:
             handle.remove()
@@ -157,8 +163,7 @@ def per_example_gradients_loop(model, batch: dict[str, torch.Tensor],
     inputs, labels = _inputs(batch), batch["labels"]
     grads = {n: [] for n in names}
     with _analysis_mode(model):
-        differentiated, fixed = _split_parameters(model, names)
-        leaves = {n: p.clone().requires_grad_(True) for n, p in differentiated.items()}
+        leaves, fixed = _as_leaves(model, names)
         for i in range(len(labels)):
             real = int(inputs["attention_mask"][i].sum())  # right padding: drop the pad tail
             one = {k: v[i:i + 1, :real] for k, v in inputs.items()}
@@ -171,12 +176,8 @@ def per_example_gradients_loop(model, batch: dict[str, torch.Tensor],
 
 def _summed_gradient(model, batch: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
     """Sum over the batch of per-example gradients, as one backward of the summed loss."""
-    with _analysis_mode(model):
-        differentiated, fixed = _split_parameters(model, names)
-        leaves = {n: p.clone().requires_grad_(True) for n, p in differentiated.items()}
-        logits = functional_call(model, (leaves, fixed), (), _inputs(batch)).logits
-        loss = negative_training_loss(logits, batch["labels"]).sum()
-        return dict(zip(names, torch.autograd.grad(loss, [leaves[n] for n in names])))
+    loss, leaves = _summed_loss(model, batch, names)
+    return dict(zip(names, torch.autograd.grad(loss, [leaves[n] for n in names])))
 
 
 def length_sorted_batches(data: Encoded, index, batch_size: int):
