@@ -38,6 +38,7 @@ import duckdb
 import pytest
 import yaml
 
+from raymem.localcluster import stop_session
 from results_db import fetch
 
 pytestmark = [pytest.mark.ray,
@@ -82,20 +83,6 @@ def _alive(proc: dict) -> bool:
     return now is not None and now["start"] == proc["start"] and now["state"] not in "ZX"
 
 
-def _kill_session(sid: int, grace: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL, every process of a session this test started."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
-        procs = _session(sid)
-        for p in procs:
-            try:
-                os.kill(p["pid"], sig)
-            except OSError:
-                pass
-        deadline = time.time() + wait
-        while any(_alive(p) for p in procs) and time.time() < deadline:
-            time.sleep(0.2)
-
-
 # -- studies --------------------------------------------------------------------------
 class Runs:
     """Studies and Ray heads started by this module: their own temp dirs and sessions."""
@@ -127,9 +114,11 @@ class Runs:
                           log, env or self.env())
 
     def close(self) -> None:
-        for sid in self.sessions:
-            _kill_session(sid, grace=2.0)
-        shutil.rmtree(self.root, ignore_errors=True)
+        try:
+            for sid in self.sessions:
+                stop_session(sid, grace=2.0)
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _wait(proc: subprocess.Popen, log: Path, timeout: float = STUDY_TIMEOUT) -> int:
@@ -312,7 +301,7 @@ def ray_head(runs, tmp_path):
         assert start.wait(timeout=120) == 0, _tail(log)
         yield f"127.0.0.1:{port}", env, start.pid
     finally:
-        _kill_session(start.pid)
+        stop_session(start.pid)
         assert not _session(start.pid), "the test's Ray head is still running"
 
 
