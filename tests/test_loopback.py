@@ -6,6 +6,7 @@ kernel's TCP tables for every listening socket a process of that session holds.
 
 import ipaddress
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -77,6 +78,7 @@ def test_a_local_study_listens_on_loopback_only(tiny_mlm, tmp_path):
         code = proc.wait(timeout=max(1.0, deadline - time.time()))
     finally:
         stop_session(proc.pid)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert code == 0, log.read_text()[-3000:]
     # GCS, raylet, object manager, dashboard, agents: Ray's servers were running.
     assert len(seen) >= 4, seen
