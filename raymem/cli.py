@@ -1,7 +1,8 @@
 """`raymem study|query|chart|pretrain|ingest`: the command line.
 
 Exit codes: 0 success, 1 some trials failed (the rest finished and were ingested),
-2 bad input (nothing was run or written).
+2 bad input (nothing was run or written), 130 stopped by Ctrl-C or SIGTERM (what
+finished is kept; the same command resumes).
 """
 
 from __future__ import annotations
@@ -43,9 +44,19 @@ def cmd_study(args) -> int:
     from raymem.queries import query
     from raymem.study import make_plan, run_plan
 
+    from raymem.sweep import StudyInterrupted
+
     plan = make_plan(study)
     print(f"[plan] study {study.study}: {plan.n_trials()} trials, results in {plan.store.uri}", flush=True)
-    failed = run_plan(plan)
+    try:
+        failed = run_plan(plan)
+    except StudyInterrupted as stop:
+        done = sum(plan.store.is_done(t.trial_id) for t in plan.trials)
+        resume = " ".join(["raymem study", args.file, *(["--results", args.results] if args.results else [])])
+        print(f"\nstudy {study.study} stopped ({stop or 'SIGINT'}): {done} of {plan.n_trials()} trials are "
+              f"finished and kept; nothing half-written is used.\nResume with the same command:\n  {resume}",
+              file=sys.stderr, flush=True)
+        return 130
     charts_dir = plan.db_path.parent / "charts"
     for name in available_charts(plan.db_path):
         save_chart(name, plan.db_path, charts_dir)
@@ -62,8 +73,7 @@ def cmd_study(args) -> int:
     if failed:
         print(f"\n{len(failed)} trial(s) failed; see the runs table:", file=sys.stderr)
         for t in failed:
-            print(f"  {t['trial_id']} {t['params'].get('task')} seed={t['params'].get('seed')} "
-                  f"{t['params'].get('variant')}", file=sys.stderr)
+            print(f"  {t.trial_id} {t.label()}", file=sys.stderr)
         return 1
     return 0
 

@@ -23,16 +23,27 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Resources(Strict):
-    """Per Tune trial: CPUs and GPUs (fractions allowed)."""
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+class Hardware(Strict):
+    """What a trial or actor runs on. `device: auto` takes the GPU Ray assigned (gpus > 0),
+    else the CPU; `precision: auto` is bf16 on GPUs that support it, fp32 on CPU. Neither
+    enters trial ids: they change results only by float rounding."""
     cpus: float = Field(1.0, gt=0)
+    # A fraction (0.25, 0.5) packs several trials on one GPU: see the README.
     gpus: float = Field(0.0, ge=0)
+    device: Device = "auto"
+    precision: Precision = "auto"
 
 
-class ActorPool(Strict):
+class Resources(Hardware):
+    """Per Tune trial: CPUs and GPUs (fractions allowed), device and precision."""
+
+
+class ActorPool(Hardware):
     """Per Ray Data actor, and how far the pool may scale."""
-    cpus: float = Field(1.0, gt=0)
-    gpus: float = Field(0.0, ge=0)
     min_size: int = Field(1, ge=1)
     max_size: int = Field(2, ge=1)
 
@@ -78,7 +89,11 @@ class FinetuneConfig(Strict):
     freeze_embeddings: bool = True
     memorised_f1: float = Field(0.993, gt=0, le=1)
     resources: Resources = Resources()
+    # Times Tune restarts a trial whose worker or node was lost (spot preemption).
     max_failures: int = Field(2, ge=0)
+    # A training trial keeps a resume checkpoint every this many epochs (0: none), so a
+    # restarted trial goes on from there; it is deleted when the trial finishes.
+    checkpoint_every: int = Field(1, ge=0)
 
 
 class CounterfactualConfig(Strict):
@@ -87,9 +102,6 @@ class CounterfactualConfig(Strict):
     n_models: int = Field(30, ge=2)
     subset_seed: int = 1
     epochs: int | None = Field(None, ge=1)  # default: finetune.epochs
-
-
-Technique = Literal["swapping", "retraining", "gradients", "probing", "centroids"]
 
 
 class ControlConfig(Strict):
@@ -111,7 +123,8 @@ class ControlConfig(Strict):
 
 class LocaliseConfig(Strict):
     enabled: bool = False
-    techniques: list[Technique] = Field(
+    # names from raymem/localise/registry.py
+    techniques: list[str] = Field(
         default_factory=lambda: ["swapping", "retraining", "gradients", "probing", "centroids"], min_length=1)
     retrain_epochs: int = Field(5, ge=1)
     retrain_lr: float = Field(3e-5, gt=0)
@@ -121,6 +134,16 @@ class LocaliseConfig(Strict):
     resources: Resources = Resources()
     actors: ActorPool = ActorPool()  # hidden-state extraction
     control: ControlConfig = ControlConfig()
+
+    @field_validator("techniques")
+    @classmethod
+    def _registered(cls, techniques):
+        from raymem.localise.registry import TECHNIQUES
+
+        unknown = [t for t in techniques if t not in TECHNIQUES]
+        if unknown:
+            raise ValueError(f"unknown technique {unknown[0]!r}; known: {', '.join(TECHNIQUES)}")
+        return techniques
 
 
 class UserTask(Strict):

@@ -95,7 +95,8 @@ def precog_rows(examples: pl.DataFrame, model: ModelSpec, cfg: PrecogConfig) -> 
     scored = ds.map_batches(
         PrecogScorer,
         fn_constructor_kwargs={"model": model, "settings": settings,
-                               "num_threads": max(1, int(cfg.actors.cpus))},
+                               "num_threads": max(1, int(cfg.actors.cpus)),
+                               "device": cfg.actors.device, "precision": cfg.actors.precision},
         batch_size=cfg.examples_per_batch, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(min_size=cfg.actors.min_size, max_size=cfg.actors.max_size),
         num_cpus=cfg.actors.cpus, num_gpus=cfg.actors.gpus)

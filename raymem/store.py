@@ -116,10 +116,8 @@ class Store:
         return info.type == pafs.FileType.File
 
     def mark_done(self, trial_id: str, info: dict) -> None:
-        path = self._path(MARKERS, f"{trial_id}.json")
-        self.fs.create_dir(self._path(MARKERS), recursive=True)
-        with self.fs.open_output_stream(path) as f:
-            f.write(json.dumps(info, default=str).encode())
+        # atomic: a marker cut short by a kill would claim an unfinished trial
+        self.put_bytes(json.dumps(info, default=str).encode(), MARKERS, f"{trial_id}.json")
 
     # -- checkpoints -------------------------------------------------------------------
     def put_dir(self, local_dir: str | Path, *parts: str) -> int:
@@ -136,14 +134,37 @@ class Store:
                         source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
         return Path(local_dir)
 
+    def size(self, *parts: str) -> int:
+        """Bytes under a folder of the store (0 if absent)."""
+        selector = pafs.FileSelector(self._path(*parts), recursive=True, allow_not_found=True)
+        return sum(i.size or 0 for i in self.fs.get_file_info(selector) if i.type == pafs.FileType.File)
+
     def exists(self, *parts: str) -> bool:
         return self.fs.get_file_info(self._path(*parts)).type != pafs.FileType.NotFound
 
     def put_bytes(self, data: bytes, *parts: str) -> None:
+        """Write a file whole or not at all (temp file and rename; an object put is atomic)."""
         path = self._path(*parts)
         self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        with self.fs.open_output_stream(path) as f:
-            f.write(data)
+        tmp = path if not self.is_local else f"{path}.tmp-{uuid.uuid4().hex}"
+        try:
+            with self.fs.open_output_stream(tmp) as f:
+                f.write(data)
+            if tmp != path:
+                self.fs.move(tmp, path)
+        except BaseException:
+            if tmp != path and self.fs.get_file_info(tmp).type == pafs.FileType.File:
+                self.fs.delete_file(tmp)
+            raise
+
+    def delete(self, *parts: str) -> None:
+        """Remove a file or folder of the store; nothing if it is not there."""
+        path = self._path(*parts)
+        kind = self.fs.get_file_info(path).type
+        if kind == pafs.FileType.File:
+            self.fs.delete_file(path)
+        elif kind == pafs.FileType.Directory:
+            self.fs.delete_dir(path)
 
     def get_bytes(self, *parts: str) -> bytes:
         with self.fs.open_input_stream(self._path(*parts)) as f:

@@ -1,83 +1,156 @@
-"""Trials and the Ray Tune plumbing that runs them.
+"""Running trials: one trial in this process, or many as a Ray Tune sweep.
 
-A trial is a plain dict: its stage, its parameters, a deterministic id (a hash of both)
-and where results go. A finished trial leaves a completion marker, so a rerun of the
-study skips it. Inside a trial, an exception is a real failure (a bug, bad data): it is
-recorded in the `runs` table and not retried. A lost worker or node kills the trial
-from outside; Tune retries that, up to `max_failures` times.
+A finished trial leaves a completion marker, so a rerun of the study skips it. Failures
+come in three kinds (as datatrove sorts them), each handled its own way:
+
+- transient: a lost connection, a storage timeout or throttling, an interrupted upload:
+  retried inside the trial with bounded exponential back-off; a lost worker or preempted
+  node kills the trial from outside, and Tune restarts it (`max_failures`), from its last
+  progress checkpoint;
+- oom: out of memory: not retried (it would fail again); the error names what to lower;
+- permanent: a bug or bad data: not retried.
+A failure is recorded once in `runs` with its error and kind; the sweep goes on.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
+import re
+import signal
 import time
 import traceback
+from contextlib import contextmanager
 
 import polars as pl
 
 from raymem.config import Resources
+from raymem.runtime import Runtime
 from raymem.store import Store
+from raymem.trial import Trial
 
-# stage name -> "module:function" running one trial: fn(trial, store, report) -> run info
-STAGE_RUNNERS = {
-    "finetune": "raymem.stages.finetune:run_trial",
-    "counterfactual": "raymem.stages.counterfactual:run_trial",
-    "control": "raymem.stages.control:run_trial",
-    "localise": "raymem.stages.localise:run_trial",
+# stage -> the module whose run(trial, runtime) runs one of its trials
+STAGE_MODULES = {
+    "finetune": "raymem.stages.finetune",
+    "counterfactual": "raymem.stages.counterfactual",
+    "control": "raymem.stages.control",
+    "localise": "raymem.stages.localise",
 }
+TRANSIENT_RETRIES = 3
+BACKOFF_SECONDS, BACKOFF_CAP_SECONDS = 2.0, 30.0
+TRANSIENT_NAMES = {"RayActorError", "ActorDiedError", "NodeDiedError", "ObjectLostError", "OwnerDiedError",
+                   "WorkerCrashedError", "ReadTimeoutError", "ConnectTimeoutError", "EndpointConnectionError",
+                   "IncompleteReadError", "ResponseStreamingError"}
+TRANSIENT_MESSAGE = re.compile(r"timed? ?out|throttl|slow ?down|too many requests|service unavailable|"
+                               r"connection (reset|refused|aborted|closed)|temporarily unavailable|"
+                               r"broken pipe|\b(429|500|502|503|504)\b", re.IGNORECASE)
+OOM_HINT = ("out of memory: lower this stage's batch_size or max_length, or give each trial more of a "
+            "GPU (a larger `gpus` fraction, so fewer trials share one)")
 
 
-def make_trial(stage: str, params: dict, study: str, results: str) -> dict:
-    key = json.dumps({"stage": stage, **params}, sort_keys=True, default=str)
-    trial_id = f"{stage}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
-    return {"stage": stage, "trial_id": trial_id, "study": study, "results": results, "params": params}
+class StudyInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM: the whole study stops; finished trials stay finished."""
 
 
-def record_run(store: Store, trial: dict, status: str, wall: float, info: dict | None = None,
-               error: str | None = None) -> None:
+def error_kind(exc: BaseException) -> str:
+    """'transient', 'oom' or 'permanent' (see the module docstring)."""
+    import torch
+
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or (
+            isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()):
+        return "oom"
+    if isinstance(exc, (ConnectionError, TimeoutError)) or type(exc).__name__ in TRANSIENT_NAMES:
+        return "transient"
+    if isinstance(exc, OSError) and TRANSIENT_MESSAGE.search(str(exc)):
+        return "transient"
+    return "permanent"
+
+
+def record_run(store: Store, trial: Trial, status: str, wall: float, info: dict | None = None,
+               error: str | None = None, kind: str | None = None, attempts: int = 1) -> None:
     """One row in `runs` for the trial: parameters, status, wall time and what it reported."""
-    p, info = trial["params"], info or {}
+    p, info = trial.params, info or {}
     row = {"task": p.get("task"), "model": p.get("model"), "seed": p.get("seed"),
-           "variant": p.get("variant"), "status": status, "error": error,
+           "variant": p.get("variant"), "status": status, "error": error, "error_kind": kind,
            "wall_seconds": round(wall, 3), "device": info.get("device", "cpu"),
+           "precision": info.get("precision", "fp32"), "attempts": attempts,
+           "resumed_from_epoch": info.get("resumed_from_epoch"), "epochs_trained": info.get("epochs_trained"),
            "storage_bytes": info.get("storage_bytes", 0),
            "memorised_epoch": info.get("memorised_epoch"),
            "params": json.dumps(p, sort_keys=True, default=str)}
-    schema = {"seed": pl.Int64, "memorised_epoch": pl.Int64, "error": pl.Utf8, "task": pl.Utf8,
-              "model": pl.Utf8, "variant": pl.Utf8, "storage_bytes": pl.Int64}
-    store.write_rows("runs", trial["stage"], trial["trial_id"], pl.DataFrame([row], schema_overrides=schema),
-                     trial["study"])
+    schema = {"seed": pl.Int64, "memorised_epoch": pl.Int64, "error": pl.Utf8, "error_kind": pl.Utf8,
+              "task": pl.Utf8, "model": pl.Utf8, "variant": pl.Utf8, "storage_bytes": pl.Int64,
+              "attempts": pl.Int64, "resumed_from_epoch": pl.Int64, "epochs_trained": pl.Int64}
+    store.write_rows("runs", trial.stage, trial.trial_id, pl.DataFrame([row], schema_overrides=schema),
+                     trial.study)
 
 
-def run_trial(trial: dict, report=None) -> dict:
-    """Run one trial in this process; record it; never raise for a failure inside it."""
-    store = Store(trial["results"])
-    module, name = STAGE_RUNNERS[trial["stage"]].split(":")
-    runner = getattr(importlib.import_module(module), name)
-    start = time.time()
-    try:
-        info = runner(trial, store, report or (lambda **_: None))
-    except Exception:  # a real failure: record it, do not retry (see module docstring)
-        error = traceback.format_exc(limit=8)
-        record_run(store, trial, "failed", time.time() - start, error=error)
-        return {"status": "failed", "error": error.strip().splitlines()[-1]}
-    record_run(store, trial, "ok", time.time() - start, info)
-    store.mark_done(trial["trial_id"], {"stage": trial["stage"], "params": trial["params"]})
-    return {"status": "ok", **info}
+def _count_attempt(store: Store, trial: Trial) -> int:
+    """How many times this trial was started (Tune restarts and study reruns included)."""
+    parts = ("_attempts", trial.trial_id)
+    attempts = int(store.get_bytes(*parts)) + 1 if store.exists(*parts) else 1
+    store.put_bytes(str(attempts).encode(), *parts)
+    return attempts
+
+
+def run_trial(trial: Trial, report=None, sleep=time.sleep) -> dict:
+    """Run one trial in this process; write its tables, record it; never raise for a failure
+    inside it (a lost worker is not an exception here: the process is gone)."""
+    store = Store(trial.results)
+    stage = importlib.import_module(STAGE_MODULES[trial.stage])
+    start, runtime = time.time(), None
+    attempts = _count_attempt(store, trial)
+    for retry in range(TRANSIENT_RETRIES + 1):
+        try:
+            runtime = Runtime.for_trial(trial, report)
+            for table, rows in stage.run(trial, runtime).items():
+                store.write_rows(table, trial.stage, trial.trial_id, rows, trial.study)
+            break
+        except Exception as exc:
+            kind = error_kind(exc)
+            if kind == "transient" and retry < TRANSIENT_RETRIES:
+                delay = min(BACKOFF_CAP_SECONDS, BACKOFF_SECONDS * 2 ** retry)
+                print(f"[{trial.stage}] {trial.trial_id}: transient error ({exc}); retry "
+                      f"{retry + 1}/{TRANSIENT_RETRIES} in {delay:.0f}s", flush=True)
+                sleep(delay)
+                continue
+            error = traceback.format_exc(limit=8)
+            if kind == "oom":
+                error = f"{OOM_HINT}\n{error}"
+            record_run(store, trial, "failed", time.time() - start, runtime.info if runtime else None,
+                       error, kind, attempts + retry)
+            return {"status": "failed", "error_kind": kind, "error": error.strip().splitlines()[-1]}
+    record_run(store, trial, "ok", time.time() - start, runtime.info, attempts=attempts + retry)
+    store.mark_done(trial.trial_id, {"stage": trial.stage, "params": trial.params})
+    return {"status": "ok", **runtime.info}
 
 
 def _tune_entry(config: dict) -> None:
     from ray import tune
 
-    result = run_trial(config["trial"], report=lambda **metrics: tune.report(metrics))
-    tune.report({"done": True, **{k: v for k, v in result.items() if k in ("status", "error")}})
+    result = run_trial(config["trial"]["spec"], report=lambda **metrics: tune.report(metrics))
+    tune.report({"done": True, **{k: v for k, v in result.items() if k in ("status", "error", "error_kind")}})
 
 
-def run_sweep(name: str, trials: list[dict], resources: Resources, store: Store,
-              max_failures: int, log=print) -> list[dict]:
+@contextmanager
+def interruptible():
+    """Ctrl-C and SIGTERM raise StudyInterrupted in the driver, wherever it is (a Tune sweep,
+    a Ray Data job), instead of ending only the current sweep (Tune's own handler) or exiting
+    without a word (Ray's SIGTERM handler)."""
+    def stop(signum, frame):
+        raise StudyInterrupted(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def run_sweep(name: str, trials: list[Trial], resources: Resources, store: Store,
+              max_failures: int, log=print) -> list[Trial]:
     """Run the unfinished trials (of one or more stages) as one Tune sweep, in the order
     given; return the trials that failed."""
     from ray import tune
@@ -86,26 +159,30 @@ def run_sweep(name: str, trials: list[dict], resources: Resources, store: Store,
     # Tune's default TensorBoard logger keeps every trial's writer until the driver exits
     # (memory grows per trial); keep Tune's JSON and CSV results only.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    pending = [t for t in trials if not store.is_done(t["trial_id"])]
-    for stage in dict.fromkeys(t["stage"] for t in trials):
-        n = sum(t["stage"] == stage for t in trials)
-        left = sum(t["stage"] == stage for t in pending)
+    # Ctrl-C stops the whole study (interruptible), not only this sweep.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    pending = [t for t in trials if not store.is_done(t.trial_id)]
+    for stage in dict.fromkeys(t.stage for t in trials):
+        n = sum(t.stage == stage for t in trials)
+        left = sum(t.stage == stage for t in pending)
         log(f"[{stage}] {n} trials: {n - left} already done, {left} to run "
             f"({resources.cpus:g} CPU, {resources.gpus:g} GPU each)")
     if not pending:
         return []
     tuner = tune.Tuner(
         tune.with_resources(_tune_entry, {"cpu": resources.cpus, "gpu": resources.gpus}),
-        param_space={"trial": tune.grid_search(pending)},
+        # id and label first: they are what Tune's status table and result files show of a trial
+        param_space={"trial": tune.grid_search([{"trial_id": t.trial_id, "label": t.label(), "spec": t}
+                                                for t in pending])},
         # One worker process serves trial after trial: no re-import of torch per trial.
         tune_config=tune.TuneConfig(reuse_actors=True),
         run_config=tune.RunConfig(
-            name=f"{pending[0]['study']}-{name}", storage_path=store.local_path("tune"),
+            name=f"{pending[0].study}-{name}", storage_path=store.local_path("tune"),
             failure_config=tune.FailureConfig(max_failures=max_failures), verbose=1,
             callbacks=[JsonLoggerCallback(), CSVLoggerCallback()]))
     start = time.time()
     tuner.fit()
-    failed = [t for t in pending if not store.is_done(t["trial_id"])]
+    failed = [t for t in pending if not store.is_done(t.trial_id)]
     log(f"[{name}] {len(pending) - len(failed)} trials done, {len(failed)} failed, "
         f"in {time.time() - start:.0f}s")
     return failed

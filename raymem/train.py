@@ -2,6 +2,9 @@
 
 AdamW, linear schedule with warm-up, gradient clipping, optional frozen embeddings;
 texts are tokenised once and each batch is padded only to its own longest example.
+Both follow the device of the model they are given and run under whatever autocast
+context the caller's `Runtime` opened; losses and softmax are computed in fp32. With a
+runtime, training resumes from the trial's last progress checkpoint (raymem/runtime.py).
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from raymem.models import embedding_parameters
+from raymem.runtime import Runtime, TrainingState, model_device, seed_everything, to_device
 
 
 @dataclass(frozen=True)
@@ -75,8 +80,11 @@ class Encoded:
 
 
 def make_optimiser(params, s: TrainSettings, steps: int):
-    """AdamW with a linear schedule: warm-up over `s.warmup` of the steps, then decay to 0."""
-    optimiser = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    """AdamW with a linear schedule: warm-up over `s.warmup` of the steps, then decay to 0.
+    On a GPU, the fused AdamW kernel (one launch per step, not one per parameter)."""
+    params = list(params)
+    fused = bool(params) and all(p.is_cuda for p in params)
+    optimiser = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay, fused=fused or None)
     warmup = int(s.warmup * steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda i: (i + 1) / warmup if i < warmup else max(0.0, (steps - i) / max(1, steps - warmup)))
@@ -84,45 +92,62 @@ def make_optimiser(params, s: TrainSettings, steps: int):
 
 
 def fine_tune(model, data: Encoded, s: TrainSettings, seed: int,
-              after_epoch: Callable[[int], bool] | None = None) -> list[float]:
-    """Train in place; `after_epoch(epoch)` may return True to stop early. Returns losses."""
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
+              after_epoch: Callable[[int], bool] | None = None, runtime: Runtime | None = None,
+              extra: dict | None = None) -> list[float]:
+    """Train in place; `after_epoch(epoch)` may return True to stop early. Returns losses.
+
+    With a `runtime`, a progress checkpoint is kept after every epoch (model, optimiser,
+    schedule, random states, data order and `extra`, the caller's own state, updated in
+    place on resume), so a restarted trial goes on from the epoch after the last one kept.
+    """
+    generator = runtime.seed(seed) if runtime else seed_everything(seed)
     if s.freeze_embeddings:
         for p in embedding_parameters(model):
             p.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser, schedule = make_optimiser(params, s, s.epochs * -(-len(data) // s.batch_size))
-    losses = []
-    for epoch in range(1, s.epochs + 1):
+    scaler = runtime.grad_scaler() if runtime else torch.amp.GradScaler(enabled=False)
+    state = TrainingState({"model": model, "optimiser": optimiser, "schedule": schedule,
+                           "scaler": scaler}, generator, extra if extra is not None else {})
+    first = runtime.resume(state) if runtime else 1
+    device = model_device(model)
+    for epoch in range(first, s.epochs + 1):
         model.train()
-        total = 0.0
+        total = torch.zeros((), device=device)  # summed on the device: no host sync per step
         for batch in data.batches(s.batch_size, generator):
-            loss = model(**batch).loss
-            loss.backward()
+            batch = to_device(batch, device)
+            labels = batch.pop("labels")
+            loss = F.cross_entropy(model(**batch).logits.float(), labels)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimiser)
             torch.nn.utils.clip_grad_norm_(params, s.clip)
-            optimiser.step()
+            scaler.step(optimiser)
+            scaler.update()
             schedule.step()
             optimiser.zero_grad(set_to_none=True)
-            total += loss.item() * len(batch["labels"])
-        losses.append(total / len(data))
-        if after_epoch is not None and after_epoch(epoch):
+            total += loss.detach() * len(labels)
+        state.losses.append(float(total) / len(data))
+        stop = after_epoch is not None and after_epoch(epoch)
+        if runtime:
+            runtime.save_progress(state, epoch)
+        if stop:
             break
     model.eval()
-    return losses
+    return state.losses
 
 
 @torch.inference_mode()
 def predict(model, data: Encoded, batch_size: int = 64) -> np.ndarray:
     """Class probabilities, shape (examples, classes), in the order of `data`."""
     model.eval()
+    device = model_device(model)
     order = np.argsort(data.lengths(), kind="stable")  # similar lengths share a batch
     probs = None
     for start in range(0, len(order), batch_size):
         index = order[start:start + batch_size]
         batch = data.batch(index.tolist())
         batch.pop("labels")
-        p = torch.softmax(model(**batch).logits.float(), -1).numpy()
+        p = torch.softmax(model(**to_device(batch, device)).logits.float(), -1).cpu().numpy()
         probs = np.empty((len(data), p.shape[1]), dtype=p.dtype) if probs is None else probs
         probs[index] = p
     return probs

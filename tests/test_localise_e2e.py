@@ -25,7 +25,7 @@ from raymem.localise.summary import m_cog
 from raymem.localise.swapping import layer_scores_from_windows
 from raymem.queries import list_queries, query
 from raymem.study import make_plan
-from raymem.sweep import STAGE_RUNNERS
+from raymem.sweep import STAGE_MODULES
 
 pytestmark = pytest.mark.ray
 
@@ -97,7 +97,7 @@ def test_every_trial_ran_once_and_ok(study_run):
     db, plan = study_run["db"], study_run["plan"]
     # every trial that runs as a task (Tune trials and PreCog) leaves exactly one run row;
     # examples, hidden-state and summary steps do not
-    expected = {t["trial_id"] for t in plan.trials() if t["stage"] in {*STAGE_RUNNERS, "precog"}}
+    expected = {t.trial_id for t in plan.trials if t.stage in {*STAGE_MODULES, "precog"}}
     rows = fetch(db, "SELECT trial_id, status, error FROM runs")
     assert sorted(r[0] for r in rows) == sorted(expected)
     assert [r for r in rows if r[1] != "ok"] == []

@@ -446,9 +446,10 @@ def test_text_longer_than_the_model_is_refused_at_planning_or_truncated(tiny_mlm
     except ConfigError:
         return  # refused while planning: fine
     # Otherwise the one trial must train (on truncated text). Run it here, without Ray.
-    (key, examples_trial), = plan.examples_trials.items()
-    plan.store.write_rows("examples", "examples", examples_trial["trial_id"], plan.examples[key], study.study)
-    result = run_trial(plan.finetune_trials[0])
+    (examples_trial,) = plan.of_stage("examples")
+    key = (examples_trial.params["task"], examples_trial.params["model"])
+    plan.store.write_rows("examples", "examples", examples_trial.trial_id, plan.examples[key], study.study)
+    result = run_trial(plan.of_stage("finetune")[0])
     assert result["status"] == "ok", result.get("error")
 
 

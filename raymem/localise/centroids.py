@@ -35,7 +35,10 @@ import polars as pl
 import torch
 
 from raymem.localise.layers import pooled_hidden_states
+from raymem.localise.technique import PairInputs, Technique, layer_rows, with_keys
+from raymem.runtime import Runtime
 from raymem.train import Encoded
+from raymem.trial import Tables
 
 CROSSING_THRESHOLD = 0.5
 UPPER_PERCENTILE, LOWER_PERCENTILE = 87.5, 12.5
@@ -189,3 +192,24 @@ def centroid_events_recomputed(model, data: Encoded, labels: np.ndarray, origina
             crossing[c1, c2] = -1 if cross is None else cross
             initiation[c1, c2] = -1 if init is None else init
     return _event_frame(crossing, initiation)
+
+
+def crossing_shares(events: pl.DataFrame, n_layers: int) -> np.ndarray:
+    """Centroid layer scores: the share of class pairs whose noisy examples cross at each layer."""
+    layers = events.filter((pl.col("event") == "crossing") & pl.col("layer").is_not_null()
+                           & (pl.col("layer") >= 1))["layer"].to_numpy()
+    counts = np.bincount(layers, minlength=n_layers + 1)[1:n_layers + 1].astype(float)
+    return counts / counts.sum() if counts.sum() else counts
+
+
+class Centroids(Technique):
+    """One trial: numpy arithmetic on the pair's stored hidden states (no model runs)."""
+    name = "centroids"
+    uses = frozenset({"hidden"})
+
+    def run(self, p: dict, pair: PairInputs, runtime: Runtime) -> Tables:
+        hidden = pair.hidden()
+        events = centroid_events(hidden, pair.labels, pair.train["original_label"].to_numpy(), pair.noisy,
+                                 p["n_labels"])
+        return {"events": with_keys(p, events, self.name),
+                "layer_scores": layer_rows(p, self.name, crossing_shares(events, hidden.shape[0] - 1))}

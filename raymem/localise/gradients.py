@@ -38,7 +38,10 @@ from torch.func import functional_call
 from transformers.pytorch_utils import Conv1D
 
 from raymem.localise.layers import body_layers
-from raymem.train import Encoded
+from raymem.localise.technique import PairInputs, Technique, layer_rows
+from raymem.runtime import Runtime, model_device, to_device
+from raymem.train import Encoded, TrainSettings
+from raymem.trial import Tables
 
 METHODS = ("mean", "per_example", "loop")
 
@@ -191,6 +194,12 @@ def length_sorted_batches(data: Encoded, index, batch_size: int):
         yield data.batch(index[start:start + batch_size])
 
 
+def _device_batches(model, data: Encoded, index, batch_size: int):
+    device = model_device(model)
+    for batch in length_sorted_batches(data, index, batch_size):
+        yield to_device(batch, device)
+
+
 def mean_gradients(model, data: Encoded, index, batch_size: int = 32, method: str = "mean",
                    names: list[str] | None = None) -> dict[str, torch.Tensor]:
     """Mean over the examples `index` of the per-example gradients: name -> parameter shape."""
@@ -201,13 +210,15 @@ def mean_gradients(model, data: Encoded, index, batch_size: int = 32, method: st
         raise ValueError("mean_gradients needs at least one example")
     names = names or [n for layer in layer_parameter_names(model) for n in layer]
     total = None
-    for batch in length_sorted_batches(data, index, batch_size):
+    for batch in _device_batches(model, data, index, batch_size):
         if method == "mean":
             summed = _summed_gradient(model, batch, names)
         else:
             per_example = (per_example_gradients if method == "per_example"
                            else per_example_gradients_loop)(model, batch, names)
             summed = {n: g.sum(0) for n, g in per_example.items()}
+        # accumulated in fp32 whatever precision the forward ran in
+        summed = {n: g.float() for n, g in summed.items()}
         total = summed if total is None else {n: total[n] + summed[n] for n in names}
     return {n: g / count for n, g in total.items()}
 
@@ -246,3 +257,22 @@ def forgetting_gradient_scores(model, control_model, data: Encoded, noisy_index,
                          f"{(np.flatnonzero(control <= 0) + 1).tolist()}; cannot normalise")
     ratio = memorised / control
     return ratio / ratio.sum()
+
+
+class Gradients(Technique):
+    """One trial: the memorised model's gradient differences against a head-only control
+    model that the trial trains itself (pre-trained body frozen, the same labels)."""
+    name = "gradients"
+    uses = frozenset({"pair", "pretrained"})
+
+    def run(self, p: dict, pair: PairInputs, runtime: Runtime) -> Tables:
+        from raymem.localise.retraining import train_head
+
+        noisy_index = np.flatnonzero(pair.noisy)
+        clean_index = matched_clean_index(pair.noisy, p["seed"])
+        control = pair.pretrained()
+        control.config.use_cache = False
+        with runtime.autocast():
+            train_head(control, pair.data, TrainSettings(**p["control_training"]), p["seed"])
+            scores = forgetting_gradient_scores(pair.memorised, control, pair.data, noisy_index, clean_index)
+        return {"layer_scores": layer_rows(p, self.name, scores)}

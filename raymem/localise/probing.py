@@ -26,6 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from raymem.localise.technique import PairInputs, Technique, layer_rows
+from raymem.runtime import Runtime
+from raymem.trial import Tables
+
 
 @dataclass(frozen=True)
 class ProbeSettings:
@@ -58,26 +62,28 @@ def noisy_f1(predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     return torch.where(tp > 0, 2 * tp / (2 * tp + fp_fn), torch.zeros_like(tp))
 
 
-def _linear(in_features: int, out_features: int, copies: int, generator: torch.Generator):
+def _linear(in_features: int, out_features: int, copies: int, generator: torch.Generator, device="cpu"):
     """nn.Linear's default initialisation, one draw shared by all `copies` (layers)."""
     bound = in_features ** -0.5
     weight = (torch.rand(1, in_features, out_features, generator=generator) * 2 - 1) * bound
     bias = (torch.rand(1, 1, out_features, generator=generator) * 2 - 1) * bound
-    return [weight.repeat(copies, 1, 1).requires_grad_(), bias.repeat(copies, 1, 1).requires_grad_()]
+    return [weight.repeat(copies, 1, 1).to(device).requires_grad_(),
+            bias.repeat(copies, 1, 1).to(device).requires_grad_()]
 
 
 class _StackedProbes:
     """L+1 independent MLP probes evaluated together: x (layers, batch, H) -> logits (layers, batch, 2)."""
 
-    def __init__(self, layers: int, hidden: int, s: ProbeSettings, generator: torch.Generator):
-        self.params = (_linear(hidden, s.width, layers, generator) + _linear(s.width, s.width, layers, generator)
-                       + _linear(s.width, 2, layers, generator))
+    def __init__(self, layers: int, hidden: int, s: ProbeSettings, generator: torch.Generator, device="cpu"):
+        self.params = (_linear(hidden, s.width, layers, generator, device)
+                       + _linear(s.width, s.width, layers, generator, device)
+                       + _linear(s.width, 2, layers, generator, device))
         self.dropout, self.generator = s.dropout, generator
 
     def _drop(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         if not train or self.dropout == 0:
             return x
-        keep = torch.rand(1, *x.shape[1:], generator=self.generator) >= self.dropout  # same mask for every layer
+        keep = (torch.rand(1, *x.shape[1:], generator=self.generator) >= self.dropout).to(x.device)  # same for every layer
         return x * keep / (1 - self.dropout)
 
     def __call__(self, x: torch.Tensor, train: bool) -> torch.Tensor:
@@ -87,29 +93,32 @@ class _StackedProbes:
         return torch.baddbmm(b3, x, w3)
 
 
-def probe_f1(hidden: np.ndarray, noisy: np.ndarray, seed: int, s: ProbeSettings = ProbeSettings()) -> np.ndarray:
-    """(L+1,): test F1 of the noisy class per layer for one probe seed."""
-    x_all = torch.as_tensor(np.asarray(hidden), dtype=torch.float32)
-    truth = torch.as_tensor(np.asarray(noisy, dtype=bool))
+def probe_f1(hidden: np.ndarray, noisy: np.ndarray, seed: int, s: ProbeSettings = ProbeSettings(),
+             device: torch.device | str = "cpu") -> np.ndarray:
+    """(L+1,): test F1 of the noisy class per layer for one probe seed, trained on `device`
+    (the random draws come from a CPU generator either way, so a GPU draws the same)."""
+    x_all = torch.as_tensor(np.asarray(hidden), dtype=torch.float32).to(device)
+    truth = torch.as_tensor(np.asarray(noisy, dtype=bool)).to(device)
     if x_all.ndim != 3 or x_all.shape[1] != len(truth):
         raise ValueError(f"hidden must be (L+1, N, H) with N={len(truth)}, got {tuple(x_all.shape)}")
     n_layers, _, width = x_all.shape
-    train, val, test = (torch.as_tensor(i) for i in stratified_split(truth.numpy(), seed, s.split))
+    train, val, test = (torch.as_tensor(i, device=device)
+                        for i in stratified_split(truth.cpu().numpy(), seed, s.split))
     if truth[train].all() or not truth[train].any():
         raise ValueError("probing needs noisy and clean examples in the training split")
     mean, std = x_all[:, train].mean(1, keepdim=True), x_all[:, train].std(1, keepdim=True)
     x_all = (x_all - mean) / (std + 1e-6)
 
     generator = torch.Generator().manual_seed(seed)
-    probes = _StackedProbes(n_layers, width, s, generator)
+    probes = _StackedProbes(n_layers, width, s, generator, device)
     optimiser = torch.optim.Adam(probes.params, lr=s.lr)
     y = truth.long()
     counts = torch.bincount(y[train], minlength=2).float()
     class_weight = counts.sum() / (2 * counts)  # balanced: each class weighs half
-    best_val = torch.full((n_layers,), -1.0)
-    test_at_best = torch.zeros(n_layers)
+    best_val = torch.full((n_layers,), -1.0, device=device)
+    test_at_best = torch.zeros(n_layers, device=device)
     for _ in range(s.epochs):
-        order = train[torch.randperm(len(train), generator=generator)]
+        order = train[torch.randperm(len(train), generator=generator).to(device)]
         for start in range(0, len(order), s.batch_size):
             rows = order[start:start + s.batch_size]
             log_probs = torch.log_softmax(probes(x_all[:, rows], train=True), -1)
@@ -125,12 +134,13 @@ def probe_f1(hidden: np.ndarray, noisy: np.ndarray, seed: int, s: ProbeSettings 
             improved = val_f1 > best_val  # strict: the earliest best epoch wins
             best_val = torch.where(improved, val_f1, best_val)
             test_at_best = torch.where(improved, noisy_f1(predicted[:, test], truth[test]), test_at_best)
-    return test_at_best.numpy()
+    return test_at_best.cpu().numpy()
 
 
-def probe_f1_by_seed(hidden: np.ndarray, noisy: np.ndarray, s: ProbeSettings = ProbeSettings()) -> np.ndarray:
+def probe_f1_by_seed(hidden: np.ndarray, noisy: np.ndarray, s: ProbeSettings = ProbeSettings(),
+                     device: torch.device | str = "cpu") -> np.ndarray:
     """(seeds, L+1): test F1 of the noisy class per probe seed and layer."""
-    return np.stack([probe_f1(hidden, noisy, seed, s) for seed in s.seeds])
+    return np.stack([probe_f1(hidden, noisy, seed, s, device) for seed in s.seeds])
 
 
 def scores_from_f1(f1: np.ndarray) -> np.ndarray:
@@ -141,6 +151,21 @@ def scores_from_f1(f1: np.ndarray) -> np.ndarray:
     return np.maximum(0.0, np.diff(mean_f1))
 
 
-def probing_scores(hidden: np.ndarray, noisy: np.ndarray, s: ProbeSettings = ProbeSettings()) -> np.ndarray:
+def probing_scores(hidden: np.ndarray, noisy: np.ndarray, s: ProbeSettings = ProbeSettings(),
+                   device: torch.device | str = "cpu") -> np.ndarray:
     """(L,) layer scores for layers 1..L."""
-    return scores_from_f1(probe_f1_by_seed(hidden, noisy, s))
+    return scores_from_f1(probe_f1_by_seed(hidden, noisy, s, device))
+
+
+class Probing(Technique):
+    """One trial on the pair's stored hidden states; the probes train on the runtime's device."""
+    name = "probing"
+    uses = frozenset({"hidden"})
+
+    def settings(self, cfg) -> dict:
+        return {"probe_seeds": cfg.probe_seeds, "probe_epochs": cfg.probe_epochs}
+
+    def run(self, p: dict, pair: PairInputs, runtime: Runtime) -> Tables:
+        settings = ProbeSettings(seeds=tuple(p["probe_seeds"]), epochs=p["probe_epochs"])
+        return {"layer_scores": layer_rows(p, self.name, probing_scores(pair.hidden(), pair.noisy, settings,
+                                                                        runtime.device))}

@@ -34,8 +34,12 @@ import polars as pl
 import torch
 
 from raymem.localise.layers import body_layers, num_layers
+from raymem.localise.swapping import layer_scores_from_windows
 from raymem.localise.swapping import windows as all_windows
+from raymem.localise.technique import STAGE, PairInputs, Technique, layer_rows, with_keys
+from raymem.runtime import Runtime
 from raymem.train import Encoded, TrainSettings, fine_tune, predict
+from raymem.trial import Tables, Trial
 
 RETRAIN_SETTINGS = TrainSettings(epochs=5, lr=3e-5, batch_size=8)
 WINDOW_SCHEMA = {"window_start": pl.Int64, "window_end": pl.Int64, "noisy_acc": pl.Float64,
@@ -292,3 +296,47 @@ def _next_layer_inputs(model, inputs: _LayerInputs | None, datasets: list[Encode
     finally:
         handle.remove()
     return _LayerInputs(layer + 1, rows, 0 if torch.is_tensor(output) else len(output))
+
+
+def clean_split(noisy: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(clean examples to retrain on, held-out clean set as large as the noisy set)."""
+    clean = np.flatnonzero(~noisy)
+    held_out = np.random.default_rng(seed).choice(clean, size=min(noisy.sum(), len(clean) // 2),
+                                                  replace=False)
+    return np.setdiff1d(clean, held_out), np.sort(held_out)
+
+
+class Retraining(Technique):
+    """One trial per window (they are the expensive part); the pair's summary normalises
+    their noisy accuracies into window errors and layer scores."""
+    name = "retraining"
+    uses = frozenset({"pair", "pretrained"})
+
+    def settings(self, cfg) -> dict:
+        return {"epochs": cfg.retrain_epochs, "lr": cfg.retrain_lr, "batch_size": cfg.retrain_batch_size,
+                "warmup": 0.0, "freeze_embeddings": True}
+
+    def trials(self, base: dict, n_layers: int, cfg) -> list[dict]:
+        retrain = {**self.settings(cfg), "max_length": base["max_length"]}
+        return [{**base, "technique": self.name, "retrain": retrain, "window": list(w)}
+                for w in all_windows(n_layers)]
+
+    def run(self, p: dict, pair: PairInputs, runtime: Runtime) -> Tables:
+        clean_train, _ = clean_split(pair.noisy, p["seed"])
+        start, end = p["window"]
+        noisy_index = np.flatnonzero(pair.noisy)
+        with runtime.autocast():
+            model = retrain_window(pair.memorised, pair.pretrained(), start, end, pair.data.subset(clean_train),
+                                   TrainSettings(**p["retrain"]), seed=p["seed"])
+            noisy_acc = _accuracy(model, pair.data.subset(noisy_index), 64)
+        return {"retrain_windows": with_keys(p, pl.DataFrame(
+            {"window_start": [start], "window_end": [end], "noisy_acc": [noisy_acc]}), self.name)}
+
+    def reduce(self, store, trials: list[Trial], keys: dict) -> tuple[np.ndarray, Tables]:
+        rows = pl.concat([store.read_shard("retrain_windows", STAGE, t.trial_id) for t in trials])
+        n_layers = int(rows["window_end"].max())
+        accuracy = {(r["window_start"], r["window_end"]): r["noisy_acc"] for r in rows.iter_rows(named=True)}
+        windows = window_errors(accuracy, n_layers)
+        scores = np.nan_to_num(layer_scores_from_windows(windows, n_layers))
+        return scores, {"window_scores": with_keys(keys, windows, self.name),
+                        "layer_scores": layer_rows(keys, self.name, scores)}

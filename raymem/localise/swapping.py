@@ -17,7 +17,10 @@ import numpy as np
 import polars as pl
 
 from raymem.localise.layers import body_layers, num_layers
+from raymem.localise.technique import PairInputs, Technique, layer_rows, with_keys
+from raymem.runtime import Runtime
 from raymem.train import Encoded, predict
+from raymem.trial import Tables
 
 WINDOW_SCHEMA = {"window_start": pl.Int64, "window_end": pl.Int64, "noisy_acc": pl.Float64,
                  "clean_acc": pl.Float64, "error": pl.Float64}
@@ -93,3 +96,15 @@ def _check_twins(memorised, clean) -> None:
     if num_layers(memorised) != num_layers(clean):
         raise ValueError(f"memorised model has {num_layers(memorised)} layers, "
                          f"its clean twin {num_layers(clean)}")
+
+
+class Swapping(Technique):
+    """One trial: every window swapped in turn into one working copy of the memorised model."""
+    name = "swapping"
+    uses = frozenset({"pair"})
+
+    def run(self, p: dict, pair: PairInputs, runtime: Runtime) -> Tables:
+        with runtime.autocast():
+            windows = swapping_windows(pair.memorised, pair.clean, pair.data, pair.labels, pair.noisy)
+        scores = layer_scores_from_windows(windows, num_layers(pair.memorised))
+        return {"window_scores": with_keys(p, windows, self.name), "layer_scores": layer_rows(p, self.name, scores)}

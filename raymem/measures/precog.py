@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from raymem.models import ModelSpec, check_masked_lm, load_masked_lm, load_tokenizer, masked_position_logits
+from raymem.runtime import Runtime
 
 # Long inputs get fewer copies per forward, so memory stays bounded (512 copies of a
 # 512-token input would need gigabytes of activations).
@@ -74,14 +75,13 @@ def masked_copies(example_units: list[list[list[int]]], s: PrecogSettings) -> li
 class PrecogScorer:
     """Scores a batch of examples: {example_id, text, text_pair} -> per-example scores."""
 
-    def __init__(self, model: ModelSpec, settings: PrecogSettings, num_threads: int | None = None):
-        if num_threads:
-            torch.set_num_threads(num_threads)
+    def __init__(self, model: ModelSpec, settings: PrecogSettings, num_threads: int | None = None,
+                 device: str = "auto", precision: str = "auto"):
         check_masked_lm(model)  # a decoder is a configuration error, before anything loads
+        self.runtime = Runtime(device, precision, num_threads)
         self.settings = settings
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = load_tokenizer(model)
-        self.model = load_masked_lm(model).to(self.device)
+        self.model = load_masked_lm(model).to(self.runtime.device)
         self.mask_id = self.tokenizer.mask_token_id
         self.bert_like = is_bert_like(self.model)  # the shortcut below; else the generic forward
         # load_tokenizer caps model_max_length at the model's positions and at what the
@@ -160,14 +160,15 @@ class PrecogScorer:
         inputs = {"input_ids": input_ids}
         if types is not None:
             inputs["token_type_ids"] = torch.stack([types[c.example] for c in chunk])
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        rows_t, cols_t = rows_t.to(self.device), cols_t.to(self.device)
-        if self.bert_like:
-            logits = bert_masked_logits(self.model, rows_t, cols_t, **inputs)
-        else:
-            logits = masked_position_logits(self.model, rows_t, cols_t, **inputs)
-        logits = logits.float()
-        target_logit = logits.gather(1, targets.to(self.device)[:, None])
+        inputs = self.runtime.to_device({**inputs, "rows": rows_t, "cols": cols_t, "targets": targets})
+        rows_t, cols_t, targets = inputs.pop("rows"), inputs.pop("cols"), inputs.pop("targets")
+        with self.runtime.autocast():
+            if self.bert_like:
+                logits = bert_masked_logits(self.model, rows_t, cols_t, **inputs)
+            else:
+                logits = masked_position_logits(self.model, rows_t, cols_t, **inputs)
+        logits = logits.float()  # ranks and log-probabilities in fp32
+        target_logit = logits.gather(1, targets[:, None])
         rank = (logits > target_logit).sum(-1).cpu()
         logp = (target_logit[:, 0] - torch.logsumexp(logits, -1)).cpu()
         return rank, logp, torch.tensor(where)

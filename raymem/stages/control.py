@@ -12,20 +12,22 @@ from __future__ import annotations
 
 import itertools
 import math
-import tempfile
 
 import numpy as np
 import polars as pl
 import torch
+import torch.nn.functional as F
 
 from raymem.errors import ConfigError
 from raymem.localise.layers import body_layers, is_decoder_model, pool
-from raymem.models import embedding_parameters, load_classifier, load_tokenizer, model_spec
-from raymem.store import Store
-from raymem.sweep import make_trial
-from raymem.train import Encoded, TrainSettings, make_optimiser
+from raymem.models import embedding_parameters
+from raymem.runtime import Runtime, TrainingState, to_device
+from raymem.stages.common import encode_split, runtime_options, train_split, training_settings
+from raymem.train import make_optimiser
+from raymem.trial import PlanContext, Tables, Trial
 
 STAGE = "control"
+WHERE = "tune"
 
 
 def default_pairs(n_layers: int) -> list[tuple[int, int]]:
@@ -33,24 +35,21 @@ def default_pairs(n_layers: int) -> list[tuple[int, int]]:
     return sorted({(1, 2), (middle, middle + 1), (n_layers - 1, n_layers)})
 
 
-def _encoded(store: Store, examples_trial: str, label_column: str, tokenizer, max_length: int):
-    examples = store.read_shard("examples", "examples", examples_trial)
-    train = examples.filter(pl.col("split") == "train").sort("example_id")
-    return Encoded(tokenizer, train["text"].to_list(), train["text_pair"].to_list(),
-                   train[label_column].to_numpy(), max_length)
-
-
-def run_trial(trial: dict, store: Store, report) -> dict:
-    p = trial["params"]
-    s = TrainSettings(**p["settings"])
-    spec = model_spec(p["model"])
-    tokenizer = load_tokenizer(spec, s.max_length)
-    task = _encoded(store, p["examples_trial"], "label" if p["variant"] == "noisy" else "original_label",
-                    tokenizer, s.max_length)
-    auxiliary = _encoded(store, p["auxiliary_examples_trial"], "original_label", tokenizer, s.max_length)
-    torch.manual_seed(p["seed"])
-    model = load_classifier(spec, p["n_labels"], tokenizer.pad_token_id)
-    aux_head = torch.nn.Linear(model.config.hidden_size, p["auxiliary_n_labels"])
+def run(trial: Trial, runtime: Runtime) -> Tables:
+    """Train the two-task model. Its loop is not train.fine_tune's: each step takes a batch
+    of both tasks, and between their backward passes the noisy task's gradient is removed
+    from the body layers outside the planted pair."""
+    p = trial.params
+    s = training_settings(p["settings"])
+    tokenizer = runtime.load_tokenizer(p["model"], s.max_length)
+    train = train_split(runtime.store, p["examples_trial"])
+    task = encode_split(tokenizer, train, train["label" if p["variant"] == "noisy" else "original_label"]
+                        .to_numpy(), s.max_length)
+    aux_train = train_split(runtime.store, p["auxiliary_examples_trial"])
+    auxiliary = encode_split(tokenizer, aux_train, aux_train["original_label"].to_numpy(), s.max_length)
+    generator = runtime.seed(p["seed"])
+    model = runtime.load_classifier(p["model"], p["n_labels"], tokenizer.pad_token_id)
+    aux_head = torch.nn.Linear(model.config.hidden_size, p["auxiliary_n_labels"]).to(runtime.device)
     for q in embedding_parameters(model):
         q.requires_grad_(False)
     start, end = p["pair"]
@@ -60,30 +59,39 @@ def run_trial(trial: dict, store: Store, report) -> dict:
     params = [q for q in model.parameters() if q.requires_grad] + list(aux_head.parameters())
     steps_per_epoch = math.ceil(len(task) / s.batch_size)
     optimiser, schedule = make_optimiser(params, s, s.epochs * steps_per_epoch)
-    generator = torch.Generator().manual_seed(p["seed"])
+    scaler = runtime.grad_scaler()
+    state = TrainingState({"model": model, "aux_head": aux_head, "optimiser": optimiser,
+                           "schedule": schedule, "scaler": scaler}, generator)
     decoder = is_decoder_model(model)
-    model.train()
-    for epoch in range(1, s.epochs + 1):
+    for epoch in range(runtime.resume(state), s.epochs + 1):
+        model.train()
         aux_batches = itertools.cycle(list(auxiliary.batches(s.batch_size, generator)))
         for batch in task.batches(s.batch_size, generator):
-            model(**batch).loss.backward()
+            batch = runtime.to_device(batch)
+            labels = batch.pop("labels")
+            with runtime.autocast():
+                logits = model(**batch).logits
+            scaler.scale(F.cross_entropy(logits.float(), labels)).backward()
             for q in outside:
                 q.grad = None
-            aux = next(aux_batches)
-            labels = aux.pop("labels")
-            hidden = model.base_model(**aux).last_hidden_state
-            logits = aux_head(pool(hidden, aux["attention_mask"], decoder))
-            torch.nn.functional.cross_entropy(logits, labels).backward()
+            aux = runtime.to_device(next(aux_batches))
+            aux_labels = aux.pop("labels")
+            with runtime.autocast():
+                hidden = model.base_model(**aux).last_hidden_state
+                aux_logits = aux_head(pool(hidden, aux["attention_mask"], decoder))
+            scaler.scale(F.cross_entropy(aux_logits.float(), aux_labels)).backward()
+            scaler.unscale_(optimiser)
             torch.nn.utils.clip_grad_norm_(params, s.clip)
-            optimiser.step()
+            scaler.step(optimiser)
+            scaler.update()
             schedule.step()
             optimiser.zero_grad(set_to_none=True)
-        report(epoch=epoch)
+        runtime.report(epoch=epoch)
+        runtime.save_progress(state, epoch)
     model.eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp)
-        size = store.put_dir(tmp, "checkpoints", trial["trial_id"], "final")
-    return {"device": "cpu", "storage_bytes": size}
+    runtime.save_checkpoint(model, "final")
+    runtime.finish_training()
+    return {}
 
 
 def accuracy_rows(layer_scores: pl.DataFrame, pair: tuple[int, int], n_layers: int) -> pl.DataFrame:
@@ -107,33 +115,32 @@ def accuracy_rows(layer_scores: pl.DataFrame, pair: tuple[int, int], n_layers: i
     return pl.DataFrame(rows)
 
 
-def plan(study, examples_trials: dict, auxiliary_trials: dict, n_labels: dict[str, int],
-         auxiliary_n_labels: int, n_layers: dict[str, int], results: str):
-    """Control training trials, and per planted pair its (noisy, clean) trials.
-
-    Returns (trials, [(task, model, seed, pair, noisy_trial, clean_trial), ...]).
-    """
-    cfg = study.localise.control
-    settings = study.finetune.model_dump(include={"epochs", "lr", "batch_size", "max_length", "warmup",
-                                                  "clip", "weight_decay", "freeze_embeddings"})
+def plan(study, context: PlanContext) -> list[Trial]:
+    """Per (task, model, seed, planted pair) a noisy and a clean control model, in that order."""
+    cfg, ft = study.localise.control, study.finetune
+    auxiliary_n_labels = context.n_labels[cfg.auxiliary_task]
+    settings = ft.model_dump(include={"epochs", "lr", "batch_size", "max_length", "warmup",
+                                      "clip", "weight_decay", "freeze_embeddings"})
     settings["epochs"] = cfg.epochs or settings["epochs"]
-    trials, pairs = [], []
-    for (task, model), examples_trial in examples_trials.items():
+    trials = []
+    for task, model in ((t, m) for t in study.task_names() for m in study.models):
         if task == cfg.auxiliary_task:
             continue
-        layers = n_layers[model]
+        examples = context.examples_trials[task, model]
+        layers = context.n_layers[model]
         for a, b in cfg.pairs or default_pairs(layers):
             if not (1 <= a and b <= layers):
                 raise ConfigError(f"localise.control.pairs: [{a}, {b}] is outside model {model} "
                                   f"(layers 1..{layers})")
+        auxiliary = context.examples_trials[cfg.auxiliary_task, model]
         for seed in study.seeds:
             for pair in [tuple(p) for p in cfg.pairs or default_pairs(layers)]:
-                made = {variant: make_trial(STAGE, {
+                trials += [Trial(STAGE, {
                     "task": task, "model": model, "seed": seed, "variant": variant, "pair": list(pair),
-                    "n_labels": n_labels[task], "examples_trial": examples_trial,
-                    "auxiliary_examples_trial": auxiliary_trials[model],
-                    "auxiliary_n_labels": auxiliary_n_labels, "settings": settings}, study.study, results)
-                    for variant in ("noisy", "clean")}
-                trials += made.values()
-                pairs.append((task, model, seed, pair, made["noisy"], made["clean"]))
-    return trials, pairs
+                    "n_labels": context.n_labels[task], "examples_trial": examples.trial_id,
+                    "auxiliary_examples_trial": auxiliary.trial_id,
+                    "auxiliary_n_labels": auxiliary_n_labels, "settings": settings},
+                    study.study, context.results, (examples.trial_id, auxiliary.trial_id),
+                    runtime_options(ft.resources, ft.checkpoint_every))
+                    for variant in ("noisy", "clean")]
+    return trials

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
-import torch
 
 from raymem.config import Study
-from raymem.models import load_classifier, load_tokenizer, model_spec
+from raymem.runtime import Runtime
+from raymem.stages.common import encode_split, runtime_options, train_split, training_settings
 from raymem.store import Store
-from raymem.sweep import make_trial
-from raymem.train import Encoded, TrainSettings, fine_tune, predict
+from raymem.train import fine_tune, predict
+from raymem.trial import PlanContext, Tables, Trial
 
 STAGE = "counterfactual"
+WHERE = "tune"
 
 
 def subset_mask(example_ids: list[str], subset_seed: int, index: int) -> np.ndarray:
@@ -31,42 +32,44 @@ def subset_mask(example_ids: list[str], subset_seed: int, index: int) -> np.ndar
     return mask
 
 
-def plan(study: Study, examples_trials: dict[tuple[str, str], str], n_labels: dict[str, int],
-         results: str) -> dict[tuple[str, str], list[dict]]:
-    cf = study.counterfactual
-    settings = study.finetune.model_dump(include={"lr", "batch_size", "max_length", "warmup", "clip",
-                                                  "weight_decay", "freeze_embeddings", "epochs"})
+def plan(study: Study, context: PlanContext) -> list[Trial]:
+    """`n_models` subset-model trials per (task, model), then one summary trial each."""
+    cf, ft = study.counterfactual, study.finetune
+    settings = ft.model_dump(include={"lr", "batch_size", "max_length", "warmup", "clip",
+                                      "weight_decay", "freeze_embeddings", "epochs"})
     settings["epochs"] = cf.epochs or settings["epochs"]
-    return {(task, model): [
-        make_trial(STAGE, {"task": task, "model": model, "subset_seed": cf.subset_seed, "index": i,
-                           "n_labels": n_labels[task], "examples_trial": examples_trials[task, model],
-                           "settings": settings}, study.study, results)
-        for i in range(cf.n_models)]
-        for (task, model) in examples_trials}
+    trials = []
+    for task, model in ((t, m) for t in study.task_names() for m in study.models):
+        examples = context.examples_trials[task, model]
+        subsets = [Trial(STAGE, {"task": task, "model": model, "subset_seed": cf.subset_seed, "index": i,
+                                 "n_labels": context.n_labels[task], "examples_trial": examples.trial_id,
+                                 "settings": settings}, study.study, context.results, (examples.trial_id,),
+                         runtime_options(ft.resources, ft.checkpoint_every))
+                   for i in range(cf.n_models)]
+        trials += [*subsets, summary_trial(subsets, study.study, context.results)]
+    return trials
 
 
-def run_trial(trial: dict, store: Store, report) -> dict:
-    p = trial["params"]
-    s = TrainSettings(**p["settings"])
-    examples = store.read_shard("examples", "examples", p["examples_trial"])
-    train = examples.filter(pl.col("split") == "train").sort("example_id")
+def run(trial: Trial, runtime: Runtime) -> Tables:
+    p = trial.params
+    s = training_settings(p["settings"])
+    train = train_split(runtime.store, p["examples_trial"])
     labels = train["label"].to_numpy()  # the perturbed labels: noisy examples can only be memorised
     in_subset = subset_mask(train["example_id"].to_list(), p["subset_seed"], p["index"])
-    spec = model_spec(p["model"])
-    tokenizer = load_tokenizer(spec, s.max_length)
-    torch.manual_seed(p["index"])
-    model = load_classifier(spec, p["n_labels"], tokenizer.pad_token_id)
-    texts, pairs = train["text"].to_list(), train["text_pair"].to_list()
+    tokenizer = runtime.load_tokenizer(p["model"], s.max_length)
+    runtime.seed(p["index"])
+    model = runtime.load_classifier(p["model"], p["n_labels"], tokenizer.pad_token_id)
     subset = np.flatnonzero(in_subset)
-    fine_tune(model, Encoded(tokenizer, [texts[i] for i in subset], [pairs[i] for i in subset],
-                             labels[subset], s.max_length), s, p["index"],
-              lambda epoch: report(epoch=epoch) or False)
-    probs = predict(model, Encoded(tokenizer, texts, pairs, labels, s.max_length))
-    rows = pl.DataFrame({"task": p["task"], "model": p["model"], "example_id": train["example_id"],
-                         "subset_index": p["index"], "in_subset": in_subset,
-                         "p_label": probs[np.arange(len(labels)), labels]})
-    store.write_rows("subset_predictions", STAGE, trial["trial_id"], rows, trial["study"])
-    return {"device": "cpu"}
+    data = encode_split(tokenizer, train, labels, s.max_length)
+    fine_tune(model, data.subset(subset), s, p["index"],
+              lambda epoch: runtime.report(epoch=epoch) or False, runtime)
+    with runtime.autocast():
+        probs = predict(model, data)
+    runtime.finish_training()
+    return {"subset_predictions": pl.DataFrame({
+        "task": p["task"], "model": p["model"], "example_id": train["example_id"],
+        "subset_index": p["index"], "in_subset": in_subset,
+        "p_label": probs[np.arange(len(labels)), labels]})}
 
 
 def mem_gen(subset_predictions: pl.DataFrame) -> pl.DataFrame:
@@ -81,16 +84,12 @@ def mem_gen(subset_predictions: pl.DataFrame) -> pl.DataFrame:
         .sort("task", "model", "example_id"))
 
 
-def summary_trial(subset_trials: list[dict], study: str, results: str) -> dict:
-    return make_trial(STAGE + "-summary", {"subsets": sorted(t["trial_id"] for t in subset_trials)},
-                      study, results)
+def summary_trial(subset_trials: list[Trial], study: str, results: str) -> Trial:
+    ids = tuple(t.trial_id for t in subset_trials)  # in subset order: mem_gen sums in this order
+    return Trial(STAGE + "-summary", {"subsets": sorted(ids)}, study, results, ids)
 
 
-def aggregate(summary: dict, subset_trials: list[dict], store: Store) -> None:
-    """Once every subset model of a (task, model) finished: write its `counterfactual` rows."""
-    if store.is_done(summary["trial_id"]):
-        return
-    shards = [store.read_shard("subset_predictions", STAGE, t["trial_id"]) for t in subset_trials]
-    store.write_rows("counterfactual", STAGE, summary["trial_id"], mem_gen(pl.concat(shards)),
-                     summary["study"])
-    store.mark_done(summary["trial_id"], summary["params"])
+def aggregate(summary: Trial, store: Store) -> Tables:
+    """Once every subset model of a (task, model) finished: its `counterfactual` rows."""
+    shards = [store.read_shard("subset_predictions", STAGE, t) for t in summary.needs]
+    return {"counterfactual": mem_gen(pl.concat(shards))}

@@ -8,31 +8,35 @@ per-example predictions on the training and evaluation splits go to `predictions
 
 from __future__ import annotations
 
-import tempfile
-
 import numpy as np
 import polars as pl
 import torch
 
 from raymem.config import Study
-from raymem.models import load_classifier, load_tokenizer, model_spec
-from raymem.store import Store
-from raymem.sweep import make_trial
-from raymem.train import Encoded, TrainSettings, fine_tune, macro_f1, predict
+from raymem.runtime import Runtime
+from raymem.stages.common import encode_split, runtime_options, training_settings
+from raymem.train import TrainSettings, fine_tune, macro_f1, predict
+from raymem.trial import PlanContext, Tables, Trial
 
 STAGE = "finetune"
+WHERE = "tune"
 
 
-def plan(study: Study, examples_trials: dict[tuple[str, str], str], n_labels: dict[str, int],
-         results: str) -> list[dict]:
+def plan(study: Study, context: PlanContext) -> list[Trial]:
     ft = study.finetune
-    settings = ft.model_dump(exclude={"enabled", "variants", "resources", "max_failures"})
-    return [make_trial(STAGE, {"task": task, "model": model, "seed": seed, "variant": variant,
-                               "n_labels": n_labels[task], "eval_split": study.eval_split,
-                               "examples_trial": examples_trials[task, model], "settings": settings},
-                       study.study, results)
-            for task in study.task_names() for model in study.models
-            for seed in study.seeds for variant in ft.variants]
+    settings = ft.model_dump(exclude={"enabled", "variants", "resources", "max_failures", "checkpoint_every"})
+    trials = []
+    for task in study.task_names():
+        for model in study.models:
+            examples = context.examples_trials[task, model]
+            for seed in study.seeds:
+                for variant in ft.variants:
+                    params = {"task": task, "model": model, "seed": seed, "variant": variant,
+                              "n_labels": context.n_labels[task], "eval_split": study.eval_split,
+                              "examples_trial": examples.trial_id, "settings": settings}
+                    trials.append(Trial(STAGE, params, study.study, context.results, (examples.trial_id,),
+                                        runtime_options(ft.resources, ft.checkpoint_every)))
+    return trials
 
 
 def prediction_rows(probs: np.ndarray, split: pl.DataFrame, labels: np.ndarray,
@@ -45,50 +49,51 @@ def prediction_rows(probs: np.ndarray, split: pl.DataFrame, labels: np.ndarray,
         "p_label": probs[np.arange(len(labels)), labels]})
 
 
-def run_trial(trial: dict, store: Store, report) -> dict:
-    p = trial["params"]
+def run(trial: Trial, runtime: Runtime) -> Tables:
+    p = trial.params
     settings = dict(p["settings"])
     memorised_f1 = settings.pop("memorised_f1")
-    s = TrainSettings(**settings)
-    examples = store.read_shard("examples", "examples", p["examples_trial"])
+    s = training_settings(settings)
+    examples = runtime.store.read_shard("examples", "examples", p["examples_trial"])
     train = examples.filter(pl.col("split") == "train")
     evaluation = examples.filter(pl.col("split") == p["eval_split"])
-    label_column = "label" if p["variant"] == "noisy" else "original_label"
-    train_labels = train[label_column].to_numpy()
+    train_labels = train["label" if p["variant"] == "noisy" else "original_label"].to_numpy()
     eval_labels = evaluation["original_label"].to_numpy()
+    tokenizer = runtime.load_tokenizer(p["model"], s.max_length)
+    runtime.seed(p["seed"])  # the classification head's initialisation
+    model = runtime.load_classifier(p["model"], p["n_labels"], tokenizer.pad_token_id)
+    train_data = encode_split(tokenizer, train, train_labels, s.max_length)
+    eval_data = encode_split(tokenizer, evaluation, eval_labels, s.max_length)
+    # Resumable state: a restarted trial finds its memorised checkpoint's predictions here.
+    kept = {"memorised_epoch": None, "memorised": None}
 
-    spec = model_spec(p["model"])
-    tokenizer = load_tokenizer(spec, s.max_length)
-    torch.manual_seed(p["seed"])  # the classification head's initialisation
-    model = load_classifier(spec, p["n_labels"], tokenizer.pad_token_id)
-    train_data = Encoded(tokenizer, train["text"].to_list(), train["text_pair"].to_list(),
-                         train_labels, s.max_length)
-    eval_data = Encoded(tokenizer, evaluation["text"].to_list(), evaluation["text_pair"].to_list(),
-                        eval_labels, s.max_length)
-    rows, state = [], {"memorised_epoch": None, "storage_bytes": 0}
-
-    def keep(checkpoint: str, epoch: int, train_probs: np.ndarray) -> None:
-        rows.append(prediction_rows(train_probs, train, train_labels, checkpoint, epoch))
-        rows.append(prediction_rows(predict(model, eval_data), evaluation, eval_labels, checkpoint, epoch))
-        with tempfile.TemporaryDirectory() as tmp:
-            model.save_pretrained(tmp)  # safetensors
-            state["storage_bytes"] += store.put_dir(tmp, "checkpoints", trial["trial_id"], checkpoint)
+    def probabilities(data) -> np.ndarray:
+        with runtime.autocast():
+            return predict(model, data)
 
     def after_epoch(epoch: int) -> bool:
-        probs = predict(model, train_data)
+        probs = probabilities(train_data)
         f1 = macro_f1(train_labels, probs.argmax(-1), p["n_labels"])
-        report(epoch=epoch, train_macro_f1=f1)
-        if state["memorised_epoch"] is None and f1 >= memorised_f1:
-            state["memorised_epoch"] = epoch
-            keep("memorised", epoch, probs)
-        state["last_probs"] = probs
+        runtime.report(epoch=epoch, train_macro_f1=f1)
+        if kept["memorised_epoch"] is None and f1 >= memorised_f1:
+            kept["memorised_epoch"] = epoch
+            kept["memorised"] = [torch.from_numpy(probs), torch.from_numpy(probabilities(eval_data))]
+            runtime.save_checkpoint(model, "memorised")
+        kept["last_train"] = torch.from_numpy(probs)
         return False
 
-    fine_tune(model, train_data, s, p["seed"], after_epoch)
-    keep("final", s.epochs, state["last_probs"])
+    fine_tune(model, train_data, s, p["seed"], after_epoch, runtime, kept)
+    rows = []
+    if kept["memorised_epoch"] is not None:
+        train_probs, eval_probs = (t.numpy() for t in kept["memorised"])
+        rows += [prediction_rows(train_probs, train, train_labels, "memorised", kept["memorised_epoch"]),
+                 prediction_rows(eval_probs, evaluation, eval_labels, "memorised", kept["memorised_epoch"])]
+    runtime.save_checkpoint(model, "final")
+    rows += [prediction_rows(kept["last_train"].numpy(), train, train_labels, "final", s.epochs),
+             prediction_rows(probabilities(eval_data), evaluation, eval_labels, "final", s.epochs)]
+    runtime.finish_training()
+    runtime.info["memorised_epoch"] = kept["memorised_epoch"]
     predictions = pl.concat(rows).with_columns(
         pl.lit(p["task"]).alias("task"), pl.lit(p["model"]).alias("model"),
         pl.lit(p["seed"]).alias("seed"), pl.lit(p["variant"]).alias("variant"))
-    store.write_rows("predictions", STAGE, trial["trial_id"], predictions, trial["study"])
-    return {"memorised_epoch": state["memorised_epoch"], "storage_bytes": state["storage_bytes"],
-            "device": "cpu"}
+    return {"predictions": predictions}

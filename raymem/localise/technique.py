@@ -1,0 +1,106 @@
+"""What a localisation technique is to raymem: settings, inputs, trials, run, reduction.
+
+One subclass per technique, in that technique's module, and one line in
+raymem/localise/registry.py. A technique says:
+
+- `name`: its registry key and the `technique` column of its rows;
+- `uses`: what its trials read, out of USES (a scheduler and `raymem plan` read it);
+- `settings(cfg)`: its own settings from the study's `localise` block: these alone, with
+  the pair, enter its trial ids, so changing one technique's settings re-runs no other;
+- `trials(base, n_layers, cfg)`: the parameters of its trials: one, or one per window;
+- `run(params, pair, runtime)`: one trial on a pair's inputs -> its tables;
+- `reduce(store, trials, keys)`: the pair's layer scores (L,) from its trials, and
+  any tables the pair's summary writes (e.g. retraining's window scores).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+import polars as pl
+
+from raymem.runtime import Runtime
+from raymem.stages.common import encode_split, train_split
+from raymem.trial import Tables, Trial
+
+STAGE = "localise"
+# pair: the memorised model and its clean twin; pretrained: the weights fine-tuning started
+# from; hidden: pooled hidden states of the memorised checkpoint (one Ray Data job per model)
+USES = ("pair", "pretrained", "hidden")
+
+
+class Technique:
+    name: str = ""
+    uses: frozenset[str] = frozenset({"pair"})
+
+    def settings(self, cfg) -> dict:
+        return {}
+
+    def trials(self, base: dict, n_layers: int, cfg) -> list[dict]:
+        return [{**base, "technique": self.name, **self.settings(cfg)}]
+
+    def run(self, p: dict, pair: "PairInputs", runtime: Runtime) -> Tables:
+        raise NotImplementedError
+
+    def reduce(self, store, trials: list[Trial], keys: dict) -> tuple[np.ndarray, Tables]:
+        """Default: the one trial wrote the layer scores itself."""
+        (trial,) = trials
+        scores = store.read_shard("layer_scores", STAGE, trial.trial_id).sort("layer")["score"].to_numpy()
+        return scores, {}
+
+
+class PairInputs:
+    """A trial's view of its pair, each part loaded on first use onto the runtime's device."""
+
+    def __init__(self, p: dict, runtime: Runtime):
+        self.p, self.runtime = p, runtime
+
+    @cached_property
+    def train(self) -> pl.DataFrame:
+        return train_split(self.runtime.store, self.p["examples_trial"])
+
+    @cached_property
+    def labels(self) -> np.ndarray:
+        """The training labels: noisy labels for the noisy examples."""
+        return self.train["label"].to_numpy()
+
+    @cached_property
+    def noisy(self) -> np.ndarray:
+        return self.train["noisy"].to_numpy()
+
+    @cached_property
+    def data(self):
+        tokenizer = self.runtime.load_tokenizer(self.p["model"], self.p["max_length"])
+        return encode_split(tokenizer, self.train, self.labels, self.p["max_length"])
+
+    @cached_property
+    def memorised(self):
+        """The noisy model at its memorised checkpoint (its final one if it never got there)."""
+        return self.runtime.load_checkpoint(self.p["memorised_trial"], ("memorised", "final"))
+
+    @cached_property
+    def clean(self):
+        return self.runtime.load_checkpoint(self.p["clean_trial"], ("final",))
+
+    def pretrained(self):
+        """A fresh classifier on the pre-trained weights (its head seeded by the trial)."""
+        self.runtime.seed(self.p["seed"])
+        return self.runtime.load_classifier(self.p["model"], self.p["n_labels"])
+
+    def hidden(self) -> np.ndarray:
+        from raymem.stages.localise import read_hidden
+
+        return read_hidden(self.runtime.store, self.p["hidden_trial"])
+
+
+def layer_rows(p: dict, technique: str, scores: np.ndarray) -> pl.DataFrame:
+    return pl.DataFrame({"task": p["task"], "model": p["model"], "seed": p["seed"],
+                         "pair": p["pair"], "technique": technique,
+                         "layer": np.arange(1, len(scores) + 1), "score": np.asarray(scores, float)})
+
+
+def with_keys(p: dict, frame: pl.DataFrame, technique: str) -> pl.DataFrame:
+    return frame.with_columns(pl.lit(p["task"]).alias("task"), pl.lit(p["model"]).alias("model"),
+                              pl.lit(p["seed"]).alias("seed"), pl.lit(p["pair"]).alias("pair"),
+                              pl.lit(technique).alias("technique"))

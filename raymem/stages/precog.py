@@ -1,0 +1,28 @@
+"""PreCog trials: one per (task, model), scored by a Ray Data actor pool (raymem/data.py)."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from raymem.config import Study
+from raymem.data import precog_rows
+from raymem.models import ModelSpec
+from raymem.stages.examples import examples_params
+from raymem.trial import PlanContext, Tables, Trial
+
+STAGE = "precog"
+WHERE = "data"
+
+
+def plan(study: Study, context: PlanContext) -> list[Trial]:
+    settings = study.precog.model_dump(exclude={"actors", "enabled", "examples_per_batch"})
+    return [Trial(STAGE, {"task": task, "model": model, **examples_params(study), "precog": settings},
+                  study.study, context.results, (context.examples_trials[task, model].trial_id,))
+            for task in study.task_names() for model in study.models]
+
+
+def run(trial: Trial, examples: pl.DataFrame, model: ModelSpec, study: Study) -> Tables:
+    """Score the examples of the study's PreCog splits (in the driver, through Ray Data)."""
+    examples = examples.filter(pl.col("split").is_in(study.precog.splits))
+    rows = precog_rows(examples, model, study.precog).with_columns(pl.lit(trial.params["task"]).alias("task"))
+    return {"precog": rows}
