@@ -64,7 +64,8 @@ import raymem.sweep  # noqa: E402
 from raymem.config import Resources, Study  # noqa: E402
 from raymem.store import Store  # noqa: E402
 from raymem.study import make_plan  # noqa: E402
-from raymem.sweep import make_trial, run_sweep  # noqa: E402
+from raymem.sweep import run_sweep  # noqa: E402
+from raymem.trial import Trial  # noqa: E402
 
 OUT = Path(__file__).parent / "out" / "scale_out.json"
 TRIAL = Resources(cpus=1, gpus=1)
@@ -87,9 +88,9 @@ def _sleep_entry(config: dict) -> None:
 
     from raymem.store import Store
 
-    trial = config["trial"]
-    time.sleep(trial["params"]["seconds"])
-    Store(trial["results"]).mark_done(trial["trial_id"], trial["params"])
+    trial = config["trial"]["spec"]  # a raymem.trial.Trial, as run_sweep hands it
+    time.sleep(trial.params["seconds"])
+    Store(trial.results).mark_done(trial.trial_id, trial.params)
     tune.report({"done": True, "status": "ok"})
 
 
@@ -127,7 +128,7 @@ MEMORY_VARIANTS = {"run_sweep": contextlib.nullcontext,
 
 def sleep_sweep(root: Path, name: str, n: int, seconds: float) -> float:
     results = str(root / name)
-    trials = [make_trial("sleep", {"i": i, "seconds": seconds}, "scale_out", results) for i in range(n)]
+    trials = [Trial("sleep", {"i": i, "seconds": seconds}, "scale_out", results) for i in range(n)]
     start = time.perf_counter()
     with sleeping_trials(), tune_quiet():
         failed = run_sweep("sleep", trials, TRIAL, Store(results), 0, **QUIET)
@@ -143,12 +144,15 @@ def finetune_plan(root: Path, name: str, n: int, train: int, epochs: int):
         "study": "scale_out", "results": str(root / name), "models": ["raymem-mini"],
         "tasks": ["tweet_sentiment"], "seeds": seeds, "subsample": {"train": train, "test": 100},
         "precog": {"enabled": False},
+        # the nodes' GPUs are fake (a resource, no CUDA): a trial given one must run on the
+        # CPU by name, since device auto takes an assigned GPU to mean CUDA
         "finetune": {"variants": ["clean", "noisy"], "epochs": epochs, "lr": 1e-3,
-                     "batch_size": 16, "max_length": 64}}), **QUIET)
-    for key, trial in plan.examples_trials.items():
-        plan.store.write_rows("examples", "examples", trial["trial_id"], plan.examples[key], "scale_out")
-        plan.store.mark_done(trial["trial_id"], trial["params"])
-    plan.finetune_trials = plan.finetune_trials[:n]
+                     "batch_size": 16, "max_length": 64, "resources": {"device": "cpu"}}}), **QUIET)
+    for trial in plan.of_stage("examples"):
+        key = (trial.params["task"], trial.params["model"])
+        plan.store.write_rows("examples", "examples", trial.trial_id, plan.examples[key], "scale_out")
+        plan.store.mark_done(trial.trial_id, trial.params)
+    plan.trials = plan.of_stage("finetune")[:n]  # the plan keeps only the trials to sweep
     return plan
 
 
@@ -156,7 +160,7 @@ def finetune_sweep(plan) -> tuple[float, float]:
     """Sweep wall, and the mean of the trials' own wall_seconds (timed inside them)."""
     start = time.perf_counter()
     with tune_quiet():
-        failed = run_sweep("finetune", plan.finetune_trials, TRIAL, plan.store, 0, **QUIET)
+        failed = run_sweep("finetune", plan.trials, TRIAL, plan.store, 0, **QUIET)
     wall = time.perf_counter() - start
     assert not failed, failed
     runs = plan.store.read_table("runs").to_pydict()

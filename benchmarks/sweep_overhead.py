@@ -1,7 +1,7 @@
 """What Ray Tune costs a fine-tuning sweep: the same N trials run by raymem's sweep on a
 local Ray with one CPU (so one trial at a time), and by a plain loop in one process.
 
-Both paths run the same trial dicts from `raymem.study.make_plan` of a small study
+Both paths run the same trials (raymem.trial.Trial) from `raymem.study.make_plan` of a small study
 (raymem-mini, tweet_sentiment, seeds x {clean, noisy}) through the same
 `raymem.sweep.run_trial`, on one thread each (Ray sets OMP_NUM_THREADS=1 for a 1-CPU
 trial; the loop calls torch.set_num_threads(1)), into fresh results folders:
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import platform
 import shutil
 import statistics
@@ -49,10 +50,10 @@ from raymem.sweep import run_sweep, run_trial  # noqa: E402
 OUT = Path(__file__).parent / "out" / "sweep_overhead.json"
 # The plain script: what a user would write without raymem's sweep.
 SCRIPT = """
-import json, sys, torch
+import pickle, sys, torch
 torch.set_num_threads(1)
 from raymem.sweep import run_trial
-for trial in json.load(open(sys.argv[1])):
+for trial in pickle.load(open(sys.argv[1], "rb")):
     assert run_trial(trial)["status"] == "ok"
 """
 
@@ -70,9 +71,10 @@ def study(results: str, seeds: int, train: int, epochs: int) -> Study:
 def prepared(root: Path, name: str, args):
     """A fresh results folder holding the examples shards, and the plan's finetune trials."""
     plan = make_plan(study(str(root / name), args.seeds, args.train, args.epochs), log=lambda *_: None)
-    for key, trial in plan.examples_trials.items():
-        plan.store.write_rows("examples", "examples", trial["trial_id"], plan.examples[key], plan.study.study)
-        plan.store.mark_done(trial["trial_id"], trial["params"])
+    for trial in plan.of_stage("examples"):
+        key = (trial.params["task"], trial.params["model"])
+        plan.store.write_rows("examples", "examples", trial.trial_id, plan.examples[key], plan.study.study)
+        plan.store.mark_done(trial.trial_id, trial.params)
     return plan
 
 
@@ -89,7 +91,7 @@ def predictions(plan) -> pl.DataFrame:
 
 def run_raymem(plan) -> float:
     start = time.perf_counter()
-    failed = run_sweep("finetune", plan.finetune_trials, Resources(cpus=1), plan.store, 0,
+    failed = run_sweep("finetune", plan.of_stage("finetune"), Resources(cpus=1), plan.store, 0,
                        log=lambda *_: None)
     wall = time.perf_counter() - start
     assert not failed, failed
@@ -97,8 +99,8 @@ def run_raymem(plan) -> float:
 
 
 def run_plain_script(plan) -> float:
-    trials = Path(plan.store.local_path("trials.json"))
-    trials.write_text(json.dumps(plan.finetune_trials))
+    trials = Path(plan.store.local_path("trials.pkl"))  # Trial objects: pickled, not JSON
+    trials.write_bytes(pickle.dumps(plan.of_stage("finetune")))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", SCRIPT, str(trials)], env=env, check=True)
@@ -107,7 +109,7 @@ def run_plain_script(plan) -> float:
 
 def run_plain_warm(plan) -> float:
     start = time.perf_counter()
-    for trial in plan.finetune_trials:
+    for trial in plan.of_stage("finetune"):
         assert run_trial(trial)["status"] == "ok"
     return time.perf_counter() - start
 

@@ -44,13 +44,11 @@ def cmd_study(args) -> int:
     from raymem.queries import query
     from raymem.study import make_plan, run_plan
 
-    from raymem.sweep import StudyInterrupted
-
     plan = make_plan(study)
     print(f"[plan] study {study.study}: {plan.n_trials()} trials, results in {plan.store.uri}", flush=True)
     try:
         failed = run_plan(plan)
-    except StudyInterrupted as stop:
+    except KeyboardInterrupt as stop:  # raymem's StudyInterrupted, or Ray's own from a wait
         done = sum(plan.store.is_done(t.trial_id) for t in plan.trials)
         resume = " ".join(["raymem study", args.file, *(["--results", args.results] if args.results else [])])
         print(f"\nstudy {study.study} stopped ({stop or 'SIGINT'}): {done} of {plan.n_trials()} trials are "

@@ -4,8 +4,10 @@ a. The driver of `raymem study` is SIGKILLed (with its whole process group) afte
    but not all fine-tuning trials finished; a rerun of the same study finishes the rest,
    and its database equals that of an uninterrupted run of the same study, row for row.
 b. While fine-tuning trials run on a Ray head this test started, their worker processes
-   (found through Ray's actor table) are SIGKILLed; Tune retries them (FailureConfig
-   max_failures) and the study still ends with every trial's rows exactly once.
+   (found through Ray's actor table) are SIGKILLed after an epoch k; Tune retries them
+   (FailureConfig max_failures), each retry starts at epoch k+1 from the trial's progress
+   checkpoint, and the study still ends with every trial's rows exactly once and the
+   same predictions as the uninterrupted run.
 c. A model whose weights file is cut short passes planning (which reads a model's config
    and tokenizer, not its weights); its trial fails inside Ray, is recorded as failed
    with its error, the other trial finishes, and the study exits 1 naming the failure.
@@ -56,7 +58,9 @@ N_FINETUNE = len(SEEDS) * len(VARIANTS)
 # written, and how long a trial took. Everything else (trial ids, parameters, labels,
 # PreCog scores, p_label, storage_bytes...) must be identical: seeds are fixed and every
 # trial runs on one thread (Ray sets OMP_NUM_THREADS to the trial's 1 CPU).
-VOLATILE = {"created_at", "wall_seconds"}
+# How often a trial was started and from which epoch it resumed differ too: they say how
+# the run went, not what it computed.
+VOLATILE = {"created_at", "wall_seconds", "attempts", "resumed_from_epoch", "epochs_trained"}
 TRAINABLE = "ImplicitFunc"  # the actor class Tune wraps a function trainable in
 STUDY_TIMEOUT = 420
 
@@ -281,6 +285,48 @@ def test_killed_driver_resumes_to_the_same_database(runs, study_file, reference,
     _assert_same_database(db, reference())
 
 
+# -- a2. Ctrl-C or SIGTERM stops the whole study ---------------------------------------
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_interrupt_stops_the_whole_study(runs, study_file, reference, tmp_path, how):
+    results, log = tmp_path / "results", tmp_path / "first.log"
+    first = runs.study(study_file, results, log)
+    deadline = time.time() + STUDY_TIMEOUT
+    while not _finetune_markers(results) and first.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert first.poll() is None, f"the study ended before any trial finished:\n{_tail(log)}"
+    if how == "ctrl-c":  # a terminal sends SIGINT to the whole foreground process group
+        os.killpg(first.pid, signal.SIGINT)
+    else:  # a job manager or `kill` signals the driver alone
+        os.kill(first.pid, signal.SIGTERM)
+    try:
+        code = first.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the study went on after {how}:\n{_tail(log)}")
+    text = log.read_text(errors="replace")
+    assert code == 130, text[-4000:]
+    stop = text.rindex("stopped (")
+    assert f"raymem study {study_file} --results {results}" in text[stop:], text[stop:]
+    assert "Tuner.restore" not in text
+    # no stage ran after the stop, and nothing was ingested from a part of the study
+    assert "[ingest]" not in text and not (results / "raymem.duckdb").exists()
+    finished = _finetune_markers(results)
+    assert 1 <= len(finished) < N_FINETUNE, finished
+    # nothing half-written: no temp files, and every finished trial has its shards
+    assert not [p for p in results.rglob("*.tmp-*")]
+    for trial_id in finished:
+        assert (results / "predictions" / "finetune" / f"{trial_id}.parquet").is_file()
+    if how == "sigterm":
+        return
+    # the same command goes on from there and ends where an uninterrupted run ends
+    code = _wait(runs.study(study_file, results, tmp_path / "rerun.log"), tmp_path / "rerun.log")
+    rerun_log = (tmp_path / "rerun.log").read_text(errors="replace")
+    assert code == 0, rerun_log[-4000:]
+    assert f"[finetune] {N_FINETUNE} trials: {len(finished)} already done" in rerun_log
+    db = results / "raymem.duckdb"
+    _assert_complete(db)
+    _assert_same_database(db, reference())
+
+
 # -- b. workers are lost --------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
@@ -349,6 +395,7 @@ def test_lost_workers_are_retried(runs, ray_head, tiny_mlm, reference, tmp_path)
     study = _write(tmp_path / "study.yaml", _study(tiny_mlm, ray={"address": address}))
     proc = runs.study(study, results, log, env)
     killed: dict[str, int] = {}  # raymem trial id -> pid of its lost worker
+    lost_after: dict[str, int] = {}  # raymem trial id -> the last epoch it kept before
     # This process watches the head as a Ray client (token authentication off for it, as
     # for the head); Ray caches the mode per process, so it is reset again afterwards.
     auth_mode = os.environ.pop("RAY_AUTH_MODE", None)
@@ -359,14 +406,20 @@ def test_lost_workers_are_retried(runs, ray_head, tiny_mlm, reference, tmp_path)
     try:
         deadline = time.time() + STUDY_TIMEOUT
         while proc.poll() is None and time.time() < deadline and len(killed) < 2:
-            # Kill a trial's worker after it finished its first epoch and before the trial
-            # finished: training is lost half-way. Each trial at most once (max_failures 2).
+            # Kill a trial's worker after it kept its first progress checkpoint and before
+            # the trial finished: training is lost half-way. Each trial at most once
+            # (max_failures 2).
             workers = set(_trainable_workers(head_sid).values())
             for trial_id, pid in _training_trials(Path(env["RAY_TMPDIR"])).items():
                 if (len(killed) < 2 and trial_id not in killed and pid in workers
+                        and _progress_epoch(results, trial_id) is not None
                         and not (results / "_done" / f"{trial_id}.json").exists()):
                     os.kill(pid, signal.SIGKILL)
+                    while _stat(pid) is not None and _stat(pid)["state"] not in "ZX":
+                        time.sleep(0.01)
                     killed[trial_id] = pid
+                    # the dead worker's last checkpoint: the epoch its retry must go on from
+                    lost_after[trial_id] = _progress_epoch(results, trial_id)
             time.sleep(0.2)
     finally:
         ray.shutdown()
@@ -382,7 +435,29 @@ def test_lost_workers_are_retried(runs, ray_head, tiny_mlm, reference, tmp_path)
     assert re.search(r"errored after [1-9]\d* iterations", text)  # lost after an epoch or more
     db = results / "raymem.duckdb"
     _assert_complete(db)
+    # each lost trial started again at the epoch after its last checkpoint, trained only the
+    # epochs left, and kept no progress checkpoint once finished
+    epochs = yaml.safe_load(study.read_text())["finetune"]["epochs"]
+    resumed = {r[0]: r[1:] for r in fetch(db, "SELECT trial_id, resumed_from_epoch, epochs_trained, attempts "
+                                              "FROM runs WHERE stage = 'finetune'")}
+    for trial_id, epoch in lost_after.items():
+        assert 1 <= epoch < epochs
+        assert resumed[trial_id] == (epoch + 1, epochs - epoch, 2), (trial_id, epoch, resumed[trial_id])
+    for trial_id in set(resumed) - set(lost_after):
+        assert resumed[trial_id] == (None, epochs, 1)
+    assert not list((results / "checkpoints").glob("*/progress.pt"))
     _assert_same_database(db, reference())
+
+
+def _progress_epoch(results: Path, trial_id: str) -> int | None:
+    """The epoch of a trial's progress checkpoint, None if it has none (yet, or any more)."""
+    import torch
+
+    try:
+        saved = torch.load(results / "checkpoints" / trial_id / "progress.pt", weights_only=True)
+    except (OSError, RuntimeError, EOFError):
+        return None
+    return saved["epoch"]
 
 
 # -- c. a trial fails for a real reason -----------------------------------------------
@@ -412,7 +487,7 @@ def test_failing_trial_is_recorded_and_the_rest_finish(runs, tiny_mlm, tmp_path)
     ok_id, ok_status, ok_error = by_model[str(tiny_mlm)]
     assert (status, ok_status) == ("failed", "ok")
     assert "Traceback" in error and "SafetensorError" in error and ok_error is None
-    assert "1 trial(s) failed" in text and f"{failed_id} tweet_sentiment seed=1 clean" in text
+    assert "1 trial(s) failed" in text and f"{failed_id} finetune tweet_sentiment {broken} seed=1 variant=clean" in text
     assert ok_id not in text.split("trial(s) failed")[1]
     assert _finetune_markers(results) == {ok_id}  # no marker: a rerun tries the failed one again
     assert fetch(db, "SELECT DISTINCT trial_id FROM predictions") == [(ok_id,)]

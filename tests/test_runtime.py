@@ -1,0 +1,369 @@
+"""The runtime: device and precision choice, resume state, and bf16 against fp32 on CPU.
+
+Device choice reads Ray's assignment from `sys.modules["ray"]` (never importing Ray);
+a stub module stands in for it here. The bf16 tests run bf16 autocast on the CPU (which
+supports it) against fp32 on the tiny pre-trained masked-LM and check that what the
+stages compute from it (PreCog, predictions, layer scores) agrees within tolerances
+measured on this model, each set with a wide margin over the measured difference.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from raymem.errors import ConfigError
+from raymem.runtime import PROGRESS, Runtime, TrainingState, assigned_gpu_ids, choose_device, choose_precision
+from raymem.store import Store
+
+CPU, CUDA0 = torch.device("cpu"), torch.device("cuda", 0)
+
+
+# -- device -----------------------------------------------------------------------------
+def fake_ray(monkeypatch, gpu_ids, initialized=True):
+    """A stand-in for an imported `ray` in this process (restored after the test)."""
+    ray = types.ModuleType("ray")
+    ray.is_initialized = lambda: initialized
+    ray.get_gpu_ids = lambda: list(gpu_ids)
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    return ray
+
+
+@pytest.fixture
+def no_visible_devices(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
+def test_the_gpu_ray_assigned_is_cuda_0(monkeypatch, no_visible_devices):
+    # Ray narrows CUDA_VISIBLE_DEVICES to the worker's GPUs: GPU 3 is the worker's cuda:0
+    fake_ray(monkeypatch, [3])
+    assert assigned_gpu_ids() == ["3"]
+    assert choose_device("auto", cuda_available=True) == CUDA0
+
+
+def test_no_gpu_from_ray_and_none_visible_is_the_cpu(monkeypatch, no_visible_devices):
+    fake_ray(monkeypatch, [])
+    assert assigned_gpu_ids() == []
+    assert choose_device("auto", cuda_available=True) == CPU
+
+
+def test_without_a_gpu_from_ray_cuda_visible_devices_counts(monkeypatch):
+    fake_ray(monkeypatch, [])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,2")
+    assert assigned_gpu_ids() == ["1", "2"]
+    assert choose_device("auto", cuda_available=True) == CUDA0
+
+
+def test_an_uninitialised_ray_is_ignored(monkeypatch, no_visible_devices):
+    fake_ray(monkeypatch, [3], initialized=False)
+    assert assigned_gpu_ids() == []
+    assert choose_device("auto", cuda_available=True) == CPU
+
+
+def test_hidden_gpus_are_none(monkeypatch):
+    fake_ray(monkeypatch, [])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert assigned_gpu_ids() == []
+    assert choose_device("auto", cuda_available=True) == CPU
+
+
+def test_cpu_setting_wins_over_assigned_gpus(monkeypatch):
+    fake_ray(monkeypatch, [3])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    assert choose_device("cpu", cuda_available=True) == CPU
+    assert choose_device("cpu", cuda_available=False) == CPU  # no error: the GPU is not wanted
+
+
+def test_an_assigned_gpu_cuda_cannot_see_is_an_error(monkeypatch, no_visible_devices):
+    fake_ray(monkeypatch, [3])
+    with pytest.raises(ConfigError) as error:
+        choose_device("auto", cuda_available=False)
+    message = str(error.value)
+    assert "GPU 3" in message and "`device: cpu`" in message
+
+
+def test_cuda_asked_for_without_cuda_is_an_error(monkeypatch, no_visible_devices):
+    fake_ray(monkeypatch, [])
+    with pytest.raises(ConfigError, match="device: cuda was set.*`device: cpu`"):
+        choose_device("cuda", cuda_available=False)
+    assert choose_device("cuda", cuda_available=True) == CUDA0
+
+
+@pytest.mark.parametrize("setting", ["gpu", "cuda:1", "", "CPU"])
+def test_an_unknown_device_setting_is_an_error(setting):
+    with pytest.raises(ConfigError, match="device: expected one of auto, cpu, cuda"):
+        choose_device(setting, gpu_ids=[], cuda_available=True)
+
+
+# -- precision --------------------------------------------------------------------------
+def test_auto_precision_is_fp32_on_the_cpu():
+    assert choose_precision("auto", CPU) == "fp32"
+
+
+def test_auto_precision_on_a_gpu_follows_its_bf16_support(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert choose_precision("auto", CUDA0) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert choose_precision("auto", CUDA0) == "fp32"
+
+
+@pytest.mark.parametrize("setting", ["fp32", "bf16", "fp16"])
+def test_explicit_precisions_pass(setting):
+    assert choose_precision(setting, CPU) == setting
+
+
+@pytest.mark.parametrize("setting", ["float32", "bf-16", "fp64", ""])
+def test_an_unknown_precision_is_an_error(setting):
+    with pytest.raises(ConfigError, match="precision: expected one of"):
+        choose_precision(setting, CPU)
+
+
+# -- Runtime ----------------------------------------------------------------------------
+def test_runtime_on_cpu_records_device_and_precision(monkeypatch, no_visible_devices):
+    fake_ray(monkeypatch, [])  # no GPU from Ray, none visible
+    for device in ("cpu", "auto"):
+        runtime = Runtime(device)
+        assert runtime.device == CPU
+        assert runtime.info["device"] == "cpu" and runtime.info["precision"] == "fp32"
+
+
+def test_bf16_autocast_runs_a_linear_in_bfloat16():
+    linear, x = torch.nn.Linear(4, 3), torch.randn(2, 4)
+    with Runtime("cpu", "bf16").autocast():
+        assert linear(x).dtype == torch.bfloat16
+    with Runtime("cpu", "fp32").autocast():
+        assert linear(x).dtype == torch.float32
+    assert Runtime("cpu", "bf16").info["precision"] == "bf16"
+
+
+# -- resume -----------------------------------------------------------------------------
+STEPS = 3
+
+
+class Loop:
+    """A small training loop: a model, AdamW, a LambdaLR schedule, a data-order generator.
+
+    Each step draws its data from the generator and a noise term from torch's global
+    stream, so a resume that failed to restore either would train differently."""
+
+    def __init__(self, seed: int):
+        torch.manual_seed(seed)
+        self.model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+        self.optimiser = torch.optim.AdamW(self.model.parameters(), lr=1e-2)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimiser, lambda i: 1 / (1 + i))
+        self.state = TrainingState({"model": self.model, "optimiser": self.optimiser, "schedule": self.schedule},
+                                   torch.Generator().manual_seed(seed), {"best": None})
+
+    def epoch(self, epoch: int) -> None:
+        total = 0.0
+        for _ in range(STEPS):
+            x = torch.randn(16, 4, generator=self.state.generator)
+            y = x.sum(1, keepdim=True) + 0.1 * torch.randn(16, 1)  # global stream
+            loss = torch.nn.functional.mse_loss(self.model(x), y)
+            loss.backward()
+            self.optimiser.step()
+            self.schedule.step()
+            self.optimiser.zero_grad()
+            total += float(loss)
+        self.state.losses.append(total / STEPS)
+        self.state.extra["best"] = min(self.state.losses)
+        self.state.extra["last_epoch"] = epoch
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [p.detach().clone() for p in self.model.parameters()]
+
+
+def runtime_on(tmp_path, checkpoint_every: int = 1) -> Runtime:
+    return Runtime("cpu", "fp32", store=Store(str(tmp_path / "results")), trial_id="t-1",
+                   checkpoint_every=checkpoint_every)
+
+
+def test_resume_restores_the_training_state_exactly(tmp_path):
+    runtime = runtime_on(tmp_path)
+    loop = Loop(seed=0)
+    for epoch in (1, 2):
+        loop.epoch(epoch)
+        runtime.save_progress(loop.state, epoch)
+    assert runtime.info["epochs_trained"] == 2
+    assert runtime.store.exists("checkpoints", "t-1", PROGRESS)
+    saved_parameters = loop.parameters()
+    saved_losses, saved_extra = list(loop.state.losses), dict(loop.state.extra)
+    # what the uninterrupted run draws next, from both streams, and where epoch 3 takes it
+    generator_state, torch_state = loop.state.generator.get_state(), torch.get_rng_state()
+    next_data = torch.randn(5, generator=loop.state.generator)
+    next_noise = torch.rand(5)
+    loop.state.generator.set_state(generator_state)
+    torch.set_rng_state(torch_state)
+    loop.epoch(3)
+    uninterrupted = loop.parameters()
+
+    # a restarted trial: other initial weights, other seeds, a fresh runtime on the same store
+    fresh = Loop(seed=1)
+    torch.manual_seed(12345)
+    assert not all(torch.equal(a, b) for a, b in zip(fresh.parameters(), saved_parameters))
+    resumed_runtime = runtime_on(tmp_path)
+    assert resumed_runtime.resume(fresh.state) == 3
+    assert resumed_runtime.info["resumed_from_epoch"] == 3
+    for restored, saved in zip(fresh.parameters(), saved_parameters):
+        assert torch.equal(restored, saved)
+    assert fresh.state.losses == saved_losses and fresh.state.extra == saved_extra
+    assert fresh.schedule.last_epoch == 2 * STEPS
+    assert fresh.optimiser.state_dict()["state"][0]["step"] == 2 * STEPS
+    assert torch.equal(fresh.state.generator.get_state(), generator_state)
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    assert torch.equal(torch.randn(5, generator=fresh.state.generator), next_data)
+    assert torch.equal(torch.rand(5), next_noise)
+
+    # and the resumed epoch 3 is the uninterrupted one, bit for bit
+    fresh.state.generator.set_state(generator_state)
+    torch.set_rng_state(torch_state)
+    fresh.epoch(3)
+    for a, b in zip(fresh.parameters(), uninterrupted):
+        assert torch.equal(a, b)
+
+    resumed_runtime.finish_training()
+    assert not resumed_runtime.store.exists("checkpoints", "t-1", PROGRESS)
+    assert resumed_runtime.info["storage_bytes"] == 0
+    assert runtime_on(tmp_path).resume(Loop(seed=2).state) == 1  # nothing left to resume
+
+
+def test_progress_is_kept_every_checkpoint_every_epochs(tmp_path):
+    runtime = runtime_on(tmp_path, checkpoint_every=2)
+    loop = Loop(seed=0)
+    kept = {}
+    for epoch in (1, 2, 3):
+        loop.epoch(epoch)
+        runtime.save_progress(loop.state, epoch)
+        kept[epoch] = runtime.store.exists("checkpoints", "t-1", PROGRESS)
+        if epoch == 2:
+            after_two = loop.parameters()
+    assert kept == {1: False, 2: True, 3: True}
+    assert runtime.info["epochs_trained"] == 3
+    fresh = Loop(seed=1)
+    resumed = runtime_on(tmp_path, checkpoint_every=2)
+    assert resumed.resume(fresh.state) == 3  # from epoch 2's checkpoint, not epoch 3
+    assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), after_two))
+    assert fresh.state.extra["last_epoch"] == 2 and len(fresh.state.losses) == 2
+
+
+def test_checkpoint_every_0_never_saves_and_starts_at_epoch_1(tmp_path):
+    runtime = runtime_on(tmp_path, checkpoint_every=0)
+    loop = Loop(seed=0)
+    for epoch in (1, 2):
+        loop.epoch(epoch)
+        runtime.save_progress(loop.state, epoch)
+    assert not runtime.store.exists("checkpoints", "t-1", PROGRESS)
+    assert runtime.info["epochs_trained"] == 2
+    fresh = Loop(seed=1)
+    before = fresh.parameters()
+    assert runtime_on(tmp_path, checkpoint_every=0).resume(fresh.state) == 1
+    assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), before))
+    # a checkpoint another setting left behind is not read either
+    runtime_on(tmp_path, checkpoint_every=1).save_progress(loop.state, 2)
+    skipping = runtime_on(tmp_path, checkpoint_every=0)
+    assert skipping.resume(fresh.state) == 1 and "resumed_from_epoch" not in skipping.info
+
+
+# -- bf16 against fp32 (CPU autocast) -------------------------------------------------------
+# Measured on the tiny masked-LM of conftest.py (2 layers, hidden 64), torch 2.13 CPU:
+#   PreCog on 20 test tweets, PreCog@1/@5/@50: Spearman 0.973 / 0.994 / 1.000,
+#     mean |difference| 0.0011 / 0.0031 / 0.0; PLL mean |difference| 0.0005 nats (max 0.0018)
+#   predictions of a briefly fine-tuned classifier on 48 tweets: argmax agreement 100%,
+#     max |probability difference| 0.0006
+#   forgetting-gradient layer scores (normalised, sum 1): max |difference| < 0.001
+# Tolerances below leave a margin of 3x (Spearman) to 20x or more (differences).
+KS = (1, 5, 50)
+PRECOG_MIN_SPEARMAN = 0.9
+PRECOG_MAX_MEAN_ABS_DIFF = 0.02
+PLL_MAX_MEAN_ABS_DIFF_NATS = 0.02
+PREDICTION_MIN_ARGMAX_AGREEMENT = 0.95
+PREDICTION_MAX_ABS_PROB_DIFF = 0.01
+LAYER_SCORE_MAX_ABS_DIFF = 0.02
+
+
+@pytest.fixture(scope="module")
+def tweets():
+    from raymem.tasks import load_task
+
+    _, splits = load_task("tweet_sentiment")
+    # 16 per class (the first test rows are all negative), in a fixed order
+    return splits["test"].group_by("label", maintain_order=True).head(16).sort("example_id")
+
+
+def test_precog_bf16_agrees_with_fp32_spearman_0_9_pll_0_02_nats(tiny_mlm, tweets):
+    from raymem.measures.precog import PrecogScorer, PrecogSettings
+    from raymem.models import ModelSpec
+
+    texts = tweets["text"].to_list()[:20]
+    spec, settings = ModelSpec("tiny", str(tiny_mlm)), PrecogSettings(ks=KS)
+    bf16 = PrecogScorer(spec, settings, device="cpu", precision="bf16")
+    assert bf16.runtime.precision == "bf16"
+    low = bf16.score(texts)
+    full = PrecogScorer(spec, settings, device="cpu", precision="fp32").score(texts)
+    assert np.array_equal(low["n_units"], full["n_units"])
+    for k in KS:
+        a, b = full[f"precog_at_{k}"], low[f"precog_at_{k}"]
+        assert a.std() > 0, f"PreCog@{k} is constant over the texts: no ranking to compare"
+        assert spearmanr(a, b).statistic >= PRECOG_MIN_SPEARMAN, k
+        assert np.abs(a - b).mean() <= PRECOG_MAX_MEAN_ABS_DIFF, k
+    pll_diff = np.abs(full["pll"] - low["pll"])
+    assert pll_diff.mean() < PLL_MAX_MEAN_ABS_DIFF_NATS
+    assert pll_diff.max() > 0  # bf16 really ran: not bit-identical to fp32
+
+
+@pytest.fixture(scope="module")
+def classifier(tiny_mlm, tweets):
+    """A classifier on the tiny masked-LM, fine-tuned a little (so its predictions vary)."""
+    from raymem.models import load_classifier, load_tokenizer, model_spec
+    from raymem.train import Encoded, TrainSettings, fine_tune
+
+    spec = model_spec(str(tiny_mlm))
+    data = Encoded(load_tokenizer(spec, 64), tweets["text"].to_list(), None, tweets["label"].to_numpy(), 64)
+    torch.manual_seed(0)
+    model = load_classifier(spec, 3)
+    fine_tune(model, data, TrainSettings(epochs=6, lr=3e-3, batch_size=8, freeze_embeddings=False), seed=0)
+    return spec, model.eval(), data
+
+
+def test_predictions_bf16_agree_with_fp32_95_percent_argmax_0_01_probability(classifier):
+    from raymem.train import predict
+
+    _, model, data = classifier
+    full = predict(model, data)
+    with Runtime("cpu", "bf16").autocast():
+        low = predict(model, data)
+    assert len(set(full.argmax(1).tolist())) > 1, "the classifier predicts one class: nothing to compare"
+    assert (full.argmax(1) == low.argmax(1)).mean() >= PREDICTION_MIN_ARGMAX_AGREEMENT
+    difference = np.abs(full - low).max()
+    assert 0 < difference < PREDICTION_MAX_ABS_PROB_DIFF  # > 0: bf16 really ran
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_gradient_layer_scores_bf16_agree_with_fp32_within_0_02_same_top_layer(classifier, k):
+    """The fine-tuned model against a control whose layer k is back at its pre-trained
+    weights: layer k's ratio stands out (about 0.6 against 0.4 when measured), so the
+    top layer is well defined, and bf16 must find the same one."""
+    from raymem.localise.gradients import forgetting_gradient_scores, matched_clean_index
+    from raymem.localise.layers import body_layers
+    from raymem.models import load_classifier
+
+    spec, model, data = classifier
+    control = copy.deepcopy(model)
+    body_layers(control)[k - 1].load_state_dict(body_layers(load_classifier(spec, 3))[k - 1].state_dict())
+    noisy_mask = np.zeros(len(data), dtype=bool)
+    noisy_mask[::4] = True
+    noisy, clean = np.flatnonzero(noisy_mask), matched_clean_index(noisy_mask, seed=0)
+    full = forgetting_gradient_scores(model, control, data, noisy, clean)
+    with Runtime("cpu", "bf16").autocast():
+        low = forgetting_gradient_scores(model, control, data, noisy, clean)
+    print(k, full, low, np.abs(full - low).max())
+    top = np.sort(full)[::-1]
+    assert top[0] - top[1] > 2 * LAYER_SCORE_MAX_ABS_DIFF, "no clear top layer to compare"
+    assert np.argmax(low) == np.argmax(full)
+    assert 0 < np.abs(full - low).max() < LAYER_SCORE_MAX_ABS_DIFF
