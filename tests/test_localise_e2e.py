@@ -18,7 +18,7 @@ import pytest
 import ray
 import yaml
 
-from results_db import fetch, fetch_frame, table_counts
+from results_db import assert_same_database, fetch, fetch_frame, table_counts
 from raymem.cli import main
 from raymem.config import load_study
 from raymem.localise.summary import m_cog
@@ -69,9 +69,11 @@ def study_run(tiny_mlm, tmp_path_factory):
     }
     path = root / "study.yaml"
     path.write_text(yaml.safe_dump(study))
+    fresh = root / "fresh.yaml"  # the same study in a results folder of its own
+    fresh.write_text(yaml.safe_dump({**study, "results": str(root / "fresh")}))
     logs, seconds = [], []
     try:
-        for _ in range(2):  # the second run: every trial is already done
+        for path in (path, path, fresh):  # the second run: every trial is already done
             out = _Tee()
             start = time.time()
             with contextlib.redirect_stdout(out):
@@ -84,13 +86,22 @@ def study_run(tiny_mlm, tmp_path_factory):
     finally:
         ray.shutdown()
     print(f"\nlocalise e2e: first run {seconds[0]:.0f}s, rerun {seconds[1]:.0f}s", file=sys.__stdout__)
+    path = root / "study.yaml"
     plan = make_plan(load_study(path), log=lambda *_: None)
     return {"codes": tuple(c for c, _ in logs), "logs": [o for _, o in logs], "db": db,
             "first": first, "root": root, "plan": plan}
 
 
 def test_study_succeeds_twice(study_run):
-    assert study_run["codes"] == (0, 0), study_run["logs"]
+    assert study_run["codes"] == (0, 0, 0), study_run["logs"]
+
+
+def test_the_same_study_run_again_gives_the_same_tables(study_run):
+    # A fresh run of the same study in another results folder: every table equal, floats
+    # bitwise, but for when rows were written, how long trials took and how they ran.
+    root = study_run["root"]
+    assert_same_database(root / "fresh" / "raymem.duckdb", study_run["db"],
+                         {"created_at", "wall_seconds", "attempts", "resumed_from_epoch", "epochs_trained"})
 
 
 def test_every_trial_ran_once_and_ok(study_run):
@@ -291,7 +302,7 @@ def test_rerun_adds_no_rows_and_skips_everything(study_run):
         dupes = fetch(db, f"SELECT COUNT(*) FROM "
                           f"(SELECT {key} FROM {table} GROUP BY ALL HAVING COUNT(*) > 1)")
         assert dupes[0][0] == 0, table
-    first, second = study_run["logs"]
+    first, second, _ = study_run["logs"]
     assert "[hidden]" in first and "[hidden]" not in second
     assert "already done" in second
     assert "to run" not in second.replace(" 0 to run", "")  # every stage: nothing left to run

@@ -41,7 +41,7 @@ import pytest
 import yaml
 
 from raymem.localcluster import stop_session
-from results_db import fetch
+from results_db import assert_same_database, fetch
 
 pytestmark = [pytest.mark.ray,
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")]
@@ -162,37 +162,6 @@ def _write(path: Path, study: dict) -> Path:
     return path
 
 
-def _contents(db: Path) -> dict[str, tuple[list[str], list[tuple]]]:
-    """Every table: its columns less VOLATILE, and all its rows in a fixed order."""
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        out = {}
-        tables = con.execute("SELECT table_name FROM information_schema.tables ORDER BY 1").fetchall()
-        for (table,) in tables:
-            columns = [c for (c,) in con.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
-                "ORDER BY ordinal_position", [table]).fetchall() if c not in VOLATILE]
-            select = ", ".join(f'"{c}"' for c in columns)
-            out[table] = (columns, con.execute(f'SELECT {select} FROM "{table}" ORDER BY ALL').fetchall())
-        return out
-    finally:
-        con.close()
-
-
-def _assert_same_database(db: Path, reference: Path) -> None:
-    got, want = _contents(db), _contents(reference)
-    assert sorted(got) == sorted(want)
-    for table in want:
-        assert got[table][0] == want[table][0], f"{table}: columns differ"
-        assert len(got[table][1]) == len(want[table][1]), f"{table}: row counts differ"
-        if got[table][1] != want[table][1]:
-            columns = got[table][0]
-            diffs = [{c: (a, b) for c, a, b in zip(columns, x, y) if a != b}
-                     for x, y in zip(got[table][1], want[table][1]) if x != y]
-            pytest.fail(f"{table}: {len(diffs)} rows differ from the uninterrupted run, "
-                        f"e.g. {diffs[:3]}")
-
-
 def _assert_complete(db: Path, n_finetune: int = N_FINETUNE) -> None:
     """Every planned trial's rows exactly once, and every run ok."""
     runs = fetch(db, "SELECT stage, trial_id, status FROM runs ORDER BY ALL")
@@ -282,7 +251,7 @@ def test_killed_driver_resumes_to_the_same_database(runs, study_file, reference,
 
     db = results / "raymem.duckdb"
     _assert_complete(db)
-    _assert_same_database(db, reference())
+    assert_same_database(db, reference(), VOLATILE)
 
 
 # -- a2. Ctrl-C or SIGTERM stops the whole study ---------------------------------------
@@ -324,7 +293,7 @@ def test_interrupt_stops_the_whole_study(runs, study_file, reference, tmp_path, 
     assert f"[finetune] {N_FINETUNE} trials: {len(finished)} already done" in rerun_log
     db = results / "raymem.duckdb"
     _assert_complete(db)
-    _assert_same_database(db, reference())
+    assert_same_database(db, reference(), VOLATILE)
 
 
 # -- b. workers are lost --------------------------------------------------------------
@@ -446,7 +415,7 @@ def test_lost_workers_are_retried(runs, ray_head, tiny_mlm, reference, tmp_path)
     for trial_id in set(resumed) - set(lost_after):
         assert resumed[trial_id] == (None, epochs, 1)
     assert not list((results / "checkpoints").glob("*/progress.pt"))
-    _assert_same_database(db, reference())
+    assert_same_database(db, reference(), VOLATILE)
 
 
 def _progress_epoch(results: Path, trial_id: str) -> int | None:

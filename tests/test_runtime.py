@@ -284,7 +284,7 @@ PRECOG_MAX_MEAN_ABS_DIFF = 0.02
 PLL_MAX_MEAN_ABS_DIFF_NATS = 0.02
 PREDICTION_MIN_ARGMAX_AGREEMENT = 0.95
 PREDICTION_MAX_ABS_PROB_DIFF = 0.01
-LAYER_SCORE_MAX_ABS_DIFF = 0.02
+LAYER_SCORE_MAX_ABS_DIFF = 0.01
 
 
 @pytest.fixture(scope="module")
@@ -345,10 +345,10 @@ def test_predictions_bf16_agree_with_fp32_95_percent_argmax_0_01_probability(cla
 
 
 @pytest.mark.parametrize("k", [1, 2])
-def test_gradient_layer_scores_bf16_agree_with_fp32_within_0_02_same_top_layer(classifier, k):
-    """The fine-tuned model against a control whose layer k is back at its pre-trained
-    weights: layer k's ratio stands out (about 0.6 against 0.4 when measured), so the
-    top layer is well defined, and bf16 must find the same one."""
+def test_gradient_layer_scores_bf16_agree_with_fp32_within_0_01_same_top_layer(classifier, k):
+    """Forgetting-gradient layer scores of the fine-tuned model against a control whose
+    layer k is back at its pre-trained weights (layer k stood out in every build of the
+    tiny model measured: top-two gaps 0.04 to 0.34, against bf16 differences < 0.001)."""
     from raymem.localise.gradients import forgetting_gradient_scores, matched_clean_index
     from raymem.localise.layers import body_layers
     from raymem.models import load_classifier
@@ -362,8 +362,6 @@ def test_gradient_layer_scores_bf16_agree_with_fp32_within_0_02_same_top_layer(c
     full = forgetting_gradient_scores(model, control, data, noisy, clean)
     with Runtime("cpu", "bf16").autocast():
         low = forgetting_gradient_scores(model, control, data, noisy, clean)
-    print(k, full, low, np.abs(full - low).max())
-    top = np.sort(full)[::-1]
-    assert top[0] - top[1] > 2 * LAYER_SCORE_MAX_ABS_DIFF, "no clear top layer to compare"
+    assert low.sum() == pytest.approx(1.0)
+    assert 0 < np.abs(full - low).max() < LAYER_SCORE_MAX_ABS_DIFF  # > 0: bf16 really ran
     assert np.argmax(low) == np.argmax(full)
-    assert 0 < np.abs(full - low).max() < LAYER_SCORE_MAX_ABS_DIFF
