@@ -15,8 +15,9 @@ In one run, on one device:
 - packing: fine-tuning trials (batch 8) per hour on one GPU, 4 processes started together
   against 1 alone (--tiny: 2 processes, a few steps);
 - a small real study (`raymem study`: precog, finetune, counterfactual, hidden states, every
-  localisation technique) on that model and raymem-mini, then its DuckDB `runs` table: every
-  finetune, counterfactual and localise trial must have run on the device.
+  localisation technique) on that model and raymem-mini (--tiny: the tiny model only), then
+  its DuckDB `runs` table: every finetune, counterfactual and localise trial must have run on
+  the device.
 
 Prints a table, writes JSON, exits 1 if a check fails or, on CUDA without --tiny, a target is
 missed (fine-tuning >= 35% and PreCog >= 40% of the measured peak, packing >= 2.5x).

@@ -142,7 +142,11 @@ def masked_token_accuracy(model, tokenizer, texts: list[str], s: PretrainSetting
 
 
 def pretrain(out_dir: str | Path, s: PretrainSettings, log=print) -> dict:
-    """Train tokenizer and masked-LM, save both with the planted manifest; return metrics."""
+    """Train tokenizer and masked-LM, save both with the planted manifest; return metrics.
+
+    Its loop is not train.fine_tune's: the objective is masked-token prediction with fresh
+    masks every epoch (not a classification loss on fixed labels), it runs once by hand
+    (`raymem pretrain`) rather than as a trial, and it reports held-out accuracy per epoch."""
     torch.manual_seed(s.seed)
     generator = torch.Generator().manual_seed(s.seed)
     texts, held_out, planted = pretraining_texts(s)

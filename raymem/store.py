@@ -4,7 +4,9 @@ Layout under the results root (a local folder or an s3:// URI, one code path):
 
     <table>/<stage>/<trial_id>.parquet   one shard per trial and table, written atomically
     _done/<trial_id>.json                completion marker: the trial is finished
+    _attempts/<trial_id>                 how many times the trial was started
     checkpoints/<trial_id>/<name>/       safetensors checkpoints that later stages need
+    checkpoints/<trial_id>/progress.pt   a training trial's resume state, until it finishes
     tune/                                Ray Tune's own experiment state
     raymem.duckdb                        built by `ingest` from the shards (local results)
 
@@ -32,7 +34,8 @@ from raymem.errors import ConfigError
 
 VERSION = "0.1.0"
 MARKERS = "_done"
-NOT_TABLES = {MARKERS, "checkpoints", "tune", "charts"}
+ATTEMPTS = "_attempts"
+NOT_TABLES = {MARKERS, ATTEMPTS, "checkpoints", "tune", "charts"}
 
 
 class Store:

@@ -27,7 +27,7 @@ import polars as pl
 
 from raymem.config import Resources
 from raymem.runtime import Runtime
-from raymem.store import Store
+from raymem.store import ATTEMPTS, Store
 from raymem.trial import Trial
 
 # stage -> the module whose run(trial, runtime) runs one of its trials
@@ -88,7 +88,7 @@ def record_run(store: Store, trial: Trial, status: str, wall: float, info: dict 
 
 def _count_attempt(store: Store, trial: Trial) -> int:
     """How many times this trial was started (Tune restarts and study reruns included)."""
-    parts = ("_attempts", trial.trial_id)
+    parts = (ATTEMPTS, trial.trial_id)
     attempts = int(store.get_bytes(*parts)) + 1 if store.exists(*parts) else 1
     store.put_bytes(str(attempts).encode(), *parts)
     return attempts

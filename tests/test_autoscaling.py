@@ -63,7 +63,9 @@ def test_gpu_sweep_scales_out_finishes_and_scales_in(cluster, tiny_mlm, tmp_path
         "study": "autoscale", "models": [str(tiny_mlm)], "tasks": ["tweet_sentiment"],
         "seeds": SEEDS, "subsample": SUBSAMPLE, "precog": {"enabled": False},
         "finetune": {"variants": VARIANTS, "epochs": 2, "lr": 1e-3, "batch_size": 16,
-                     "max_length": 48, "resources": {"cpus": 1, "gpus": 1}}}))
+                     "max_length": 48,
+                     # fake GPUs: Ray assigns them, CUDA has none, so the trials run on the CPU
+                     "resources": {"cpus": 1, "gpus": 1, "device": "cpu"}}}))
     results, log = tmp_path / "results", tmp_path / "study.log"
 
     nodes = cluster.nodes()

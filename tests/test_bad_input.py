@@ -205,3 +205,20 @@ def test_registry_model_with_missing_files_precog_off(tmp_path, models, capsys, 
     path = _study(tmp_path, models, model="raymem-mini", extra="precog: {enabled: false}\n")
     code, out, err = _run(path, capsys)
     _check(tmp_path, code, out, err, ["raymem-mini"])
+
+
+def test_gpus_on_a_local_ray_without_cuda_stop_before_the_study(tmp_path, models, monkeypatch):
+    from raymem.config import load_study
+    from raymem.errors import ConfigError
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    local = load_study(_study(tmp_path, models, extra="finetune: {resources: {cpus: 1, gpus: 0.5}}\n"))
+    # the same study for a cluster: its GPU nodes may not have joined yet, and that is fine
+    cluster = load_study(_study(tmp_path, models,
+                                extra="finetune: {resources: {gpus: 0.5}}\nray: {address: 'auto'}\n"))
+    with pytest.raises(ConfigError, match=r"finetune\.resources\.gpus: 0.5 GPU .*no CUDA device.*gpus: 0"):
+        study_module._check_gpus(local)
+    study_module._check_gpus(cluster)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # a GPU machine: fine too
+    study_module._check_gpus(local)
