@@ -62,7 +62,10 @@ def error_kind(exc: BaseException) -> str:
         return "oom"
     if isinstance(exc, (ConnectionError, TimeoutError)) or type(exc).__name__ in TRANSIENT_NAMES:
         return "transient"
-    if isinstance(exc, OSError) and TRANSIENT_MESSAGE.search(str(exc)):
+    if isinstance(exc, (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
+                        NotADirectoryError)):
+        return "permanent"  # whatever its path says (".../timeout.yaml", "/data/run-429")
+    if isinstance(exc, OSError) and TRANSIENT_MESSAGE.search(exc.strerror or str(exc)):
         return "transient"
     return "permanent"
 
@@ -94,6 +97,19 @@ def _count_attempt(store: Store, trial: Trial) -> int:
     return attempts
 
 
+def _write_tables(store: Store, trial: Trial, tables: dict[str, pl.DataFrame]) -> None:
+    """All of a trial's shards or none: a failure half-way removes those already written."""
+    written = []
+    try:
+        for table, rows in tables.items():
+            store.write_rows(table, trial.stage, trial.trial_id, rows, trial.study)
+            written.append(table)
+    except BaseException:
+        for table in written:
+            store.delete(table, trial.stage, f"{trial.trial_id}.parquet")
+        raise
+
+
 def run_trial(trial: Trial, report=None, sleep=time.sleep) -> dict:
     """Run one trial in this process; write its tables, record it; never raise for a failure
     inside it (a lost worker is not an exception here: the process is gone)."""
@@ -104,8 +120,7 @@ def run_trial(trial: Trial, report=None, sleep=time.sleep) -> dict:
     for retry in range(TRANSIENT_RETRIES + 1):
         try:
             runtime = Runtime.for_trial(trial, report)
-            for table, rows in stage.run(trial, runtime).items():
-                store.write_rows(table, trial.stage, trial.trial_id, rows, trial.study)
+            _write_tables(store, trial, stage.run(trial, runtime))
             break
         except Exception as exc:
             kind = error_kind(exc)

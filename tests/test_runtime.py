@@ -170,7 +170,7 @@ class Loop:
             self.optimiser.step()
             self.schedule.step()
             self.optimiser.zero_grad()
-            total += float(loss)
+            total += loss.item()
         self.state.losses.append(total / STEPS)
         self.state.extra["best"] = min(self.state.losses)
         self.state.extra["last_epoch"] = epoch
@@ -271,20 +271,24 @@ def test_checkpoint_every_0_never_saves_and_starts_at_epoch_1(tmp_path):
 
 
 # -- bf16 against fp32 (CPU autocast) -------------------------------------------------------
-# Measured on the tiny masked-LM of conftest.py (2 layers, hidden 64), torch 2.13 CPU:
-#   PreCog on 20 test tweets, PreCog@1/@5/@50: Spearman 0.973 / 0.994 / 1.000,
-#     mean |difference| 0.0011 / 0.0031 / 0.0; PLL mean |difference| 0.0005 nats (max 0.0018)
-#   predictions of a briefly fine-tuned classifier on 48 tweets: argmax agreement 100%,
-#     max |probability difference| 0.0006
-#   forgetting-gradient layer scores (normalised, sum 1): max |difference| < 0.001
-# Tolerances below leave a margin of 3x (Spearman) to 20x or more (differences).
+# Measured on the tiny masked-LM of conftest.py (2 layers, hidden 64; torch 2.13 CPU) over
+# six builds of it (pre-training is not bit-reproducible: its WordPiece vocabulary varies
+# from run to run, huggingface/tokenizers#1794), worst case over the builds:
+#   PreCog on 20 tweets, PreCog@1/@5/@50: Spearman >= 0.986 / 0.991 / 0.998,
+#     mean |difference| <= 0.0012 / 0.0008 / 0.0010; PLL mean |difference| <= 0.0006 nats
+#     (max over texts 0.0024)
+#   predictions of the fine-tuned classifier on 48 tweets: argmax agreement 100%,
+#     max |probability difference| <= 0.0015 (<= 0.0052 over other fine-tuning settings)
+#   forgetting-gradient layer scores (normalised to sum 1): max |difference| <= 0.004,
+#     same top layer in every case (smallest fp32 top-two gap 0.014)
+# Tolerances below leave a margin of 7x on 1 - Spearman and 5x to 30x on the differences.
 KS = (1, 5, 50)
 PRECOG_MIN_SPEARMAN = 0.9
 PRECOG_MAX_MEAN_ABS_DIFF = 0.02
 PLL_MAX_MEAN_ABS_DIFF_NATS = 0.02
 PREDICTION_MIN_ARGMAX_AGREEMENT = 0.95
-PREDICTION_MAX_ABS_PROB_DIFF = 0.01
-LAYER_SCORE_MAX_ABS_DIFF = 0.01
+PREDICTION_MAX_ABS_PROB_DIFF = 0.02
+LAYER_SCORE_MAX_ABS_DIFF = 0.02
 
 
 @pytest.fixture(scope="module")
@@ -327,11 +331,11 @@ def classifier(tiny_mlm, tweets):
     data = Encoded(load_tokenizer(spec, 64), tweets["text"].to_list(), None, tweets["label"].to_numpy(), 64)
     torch.manual_seed(0)
     model = load_classifier(spec, 3)
-    fine_tune(model, data, TrainSettings(epochs=6, lr=3e-3, batch_size=8, freeze_embeddings=False), seed=0)
+    fine_tune(model, data, TrainSettings(epochs=10, lr=3e-3, batch_size=8, freeze_embeddings=False), seed=0)
     return spec, model.eval(), data
 
 
-def test_predictions_bf16_agree_with_fp32_95_percent_argmax_0_01_probability(classifier):
+def test_predictions_bf16_agree_with_fp32_95_percent_argmax_0_02_probability(classifier):
     from raymem.train import predict
 
     _, model, data = classifier
@@ -345,10 +349,10 @@ def test_predictions_bf16_agree_with_fp32_95_percent_argmax_0_01_probability(cla
 
 
 @pytest.mark.parametrize("k", [1, 2])
-def test_gradient_layer_scores_bf16_agree_with_fp32_within_0_01_same_top_layer(classifier, k):
+def test_gradient_layer_scores_bf16_agree_with_fp32_within_0_02_same_top_layer(classifier, k):
     """Forgetting-gradient layer scores of the fine-tuned model against a control whose
-    layer k is back at its pre-trained weights (layer k stood out in every build of the
-    tiny model measured: top-two gaps 0.04 to 0.34, against bf16 differences < 0.001)."""
+    layer k is back at its pre-trained weights (two different score profiles). bf16 may
+    move the scores by float rounding only, never enough to change the top layer."""
     from raymem.localise.gradients import forgetting_gradient_scores, matched_clean_index
     from raymem.localise.layers import body_layers
     from raymem.models import load_classifier

@@ -75,6 +75,9 @@ def has_things(store, trial) -> bool:
     (OSError("No such file or directory"), "permanent"),
     (FileNotFoundError(2, "No such file or directory", "results/x.parquet"), "permanent"),
     (PermissionError(13, "Permission denied", "results"), "permanent"),
+    # a path that happens to read like a transient error is still a missing file
+    (FileNotFoundError(2, "No such file or directory", "ckpt/timeout.yaml"), "permanent"),
+    (PermissionError(13, "Permission denied", "/data/run-429"), "permanent"),
     (ValueError("bad data"), "permanent"),
     (KeyError("label"), "permanent"),
     (ConfigError("device: cuda was set, but ..."), "permanent"),
@@ -195,3 +198,23 @@ def test_a_runtime_config_error_is_permanent_and_names_the_fix(monkeypatch, tmp_
     assert row["status"] == "failed" and row["error_kind"] == "permanent"
     assert "ConfigError" in row["error"] and "`device: cpu`" in row["error"]
     assert not store.is_done(trial.trial_id)
+
+
+def test_a_failure_while_writing_leaves_no_shard_of_the_trial(monkeypatch, tmp_path):
+    # the second table cannot be written: the first one's shard goes too, so a failed trial
+    # leaves only its runs row for ingest to find
+    module = sys.modules[FakeStage(monkeypatch, []) and sweep.STAGE_MODULES["fake"]]
+    monkeypatch.setattr(module, "run", lambda trial, runtime: {"things": pl.DataFrame({"thing": [1]}),
+                                                               "broken": pl.DataFrame({"thing": [2]})})
+    write_rows = Store.write_rows
+
+    def failing(self, table, *args, **kwargs):
+        if table == "broken":
+            raise ValueError("disk says no")
+        return write_rows(self, table, *args, **kwargs)
+    monkeypatch.setattr(Store, "write_rows", failing)
+    trial = make_trial(tmp_path)
+    result, _, store, runs = run(trial)
+    assert result["status"] == "failed" and runs.row(0, named=True)["status"] == "failed"
+    assert not has_things(store, trial) and not store.is_done(trial.trial_id)
+    assert store.read_table("things") is None  # nothing of it for ingest to find
