@@ -83,8 +83,10 @@ def prepare_examples(study: Study, spec: TaskSpec, splits: dict[str, pl.DataFram
                     "annotator_confidence"))
 
 
-def precog_rows(examples: pl.DataFrame, model: ModelSpec, cfg: PrecogConfig) -> pl.DataFrame:
-    """Score every example through a Ray Data actor pool; one row per (example, k)."""
+def precog_rows(examples: pl.DataFrame, model: ModelSpec, cfg: PrecogConfig,
+                info: dict | None = None) -> pl.DataFrame:
+    """Score every example through a Ray Data actor pool; one row per (example, k).
+    `info` gets the device and precision the actors ran on."""
     settings = PrecogSettings(ks=tuple(cfg.k), unit=cfg.unit, masking=cfg.masking, draws=cfg.draws,
                               copies_per_batch=cfg.copies_per_batch, max_length=cfg.max_length)
     table = examples.select("example_id", "text", "text_pair").to_arrow()
@@ -101,6 +103,9 @@ def precog_rows(examples: pl.DataFrame, model: ModelSpec, cfg: PrecogConfig) -> 
         compute=ray.data.ActorPoolStrategy(min_size=cfg.actors.min_size, max_size=cfg.actors.max_size),
         num_cpus=cfg.actors.cpus, num_gpus=cfg.actors.gpus)
     wide = pl.from_arrow(pa.concat_tables(list(scored.iter_batches(batch_format="pyarrow", batch_size=None))))
+    if info is not None:
+        info["device"] = ", ".join(sorted(wide["device"].unique()))
+        info["precision"] = ", ".join(sorted(wide["precision"].unique()))
     return (wide.unpivot(index=["example_id", "pll", "n_units"],
                          on=[f"precog_at_{k}" for k in cfg.k], variable_name="k", value_name="score")
             .with_columns(pl.col("k").str.strip_prefix("precog_at_").cast(pl.Int64),

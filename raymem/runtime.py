@@ -171,6 +171,10 @@ class Runtime:
 
         return load_classifier(model_spec(model), n_labels, pad_token_id).to(self.device)
 
+    def on_device(self, module: torch.nn.Module) -> torch.nn.Module:
+        """A module a stage builds itself (e.g. an extra head), moved to the device."""
+        return module.to(self.device)
+
     def load_masked_lm(self, model: str):
         from raymem.models import load_masked_lm, model_spec
 

@@ -125,18 +125,19 @@ def _run_localisation(plan: Plan, log) -> list[Trial]:
         if not all(store.is_done(need) for need in summary.needs):
             skipped.append(summary)
             continue
-        _run_in_driver(store, summary, lambda: localise.summarise(summary, [by_id[n] for n in summary.needs],
+        _run_in_driver(store, summary, lambda _: localise.summarise(summary, [by_id[n] for n in summary.needs],
                                                                  store), record=False)
     return failed + skipped
 
 
 def _run_in_driver(store: Store, trial: Trial, compute, record: bool = True) -> None:
-    """A driver-side step: its tables, its runs row (not for a summary) and its marker."""
-    start = time.time()
-    for table, rows in compute().items():
+    """A driver-side step: its tables, its runs row (not for a summary) and its marker.
+    `compute(info)` returns the tables and may note in `info` where it ran."""
+    start, info = time.time(), {}
+    for table, rows in compute(info).items():
         store.write_rows(table, trial.stage, trial.trial_id, rows, trial.study)
     if record:
-        record_run(store, trial, "ok", time.time() - start)
+        record_run(store, trial, "ok", time.time() - start, info)
     store.mark_done(trial.trial_id, trial.params)
 
 
@@ -199,7 +200,7 @@ def _run_stages(plan: Plan, log) -> list[Trial]:
             f"({examples.filter(pl.col('split').is_in(study.precog.splits))['n_tokens'].sum()} "
             f"masked copies at most)")
         start = time.time()
-        _run_in_driver(store, trial, lambda: precog.run(trial, examples, plan.models[model], study))
+        _run_in_driver(store, trial, lambda info: precog.run(trial, examples, plan.models[model], study, info))
         log(f"[precog] {task} / {model}: done in {time.time() - start:.1f}s")
     # Fine-tuning, subset models and control models need only the examples: one sweep,
     # longest trials first (control models learn two tasks), so the cores stay busy.
@@ -209,7 +210,7 @@ def _run_stages(plan: Plan, log) -> list[Trial]:
                             study.finetune.max_failures, log)
     for summary in plan.of_stage(counterfactual.STAGE + "-summary"):
         if not store.is_done(summary.trial_id) and all(store.is_done(n) for n in summary.needs):
-            _run_in_driver(store, summary, lambda: counterfactual.aggregate(summary, store), record=False)
+            _run_in_driver(store, summary, lambda _: counterfactual.aggregate(summary, store), record=False)
     if plan.of_stage(localise.STAGE):
         failed += _run_localisation(plan, log)
     # The database holds this study's trials only, not shards left by other settings.

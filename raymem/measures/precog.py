@@ -97,7 +97,9 @@ class PrecogScorer:
         texts = [str(t) for t in batch["text"]]
         pairs = [None if p is None or p != p else str(p) for p in batch["text_pair"]]  # NaN-safe
         scores = self.score(texts, None if all(p is None for p in pairs) else pairs)
-        return {"example_id": np.asarray(batch["example_id"]), **scores}
+        return {"example_id": np.asarray(batch["example_id"]), **scores,
+                "device": np.full(len(texts), self.runtime.info["device"]),
+                "precision": np.full(len(texts), self.runtime.precision)}
 
     def encode(self, texts: list[str], pairs: list[str] | None):
         enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length)

@@ -49,7 +49,7 @@ def run(trial: Trial, runtime: Runtime) -> Tables:
     auxiliary = encode_split(tokenizer, aux_train, aux_train["original_label"].to_numpy(), s.max_length)
     generator = runtime.seed(p["seed"])
     model = runtime.load_classifier(p["model"], p["n_labels"], tokenizer.pad_token_id)
-    aux_head = torch.nn.Linear(model.config.hidden_size, p["auxiliary_n_labels"]).to(runtime.device)
+    aux_head = runtime.on_device(torch.nn.Linear(model.config.hidden_size, p["auxiliary_n_labels"]))
     for q in embedding_parameters(model):
         q.requires_grad_(False)
     start, end = p["pair"]
