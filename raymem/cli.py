@@ -30,6 +30,17 @@ def _print_table(title: str, df: pl.DataFrame) -> None:
         print(f"\n{title}\n{df}", flush=True)
 
 
+def _print_headlines(db_path: Path) -> None:
+    from raymem.queries import query
+
+    for name, keep, title in HEADLINES:
+        try:
+            df = query(name, db_path)
+        except ConfigError:
+            continue
+        _print_table(title, df.filter(keep) if keep is not None else df)
+
+
 def cmd_study(args) -> int:
     from raymem.config import load_study
 
@@ -41,15 +52,18 @@ def cmd_study(args) -> int:
         # to 127.0.0.1 instead of all interfaces. Read once, when ray is imported.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from raymem.charts import available_charts, save_chart
-    from raymem.queries import query
     from raymem.study import make_plan, run_plan
 
     plan = make_plan(study)
     print(f"[plan] study {study.study}: {plan.n_trials()} trials, results in {plan.store.uri}", flush=True)
+    if plan.up_to_date():  # answered from the store: no Ray, no ingest, no charts
+        print(f"[study] all {plan.n_trials()} trials are done and {plan.db_path} holds them: nothing to run")
+        _print_headlines(plan.db_path)
+        return 0
     try:
         failed = run_plan(plan)
     except KeyboardInterrupt as stop:  # raymem's StudyInterrupted, or Ray's own from a wait
-        done = sum(plan.store.is_done(t.trial_id) for t in plan.trials)
+        done = len(plan.store.done_ids() & {t.trial_id for t in plan.trials})
         resume = " ".join(["raymem study", args.file, *(["--results", args.results] if args.results else [])])
         print(f"\nstudy {study.study} stopped ({stop or 'SIGINT'}): {done} of {plan.n_trials()} trials are "
               f"finished and kept; nothing half-written is used.\nResume with the same command:\n  {resume}",
@@ -59,12 +73,7 @@ def cmd_study(args) -> int:
     for name in available_charts(plan.db_path):
         save_chart(name, plan.db_path, charts_dir)
         print(f"[charts] {charts_dir / name}.png and .html")
-    for name, keep, title in HEADLINES:
-        try:
-            df = query(name, plan.db_path)
-        except ConfigError:
-            continue
-        _print_table(title, df.filter(keep) if keep is not None else df)
+    _print_headlines(plan.db_path)
     print(f"\nstudy {study.study} finished in {time.time() - start:.0f}s")
     print(f"database: {plan.db_path}   (raymem query --list; duckdb {plan.db_path})")
     print(f"charts:   {charts_dir}/")

@@ -16,6 +16,7 @@ twice gives the same database, never doubled rows.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -118,6 +119,12 @@ class Store:
         info = self.fs.get_file_info(self._path(MARKERS, f"{trial_id}.json"))
         return info.type == pafs.FileType.File
 
+    def done_ids(self) -> set[str]:
+        """Every finished trial, from one listing of the markers (not one request per trial)."""
+        selector = pafs.FileSelector(self._path(MARKERS), allow_not_found=True)
+        return {i.base_name[:-len(".json")] for i in self.fs.get_file_info(selector)
+                if i.type == pafs.FileType.File and i.base_name.endswith(".json")}
+
     def mark_done(self, trial_id: str, info: dict) -> None:
         # atomic: a marker cut short by a kill would claim an unfinished trial
         self.put_bytes(json.dumps(info, default=str).encode(), MARKERS, f"{trial_id}.json")
@@ -186,6 +193,21 @@ def database_path(store: Store, database: str | None) -> Path:
     return Path(store.root) / "raymem.duckdb"
 
 
+def ingested_path(db_path: Path) -> Path:
+    """Beside the database: a hash of the trial ids it was built from."""
+    return db_path.with_name(db_path.name + ".trials")
+
+
+def trials_hash(trial_ids: set[str]) -> str:
+    return hashlib.sha1("\n".join(sorted(trial_ids)).encode()).hexdigest()
+
+
+def is_ingested(db_path: Path, trial_ids: set[str]) -> bool:
+    """The database exists and was built from exactly these (finished) trials."""
+    marker = ingested_path(db_path)
+    return db_path.is_file() and marker.is_file() and marker.read_text().strip() == trials_hash(trial_ids)
+
+
 def ingest(store: Store, db_path: Path, trial_ids: set[str] | None = None) -> dict[str, int]:
     """Rebuild the DuckDB database from the tables' shards (all, or the given trials')
     and return the row counts.
@@ -210,5 +232,8 @@ def ingest(store: Store, db_path: Path, trial_ids: set[str] | None = None) -> di
             counts[table] = data.num_rows
     finally:
         con.close()
+    ingested_path(db_path).unlink(missing_ok=True)
     shutil.move(tmp, db_path)
+    if trial_ids is not None:
+        ingested_path(db_path).write_text(trials_hash(trial_ids) + "\n")
     return counts

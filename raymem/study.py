@@ -24,7 +24,7 @@ from raymem.data import prepare_examples
 from raymem.errors import ConfigError
 from raymem.models import ModelSpec, check_masked_lm, check_model, layer_count, model_spec
 from raymem.stages import control, counterfactual, examples as examples_stage, finetune, localise, precog
-from raymem.store import Store, database_path, ingest
+from raymem.store import Store, database_path, ingest, is_ingested
 from raymem.sweep import interruptible, record_run, run_sweep
 from raymem.tasks import load_task
 from raymem.trial import PlanContext, Trial
@@ -47,6 +47,11 @@ class Plan:
 
     def n_trials(self) -> int:
         return len(self.trials)
+
+    def up_to_date(self) -> bool:
+        """Every trial is done and the database was built from exactly them: nothing to do."""
+        ids = {t.trial_id for t in self.trials}
+        return ids <= self.store.done_ids() and is_ingested(self.db_path, ids)
 
 
 def _stage_enabled(study: Study, stage) -> bool:
@@ -103,7 +108,7 @@ def make_plan(study: Study, log=print) -> Plan:
 
 def _run_localisation(plan: Plan, log) -> list[Trial]:
     study, store = plan.study, plan.store
-    done = {t.trial_id for t in plan.trials if store.is_done(t.trial_id)}
+    done = store.done_ids()
     ready = lambda t: all(need in done for need in t.needs)  # noqa: E731
     hidden = [t for t in plan.of_stage("hidden") if t.trial_id not in done and ready(t)]
     if hidden:
@@ -118,11 +123,12 @@ def _run_localisation(plan: Plan, log) -> list[Trial]:
     failed = run_sweep("localise", trials, study.localise.resources, store,
                        study.finetune.max_failures, log)
     by_id = {t.trial_id: t for t in plan.trials}
+    done = store.done_ids()
     skipped = []
     for summary in plan.of_stage(localise.SUMMARY):
-        if store.is_done(summary.trial_id):
+        if summary.trial_id in done:
             continue
-        if not all(store.is_done(need) for need in summary.needs):
+        if not all(need in done for need in summary.needs):
             skipped.append(summary)
             continue
         _run_in_driver(store, summary, lambda _: localise.summarise(summary, [by_id[n] for n in summary.needs],
@@ -177,8 +183,9 @@ def run_plan(plan: Plan, log=print) -> list[Trial]:
     study, store = plan.study, plan.store
     _check_gpus(study)
     store.check_writable()
+    done = store.done_ids()
     for trial in plan.of_stage(examples_stage.STAGE):
-        if not store.is_done(trial.trial_id):
+        if trial.trial_id not in done:
             key = (trial.params["task"], trial.params["model"])
             store.write_rows("examples", "examples", trial.trial_id, plan.examples[key], study.study)
             store.mark_done(trial.trial_id, trial.params)
@@ -189,10 +196,10 @@ def run_plan(plan: Plan, log=print) -> list[Trial]:
 
 def _run_stages(plan: Plan, log) -> list[Trial]:
     study, store = plan.study, plan.store
-    failed = []
+    failed, done = [], store.done_ids()
     for trial in plan.of_stage(precog.STAGE):
         task, model = trial.params["task"], trial.params["model"]
-        if store.is_done(trial.trial_id):
+        if trial.trial_id in done:
             log(f"[precog] {task} / {model}: already done")
             continue
         examples = plan.examples[task, model]
@@ -208,8 +215,9 @@ def _run_stages(plan: Plan, log) -> list[Trial]:
     if training:
         failed += run_sweep("training", training, study.finetune.resources, store,
                             study.finetune.max_failures, log)
+    done = store.done_ids()
     for summary in plan.of_stage(counterfactual.STAGE + "-summary"):
-        if not store.is_done(summary.trial_id) and all(store.is_done(n) for n in summary.needs):
+        if summary.trial_id not in done and all(n in done for n in summary.needs):
             _run_in_driver(store, summary, lambda _: counterfactual.aggregate(summary, store), record=False)
     if plan.of_stage(localise.STAGE):
         failed += _run_localisation(plan, log)

@@ -176,7 +176,8 @@ def run_sweep(name: str, trials: list[Trial], resources: Resources, store: Store
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # Ctrl-C stops the whole study (interruptible), not only this sweep.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    pending = [t for t in trials if not store.is_done(t.trial_id)]
+    done = store.done_ids()
+    pending = [t for t in trials if t.trial_id not in done]
     for stage in dict.fromkeys(t.stage for t in trials):
         n = sum(t.stage == stage for t in trials)
         left = sum(t.stage == stage for t in pending)
@@ -197,7 +198,8 @@ def run_sweep(name: str, trials: list[Trial], resources: Resources, store: Store
             callbacks=[JsonLoggerCallback(), CSVLoggerCallback()]))
     start = time.time()
     tuner.fit()
-    failed = [t for t in pending if not store.is_done(t.trial_id)]
+    done = store.done_ids()
+    failed = [t for t in pending if t.trial_id not in done]
     log(f"[{name}] {len(pending) - len(failed)} trials done, {len(failed)} failed, "
         f"in {time.time() - start:.0f}s")
     return failed

@@ -71,7 +71,8 @@ def study_run(tiny_mlm, tmp_path_factory):
     path.write_text(yaml.safe_dump(study))
     fresh = root / "fresh.yaml"  # the same study in a results folder of its own
     fresh.write_text(yaml.safe_dump({**study, "results": str(root / "fresh")}))
-    logs, seconds = [], []
+    logs, seconds, ray_started, db_mtimes = [], [], [], []
+    db = root / "results" / "raymem.duckdb"
     try:
         for path in (path, path, fresh):  # the second run: every trial is already done
             out = _Tee()
@@ -80,8 +81,10 @@ def study_run(tiny_mlm, tmp_path_factory):
                 code = main(["study", str(path)])
             seconds.append(time.time() - start)
             logs.append((code, out.getvalue()))
+            ray_started.append(ray.is_initialized())
+            ray.shutdown()
+            db_mtimes.append(db.stat().st_mtime_ns)
             if len(logs) == 1:
-                db = root / "results" / "raymem.duckdb"
                 first = table_counts(db)
     finally:
         ray.shutdown()
@@ -89,7 +92,7 @@ def study_run(tiny_mlm, tmp_path_factory):
     path = root / "study.yaml"
     plan = make_plan(load_study(path), log=lambda *_: None)
     return {"codes": tuple(c for c, _ in logs), "logs": [o for _, o in logs], "db": db,
-            "first": first, "root": root, "plan": plan}
+            "first": first, "root": root, "plan": plan, "ray_started": ray_started, "db_mtimes": db_mtimes}
 
 
 def test_study_succeeds_twice(study_run):
@@ -303,10 +306,11 @@ def test_rerun_adds_no_rows_and_skips_everything(study_run):
                           f"(SELECT {key} FROM {table} GROUP BY ALL HAVING COUNT(*) > 1)")
         assert dupes[0][0] == 0, table
     first, second, _ = study_run["logs"]
-    assert "[hidden]" in first and "[hidden]" not in second
-    assert "already done" in second
-    assert "to run" not in second.replace(" 0 to run", "")  # every stage: nothing left to run
-    for stage, n in (("finetune", 2), ("counterfactual", N_MODELS), ("control", 2),
-                     ("localise", len(PAIRS) * (4 + len(WINDOWS)))):
-        assert f"[{stage}] {n} trials: {n} already done, 0 to run" in second, stage
-    assert "[precog]" in second and "already done" in second.split("[precog]", 1)[1].splitlines()[0]
+    assert "[hidden]" in first and "[ingest]" in first and "[charts]" in first
+    # answered from the store: no Ray started, nothing ingested or charted again
+    n = study_run["plan"].n_trials()
+    assert f"[study] all {n} trials are done and {db} holds them: nothing to run" in second
+    assert study_run["ray_started"][:2] == [True, False]
+    assert not any(f"[{step}]" in second for step in ("precog", "finetune", "hidden", "ingest", "charts"))
+    assert study_run["db_mtimes"][1] == study_run["db_mtimes"][0]
+    assert "Accuracy by PreCog bin" in second  # the headline tables still print
