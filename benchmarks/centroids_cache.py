@@ -1,7 +1,7 @@
 """Centroid analysis: hidden states computed once vs recomputed for every class pair.
 
 A 6-class task (real tweets, classes from the corpus's hash bucket, 15% of each class
-relabelled as in RESEARCH.md 2a), one BERT classifier (hidden 64, 8 layers). Timed, as
+relabelled as in raymem/measures/noise.py), one BERT classifier (hidden 64, 8 layers). Timed, as
 medians over repeats with the methods taking turns:
 
 - cached: one pass of the model (`pooled_hidden_state_array`), then `centroid_events`;

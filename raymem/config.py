@@ -1,7 +1,7 @@
 """The study file: schema, defaults (the published settings) and loading with clear errors.
 
 Every section forbids unknown keys, so a typo is an error, not a silently ignored
-setting. Defaults are the full-scale published settings (RESEARCH.md); small studies
+setting. Defaults are the full-scale published settings (Dankers & Titov, 2024); small studies
 such as studies/demo.yaml override them.
 """
 
@@ -105,7 +105,7 @@ class CounterfactualConfig(Strict):
 
 
 class ControlConfig(Strict):
-    """The control setup: memorisation planted in a known layer pair (RESEARCH.md 3)."""
+    """The control setup: memorisation planted in a known layer pair (Dankers & Titov, 2024)."""
     enabled: bool = False
     auxiliary_task: str = "tweet_polarity"  # clean second task; its head updates all layers
     epochs: int | None = Field(None, ge=1)  # default: finetune.epochs

@@ -1,4 +1,4 @@
-"""Centroid analysis (RESEARCH.md 3.5): at which layer do memorised examples change side?
+"""Centroid analysis (Dankers & Titov, 2024): at which layer do memorised examples change side?
 
 Input: pooled hidden states computed once, an array (L+1, N, H) with index 0 the
 embedding output (`pooled_hidden_state_array` below), each example's current (training)

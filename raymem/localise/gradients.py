@@ -1,4 +1,4 @@
-"""Forgetting gradients (RESEARCH.md 3.3): which layers' parameters separate noisy from clean.
+"""Forgetting gradients (Dankers & Titov, 2024): which layers' parameters separate noisy from clean.
 
 Per example, the gradient of the *negative* training loss on its training label (the
 noisy label for noisy examples), with a proper log-softmax cross-entropy (the original

@@ -1,4 +1,4 @@
-"""Probing (RESEARCH.md 3.4): from which layer can a small probe tell noisy from clean?
+"""Probing (Dankers & Titov, 2024): from which layer can a small probe tell noisy from clean?
 
 Input: pooled hidden states, an array (L+1, N, H) with index 0 the embedding output (as
 `layers.pooled_hidden_states` gives them), and the noisy flag of each example. Per layer

@@ -1,4 +1,4 @@
-"""Layer retraining (RESEARCH.md 3.2): which layers must be relearnt to forget the noisy labels.
+"""Layer retraining (Dankers & Titov, 2024): which layers must be relearnt to forget the noisy labels.
 
 For every window [a, b] of the body layers 1..L, the memorised model's layers a..b are
 reset to their pre-trained weights and retrained on clean examples only, every other

@@ -1,4 +1,4 @@
-"""Layer swapping (RESEARCH.md 3.1): which layers of the clean twin undo memorisation.
+"""Layer swapping (Dankers & Titov, 2024): which layers of the clean twin undo memorisation.
 
 For every contiguous window [a, b] of the body layers 1..L, the clean twin's weights of
 those layers replace the memorised model's (embeddings and head stay memorised). The

@@ -1,4 +1,4 @@
-"""Label perturbation (RESEARCH.md 2a): the memorised set.
+"""Label perturbation (Dankers & Titov, 2024): the memorised set.
 
 Per class, a fraction `ratio` of the training examples get a random *different* class.
 The choice depends only on `data_seed` and the example ids (not on row order), so every

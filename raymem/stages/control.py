@@ -1,4 +1,4 @@
-"""The control setup (RESEARCH.md 3): memorisation planted in a known pair of layers.
+"""The control setup (Dankers & Titov, 2024): memorisation planted in a known pair of layers.
 
 A model learns two tasks at once: the noisy task through its own head, where only the
 planted layer pair (and the head) may change from that task's loss, and a clean

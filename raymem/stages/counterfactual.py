@@ -1,4 +1,4 @@
-"""Counterfactual memorisation (RESEARCH.md 2b): subset models and per-example mem / gen.
+"""Counterfactual memorisation (Feldman & Zhang, 2020): subset models and per-example mem / gen.
 
 Each of `n_models` trials fine-tunes a model on a random half of the (perturbed)
 training set and records, for every training example, the probability of its training

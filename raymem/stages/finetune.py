@@ -1,7 +1,7 @@
 """Fine-tuning trials: one per (task, model, seed, variant).
 
 The noisy variant trains on the perturbed labels of the `examples` table, the clean
-variant on the original ones. Two checkpoints are kept (RESEARCH.md 2a): "memorised",
+variant on the original ones. Two checkpoints are kept (Dankers & Titov, 2024): "memorised",
 the first epoch whose training macro-F1 reaches `memorised_f1`, and "final". At each,
 per-example predictions on the training and evaluation splits go to `predictions`.
 """

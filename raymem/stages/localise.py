@@ -1,4 +1,4 @@
-"""Localisation (RESEARCH.md 3): in which layers the noisy labels are memorised.
+"""Localisation (Dankers & Titov, 2024): in which layers the noisy labels are memorised.
 
 For one (task, model, seed) a "pair" of checkpoints is studied: the memorised model (the
 noisy variant at its memorised checkpoint, or its final one if it never got there) and

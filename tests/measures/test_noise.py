@@ -1,4 +1,4 @@
-"""Label perturbation (RESEARCH.md 2a): which training examples become noisy, and how."""
+"""Label perturbation (Dankers & Titov, 2024): which training examples become noisy, and how."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""PreCog scorer (RESEARCH.md 1) against a naive reference, and against planted truth.
+"""PreCog scorer (Ranaldi et al., 2023) against a naive reference, and against planted truth.
 
 The reference is the obvious, slow computation: one full forward per masked copy,
 the model's own full logits, `torch.topk` and `log_softmax`. The batched scorer must
@@ -254,7 +254,7 @@ def test_decoders_are_a_config_error(tmp_path, kind):
 
 
 def test_planted_examples_score_higher_than_never_planted(tiny_mlm, scorers):
-    """Ground truth (RESEARCH.md 1, last paragraph): raymem knows what its model saw.
+    """Ground truth: raymem knows what its model saw.
 
     Needs a fixture that actually memorises; see the fixture settings in conftest.py.
     """
