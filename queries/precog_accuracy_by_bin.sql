@@ -1,5 +1,5 @@
 -- Accuracy of the fine-tuned clean model per PreCog bin, with counts: per task and pooled (task = 'ALL').
--- params: bin_width=0.1
+-- params: bin_width=0.1 (0, 1]
 -- Equal-width bins over [0, 1]; a score of exactly 1 falls in the last bin, and a score on
 -- a bin edge in the bin above it (rounding guards against 0.3 / 0.1 = 2.9999...). Accuracy counts
 -- every (example, seed) pair on the evaluation split at the final checkpoint; the pooled

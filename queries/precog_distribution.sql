@@ -1,5 +1,5 @@
 -- Distribution of PreCog scores of planted and never-planted examples (share of examples per score bin).
--- params: bin_width=0.1
+-- params: bin_width=0.1 (0, 1]
 WITH binned AS (
     SELECT p.model, p.k, e.planted_count,
            LEAST(FLOOR(ROUND(p.score / $bin_width, 9)), CEIL(1 / $bin_width) - 1) * $bin_width AS bin_start

@@ -86,7 +86,7 @@ def cmd_study(args) -> int:
 
 
 def cmd_query(args) -> int:
-    from raymem.queries import list_queries, query
+    from raymem.queries import list_queries, query, write_result
 
     if args.list or not args.name:
         for name, description in list_queries():
@@ -97,11 +97,14 @@ def cmd_query(args) -> int:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--param {item!r}: expected name=value")
-        try:
-            params[key] = float(value)
-        except ValueError:
-            params[key] = value
-    _print_table(args.name, query(args.name, args.db, **params))
+        params[key] = value  # typed and range-checked against the query's header
+    result = query(args.name, args.db, **params)
+    if args.format == "table" and args.out is None:
+        _print_table(args.name, result)
+        return 0
+    text = write_result(result, "csv" if args.format == "table" else args.format, args.out)
+    if text is not None:
+        sys.stdout.write(text)
     return 0
 
 
@@ -148,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the queries")
     p.add_argument("--db", default="results/raymem.duckdb")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table",
+                   help="table (printed), or csv / json to standard output or --out, parquet to --out")
+    p.add_argument("--out", help="write the result to this file (table: as csv)")
     p.set_defaults(fn=cmd_query)
     p = sub.add_parser("chart", help="write results/charts/NAME.png and .html")
     p.add_argument("name")

@@ -1,13 +1,18 @@
 """Named SQL questions: queries/NAME.sql run read-only against the results database.
 
 Each file starts with comment lines: the first says what question it answers; a line
-`-- params: name=default, ...` declares DuckDB named parameters (`$name`) and defaults.
+`-- params: name=default [range], ...` declares DuckDB named parameters (`$name`), their
+defaults (whose type, number or text, is the parameter's type) and, optionally, the range
+a number must lie in, in interval notation: `bin_width=0.1 (0, 1]`.
 """
 
 from __future__ import annotations
 
+import difflib
+import math
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -36,19 +41,69 @@ def list_queries() -> list[tuple[str, str]]:
     return [(p.stem, (_header(p.read_text()) or [""])[0]) for p in sorted(queries_dir().glob("*.sql"))]
 
 
-def load_query(name: str) -> tuple[str, dict[str, float | str]]:
+@dataclass(frozen=True)
+class Param:
+    default: float | str
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = True
+    high_open: bool = True
+
+    def interval(self) -> str:
+        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+    def check(self, query_name: str, name: str, value) -> float | str:
+        """The value as the parameter's type, or one ConfigError saying what was expected."""
+        if isinstance(self.default, str):
+            return str(value)
+        expected = f"query {query_name}: {name} must be a number in {self.interval()}, got {value!r}"
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(expected) from None
+        below = number <= self.low if self.low_open else number < self.low
+        above = number >= self.high if self.high_open else number > self.high
+        if math.isnan(number) or below or above:
+            raise ConfigError(expected)
+        return number
+
+
+PARAM = re.compile(r"(\w+)=([^\s,(\[]*)\s*(?:([(\[])\s*([^,\s]+)\s*,\s*([^\])\s]+)\s*([)\]]))?")
+
+# table -> what a study file needs to produce it (for "this study did not run ...")
+PRODUCED_BY = {
+    "precog": "precog: {enabled: true}",
+    "predictions": "finetune: {enabled: true}",
+    "counterfactual": "counterfactual: {enabled: true}",
+    "subset_predictions": "counterfactual: {enabled: true}",
+    **{t: "localise: {enabled: true}" for t in ("layer_scores", "window_scores", "mcog", "events",
+                                                 "retrain_windows")},
+    "control_accuracy": "localise: {enabled: true, control: {enabled: true}}",
+}
+
+
+def did_you_mean(name: str, known) -> str:
+    """' (did you mean X?)' for the closest known name, else ''."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def load_query(name: str) -> tuple[str, dict[str, Param]]:
     path = queries_dir() / f"{name}.sql"
     if not re.fullmatch(r"[A-Za-z0-9_]+", name) or not path.is_file():
-        known = ", ".join(n for n, _ in list_queries())
-        raise ConfigError(f"unknown query {name!r}; known queries: {known}")
+        names = [n for n, _ in list_queries()]
+        raise ConfigError(f"unknown query {name!r}{did_you_mean(name, names)}; known queries: {', '.join(names)}")
     sql = path.read_text()
-    defaults: dict[str, float | str] = {}
+    params: dict[str, Param] = {}
     for line in _header(sql):
         if line.startswith("params:"):
-            for item in line[len("params:"):].split(","):
-                key, _, value = item.strip().partition("=")
-                defaults[key] = _number(value)
-    return sql, defaults
+            for m in PARAM.finditer(line[len("params:"):]):
+                key, value, low_bracket, low, high, high_bracket = m.groups()
+                bounds = {} if not low_bracket else {
+                    "low": float(low), "high": float(high),
+                    "low_open": low_bracket == "(", "high_open": high_bracket == ")"}
+                params[key] = Param(_number(value), **bounds)
+    return sql, params
 
 
 def _number(value: str) -> float | str:
@@ -58,20 +113,56 @@ def _number(value: str) -> float | str:
         return value
 
 
+def _missing_table(name: str, exc: duckdb.Error) -> ConfigError | None:
+    """'Table with name X does not exist' -> which study setting makes X."""
+    missing = re.search(r"Table with name (\w+) does not exist", str(exc))
+    if not missing:
+        return None
+    table = missing.group(1)
+    needs = PRODUCED_BY.get(table)
+    hint = f": add `{needs}` to the study file" if needs else ""
+    return ConfigError(f"query {name}: this study's database has no {table!r} table; the study did not "
+                       f"produce it{hint}")
+
+
 def query(name: str, db: str | Path | None = None, **params) -> pl.DataFrame:
-    """Run queries/NAME.sql with its default parameters overridden by `params`."""
-    sql, defaults = load_query(name)
-    unknown = set(params) - set(defaults)
+    """Run queries/NAME.sql with its default parameters overridden by `params`, each checked
+    against the type and range its header declares."""
+    sql, declared = load_query(name)
+    unknown = set(params) - set(declared)
     if unknown:
-        raise ConfigError(f"query {name}: unknown parameter(s) {sorted(unknown)}; "
-                          f"it takes {sorted(defaults) or 'none'}")
+        first = sorted(unknown)[0]
+        raise ConfigError(f"query {name}: unknown parameter(s) {sorted(unknown)}{did_you_mean(first, declared)}; "
+                          f"it takes {sorted(declared) or 'none'}")
+    values = {k: p.default for k, p in declared.items()}
+    values |= {k: declared[k].check(name, k, v) for k, v in params.items()}
     db_path = Path(db) if db else DEFAULT_DB
     if not db_path.is_file():
         raise ConfigError(f"no results database at {db_path}; run a study first (raymem study FILE)")
     con = duckdb.connect(str(db_path), read_only=True)  # queries can never change results
     try:
-        return con.sql(sql, params={**defaults, **params} or None).pl()
+        return con.sql(sql, params=values or None).pl()
     except duckdb.Error as exc:
-        raise ConfigError(f"query {name}: {exc}") from exc
+        raise _missing_table(name, exc) or ConfigError(f"query {name}: {exc}") from exc
     finally:
         con.close()
+
+
+FORMATS = ("table", "csv", "json", "parquet")
+
+
+def write_result(frame: pl.DataFrame, fmt: str, out: str | Path | None) -> str | None:
+    """A query's result as csv, json (records) or parquet, to `out` (or returned as text;
+    parquet needs a file). `table` is the command line's own printing."""
+    if fmt not in FORMATS or fmt == "table":
+        raise ConfigError(f"--format: expected one of {', '.join(FORMATS[1:])} here, got {fmt!r}")
+    if fmt == "parquet":
+        if out is None:
+            raise ConfigError("--format parquet: give a file with --out FILE")
+        frame.write_parquet(out)
+        return None
+    text = frame.write_csv() if fmt == "csv" else frame.write_json()
+    if out is None:
+        return text
+    Path(out).write_text(text)
+    return None

@@ -57,19 +57,22 @@ def test_list_queries_returns_every_file_with_its_first_line():
 
 
 def test_params_header_gives_defaults():
-    sql, defaults = load_query("precog_accuracy_by_bin")
-    assert defaults == {"bin_width": 0.1}
+    sql, params = load_query("precog_accuracy_by_bin")
+    assert {k: p.default for k, p in params.items()} == {"bin_width": 0.1}
+    assert params["bin_width"].interval() == "(0, 1]"
     assert "$bin_width" in sql
-    assert load_query("precog_distribution")[1] == {"bin_width": 0.1}
+    assert {k: p.default for k, p in load_query("precog_distribution")[1].items()} == {"bin_width": 0.1}
     assert load_query("precog_planted")[1] == {}
     assert load_query("precog_correlation")[1] == {}
 
 
 def test_params_header_parsing(tmp_path, monkeypatch):
-    (tmp_path / "q.sql").write_text("-- Says what.\n-- params: a=1, b=x, c=2.5\nSELECT 1\n")
+    (tmp_path / "q.sql").write_text("-- Says what.\n-- params: a=1, b=x, c=2.5 [0, 10)\nSELECT 1\n")
     monkeypatch.setenv("RAYMEM_QUERIES", str(tmp_path))
     assert list_queries() == [("q", "Says what.")]
-    assert load_query("q")[1] == {"a": 1.0, "b": "x", "c": 2.5}
+    params = load_query("q")[1]
+    assert {k: p.default for k, p in params.items()} == {"a": 1.0, "b": "x", "c": 2.5}
+    assert params["c"].interval() == "[0, 10)" and params["a"].interval() == "(-inf, inf)"
 
 
 def test_unknown_query_and_parameter(tmp_path):
@@ -77,14 +80,37 @@ def test_unknown_query_and_parameter(tmp_path):
                                                   "k": 1, "score": 0.5, "pll": -1.0}])
     with pytest.raises(ConfigError, match="unknown query 'nope'.*precog_accuracy_by_bin"):
         query("nope", db)
+    with pytest.raises(ConfigError, match="unknown query 'precog_plantd' \\(did you mean 'precog_planted'\\?\\)"):
+        query("precog_plantd", db)
     with pytest.raises(ConfigError, match="unknown query"):
         query("../queries/precog_planted", db)
-    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['bin_widht'\].*bin_width"):
+    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['bin_widht'\] \(did you mean 'bin_width'\?\).*bin_width"):
         query("precog_accuracy_by_bin", db, bin_widht=0.2)
     with pytest.raises(ConfigError, match=r"unknown parameter.*takes none"):
         query("precog_planted", db, k=1)
     with pytest.raises(ConfigError, match="no results database"):
         query("precog_planted", tmp_path / "missing.duckdb")
+
+
+@pytest.mark.parametrize("value", ["abc", "0", 0, "-0.1", "1.1", "nan"])
+def test_parameters_are_typed_and_range_checked(tmp_path, value):
+    db = make_db(tmp_path / "r.duckdb", precog=[{"task": "t", "model": "m", "example_id": "e",
+                                                  "k": 1, "score": 0.5, "pll": -1.0}])
+    expected = f"query precog_distribution: bin_width must be a number in (0, 1], got {value!r}"
+    with pytest.raises(ConfigError) as error:
+        query("precog_distribution", db, bin_width=value)
+    assert str(error.value) == expected
+    # the upper bound is allowed: the query gets past its parameters to the database
+    with pytest.raises(ConfigError, match="no 'examples' table"):
+        query("precog_distribution", db, bin_width="1")
+
+
+def test_a_table_the_study_did_not_produce_is_named_with_its_setting(tmp_path):
+    db = make_db(tmp_path / "r.duckdb", precog=[{"task": "t", "model": "m", "example_id": "e",
+                                                  "k": 1, "score": 0.5, "pll": -1.0}])
+    with pytest.raises(ConfigError, match=r"query counterfactual_auroc: this study's database has no "
+                                          r"'counterfactual' table.*add `counterfactual: \{enabled: true\}`"):
+        query("counterfactual_auroc", db)
 
 
 def test_database_is_opened_read_only(tmp_path, monkeypatch):
@@ -359,3 +385,28 @@ def test_counterfactual_auroc_matches_scipy_by_annotator_agreement(tmp_path):
 def test_queries_dir_default_is_the_repo_queries_folder(monkeypatch):
     monkeypatch.delenv("RAYMEM_QUERIES", raising=False)
     assert queries.queries_dir().resolve() == QUERIES
+
+
+def test_query_command_writes_csv_json_and_parquet(tmp_path, monkeypatch, capsys):
+    import polars as pl
+
+    from raymem.cli import main
+
+    db = make_db(tmp_path / "r.duckdb", precog=[{"task": "t", "model": "m", "example_id": "e",
+                                                  "k": 1, "score": 0.5, "pll": -1.0}])
+    qdir = tmp_path / "q"
+    qdir.mkdir()
+    (qdir / "scores.sql").write_text("-- Scores.\n-- params: k=1 [1, 100]\n"
+                                     "SELECT task, k, score FROM precog WHERE k = $k\n")
+    monkeypatch.setenv("RAYMEM_QUERIES", str(qdir))
+    assert main(["query", "scores", "--db", str(db), "--format", "csv"]) == 0
+    assert capsys.readouterr().out == "task,k,score\nt,1,0.5\n"
+    assert main(["query", "scores", "--db", str(db), "--format", "json"]) == 0
+    assert capsys.readouterr().out.strip() == '[{"task":"t","k":1,"score":0.5}]'
+    out = tmp_path / "scores.parquet"
+    assert main(["query", "scores", "--db", str(db), "--format", "parquet", "--out", str(out)]) == 0
+    assert pl.read_parquet(out).to_dicts() == [{"task": "t", "k": 1, "score": 0.5}]
+    assert main(["query", "scores", "--db", str(db), "--format", "parquet"]) == 2  # needs --out
+    assert "--format parquet: give a file with --out FILE" in capsys.readouterr().err
+    assert main(["query", "scores", "--db", str(db), "--param", "k=0"]) == 2
+    assert "scores: k must be a number in [1, 100], got '0'" in capsys.readouterr().err
