@@ -7,7 +7,7 @@ from pathlib import Path
 import altair as alt
 import polars as pl
 
-from raymem.errors import ConfigError
+from raymem.errors import ConfigError, did_you_mean
 from raymem.queries import query
 
 
@@ -98,7 +98,7 @@ def available_charts(db) -> list[str]:
 
 def save_chart(name: str, db, out_dir: str | Path) -> list[Path]:
     if name not in CHARTS:
-        raise ConfigError(f"unknown chart {name!r}; known charts: {', '.join(CHARTS)}")
+        raise ConfigError(f"unknown chart {name!r}{did_you_mean(name, CHARTS)}; known charts: {', '.join(CHARTS)}")
     chart = CHARTS[name][0](db)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

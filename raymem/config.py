@@ -14,7 +14,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
                       field_validator, model_validator)
 
-from raymem.errors import ConfigError
+from raymem.errors import ConfigError, did_you_mean
 
 Split = Literal["train", "validation", "test"]
 
@@ -142,7 +142,8 @@ class LocaliseConfig(Strict):
 
         unknown = [t for t in techniques if t not in TECHNIQUES]
         if unknown:
-            raise ValueError(f"unknown technique {unknown[0]!r}; known: {', '.join(TECHNIQUES)}")
+            raise ValueError(f"unknown technique {unknown[0]!r}{did_you_mean(unknown[0], TECHNIQUES)}; "
+                             f"known: {', '.join(TECHNIQUES)}")
         return techniques
 
 
@@ -221,7 +222,29 @@ def load_study(path: str | Path, overrides: dict | None = None) -> Study:
     try:
         return Study.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
+        # An unknown key is the cause, a "required" error for the key it misspells the effect.
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        first = errors[0]
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        if first["type"] == "extra_forbidden":
+            key = str(first["loc"][-1])
+            raise ConfigError(f"{path}: {_location(first['loc'])}: unknown key{_suggest(key, first['loc'])}"
+                              f"{more}") from exc
         raise ConfigError(f"{path}: {_location(first['loc'])}: {first['msg']}"
                           f" (got {first.get('input')!r}){more}") from exc
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """The keys allowed where `loc` (a pydantic error location) points."""
+    model = Study
+    for part in loc[:-1]:
+        if part == "user task":
+            model = UserTask
+        elif isinstance(part, str) and part in getattr(model, "model_fields", {}):
+            annotation = model.model_fields[part].annotation
+            model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else model
+    return list(getattr(model, "model_fields", {}))
+
+
+def _suggest(key: str, loc: tuple) -> str:
+    return f" {key!r}{did_you_mean(key, _fields_at(loc))}"

@@ -15,7 +15,7 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from raymem.errors import ConfigError
+from raymem.errors import ConfigError, did_you_mean
 
 ASSETS = Path(__file__).parent / "assets"
 ENCODER_TYPES = {"bert", "roberta", "distilbert", "electra", "deberta", "deberta-v2"}
@@ -57,7 +57,7 @@ def model_spec(name: str) -> ModelSpec:
         if not (Path(name) / "config.json").is_file():
             raise ConfigError(f"model {name!r}: folder has no config.json (not a checkpoint)")
         return ModelSpec(name, str(Path(name).resolve()))  # rows name it as the study does
-    raise ConfigError(f"unknown model {name!r}; known models: {', '.join(REGISTRY)}, "
+    raise ConfigError(f"unknown model {name!r}{did_you_mean(name, REGISTRY)}; known models: {', '.join(REGISTRY)}, "
                       f"or a path to a checkpoint folder")
 
 

@@ -8,7 +8,6 @@ a number must lie in, in interval notation: `bin_width=0.1 (0, 1]`.
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
@@ -18,7 +17,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from raymem.errors import ConfigError
+from raymem.errors import ConfigError, did_you_mean
 
 DEFAULT_DB = Path("results") / "raymem.duckdb"
 
@@ -80,12 +79,6 @@ PRODUCED_BY = {
                                                  "retrain_windows")},
     "control_accuracy": "localise: {enabled: true, control: {enabled: true}}",
 }
-
-
-def did_you_mean(name: str, known) -> str:
-    """' (did you mean X?)' for the closest known name, else ''."""
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def load_query(name: str) -> tuple[str, dict[str, Param]]:

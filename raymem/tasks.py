@@ -23,7 +23,7 @@ from pathlib import Path
 
 import polars as pl
 
-from raymem.errors import ConfigError
+from raymem.errors import ConfigError, did_you_mean
 
 SPLITS = ("train", "validation", "test")
 COLUMNS = ("example_id", "text", "text_pair", "label", "annotator_confidence")
@@ -108,7 +108,8 @@ def task_spec(task: str | dict) -> TaskSpec:
     """A registry name, or an inline user task from a study file."""
     if isinstance(task, str):
         if task not in REGISTRY:
-            raise ConfigError(f"unknown task {task!r}; known tasks: {', '.join(sorted(REGISTRY))}")
+            raise ConfigError(f"unknown task {task!r}{did_you_mean(task, REGISTRY)}; "
+                              f"known tasks: {', '.join(sorted(REGISTRY))}")
         return REGISTRY[task]
     files = task["files"]
     return TaskSpec(task["name"], "files", tuple(task["label_names"]), tuple(task["text_fields"]),

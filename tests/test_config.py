@@ -84,8 +84,8 @@ def test_study_is_frozen(tmp_path):
 
 
 BAD = [  # (yaml after the valid head, words the message must contain)
-    ("bogus: 1", ["bogus", "Extra inputs"]),
-    ("finetune: {lrr: 0.1}", ["finetune.lrr", "Extra inputs"]),
+    ("bogus: 1", ["bogus: unknown key 'bogus'"]),
+    ("finetune: {lrr: 0.1}", ["finetune.lrr: unknown key 'lrr' (did you mean 'lr'?)"]),
     ("precog: {actors: {cpu: 1}}", ["precog.actors.cpu"]),
     ("seeds: one", ["seeds", "valid list"]),
     ("seeds: [1, two]", ["seeds.1", "valid integer"]),
@@ -165,8 +165,11 @@ def test_a_valid_user_task_passes(tmp_path):
 
 
 @pytest.mark.parametrize("change, words", [
-    pytest.param(("label_field: label", "label_field: label\n    bogus: 1"), ["tasks.0.bogus"],
-                 id="unknown key"),
+    pytest.param(("label_field: label", "label_field: label\n    bogus: 1"),
+                 ["tasks.0.bogus: unknown key 'bogus'"], id="unknown key"),
+    pytest.param(("label_field: label", "label_feild: label"),
+                 ["tasks.0.label_feild: unknown key 'label_feild' (did you mean 'label_field'?)"],
+                 id="misspelt key"),
     pytest.param(("label_names: [a, b]", "label_names: [a]"), ["tasks.0.label_names"],
                  id="one label"),
     pytest.param(("    label_field: label\n", ""), ["tasks.0.label_field", "required"],
