@@ -220,6 +220,31 @@ def _label_index(df: pl.DataFrame, spec: TaskSpec, where: str) -> pl.Series:
     return values.replace_strict(index, return_dtype=pl.Int64)
 
 
+def _rows(index) -> str:
+    """'rows 3, 7, 12, ...': 1-based example numbers (a file's header not counted)."""
+    numbers = [str(i + 1) for i in list(index)[:5]]
+    return f"row{'s' if len(index) > 1 else ''} {', '.join(numbers)}{', ...' if len(index) > 5 else ''}"
+
+
+def _check_duplicates(spec: TaskSpec, split: str, where: str, df: pl.DataFrame) -> None:
+    """The same text (and pair) twice in a split: how often, where, and whether the copies
+    disagree on the label (then no deduplication can choose for the user)."""
+    rows = df.with_row_index("row").filter(pl.col("example_id").is_duplicated())
+    if rows.is_empty():
+        return
+    groups = rows.group_by("example_id", maintain_order=True).agg("row", "text", "label")
+    conflicting = groups.filter(pl.col("label").list.n_unique() > 1)
+    first = groups.row(0, named=True)
+    message = (f"task {spec.name}: split {split!r} ({where}) has {rows.height - groups.height} duplicated "
+               f"example(s) in {groups.height} group(s), e.g. {first['text'][0]!r} at {_rows(first['row'])}")
+    if conflicting.height:
+        c = conflicting.row(0, named=True)
+        labels = [spec.label_names[i] for i in c["label"]]
+        message += (f"; {conflicting.height} of the groups carry two labels, e.g. {c['text'][0]!r} labelled "
+                    f"{' and '.join(dict.fromkeys(labels))} at {_rows(c['row'])}")
+    raise ConfigError(message + "; deduplicate the file")
+
+
 def load_task(task: str | dict) -> tuple[TaskSpec, dict[str, pl.DataFrame]]:
     """Load and validate every split of a task; raise ConfigError on bad data."""
     spec = task_spec(task)
@@ -239,19 +264,17 @@ def load_task(task: str | dict) -> tuple[TaskSpec, dict[str, pl.DataFrame]]:
         if df.height == 0:
             raise ConfigError(f"task {spec.name}: split {split!r} ({where}) is empty")
         for column in ("text", "text_pair") if spec.is_pair else ("text",):
-            if df[column].null_count() or (df[column].str.strip_chars() == "").any():
+            empty = (df[column].is_null() | (df[column].str.strip_chars() == "")).arg_true()
+            if len(empty):
                 field = spec.text_fields[0 if column == "text" else 1]
                 raise ConfigError(f"task {spec.name}: split {split!r} ({where}) has empty text "
-                                  f"in field {field!r}")
+                                  f"in field {field!r}: {len(empty)} example(s), {_rows(empty)}")
         ids = [example_id(t, p) for t, p in zip(df["text"].to_list(), df["text_pair"].to_list())]
         df = df.with_columns(pl.Series("example_id", ids), _label_index(df, spec, where).alias("label"))
         out[split] = df.select(COLUMNS)
     seen: dict[str, str] = {}
     for split, df in out.items():
-        dup = df.filter(pl.col("example_id").is_duplicated())
-        if dup.height:
-            raise ConfigError(f"task {spec.name}: split {split!r} has duplicated examples, "
-                              f"e.g. {dup['text'][0]!r}; deduplicate the file")
+        _check_duplicates(spec, split, spec.splits.get(split, split), df)
         for eid in df["example_id"].to_list():
             if seen.setdefault(eid, split) != split:
                 raise ConfigError(f"task {spec.name}: an example occurs in both "
