@@ -183,6 +183,9 @@ class Study(Strict):
     # noise is the only label noise in training. None keeps every example.
     train_min_annotator_confidence: float | None = Field(None, gt=0, le=1)
     subsample: dict[Split, int] = Field(default_factory=dict)
+    # stratified: each class keeps its share of the split (the first examples of each class
+    # in example-id order); first: the first n in example-id order, whatever their classes
+    subsample_strategy: Literal["stratified", "first"] = "stratified"
     eval_split: Split = "test"
     bin_width: float = Field(0.1, gt=0, le=1)
     precog: PrecogConfig = PrecogConfig()

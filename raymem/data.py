@@ -22,10 +22,24 @@ from raymem.models import ModelSpec, load_tokenizer, planted_counts
 from raymem.tasks import TaskSpec
 
 
-def subsample(split: pl.DataFrame, n: int | None) -> pl.DataFrame:
-    """The first n examples in example-id order: a fixed pseudo-random subset."""
+def subsample(split: pl.DataFrame, n: int | None, strategy: str = "first") -> pl.DataFrame:
+    """n examples, deterministic by example id (a fixed pseudo-random order): the first n
+    (`first`), or the first of each class in numbers proportional to the class's share of
+    the split (`stratified`; largest remainders round, so the counts add up to n)."""
     split = split.sort("example_id")
-    return split if n is None else split.head(n)
+    if n is None or n >= split.height:
+        return split
+    if strategy == "first":
+        return split.head(n)
+    counts = split["label"].value_counts(name="n").sort("label")
+    quota = counts["n"].to_numpy() * n / split.height
+    take = np.floor(quota).astype(int)
+    for i in np.argsort(-(quota - take), kind="stable")[:n - take.sum()]:
+        take[i] += 1
+    keep = dict(zip(counts["label"].to_list(), take.tolist()))
+    return (split.with_columns(pl.int_range(pl.len()).over("label").alias("_rank"))
+            .filter(pl.col("_rank") < pl.col("label").replace_strict(keep, return_dtype=pl.Int64))
+            .drop("_rank"))
 
 
 def agreed_examples(split: pl.DataFrame, min_confidence: float, task: str) -> pl.DataFrame:
@@ -57,7 +71,7 @@ def prepare_examples(study: Study, spec: TaskSpec, splits: dict[str, pl.DataFram
     for split, df in splits.items():
         if split == "train" and study.train_min_annotator_confidence is not None:
             df = agreed_examples(df, study.train_min_annotator_confidence, spec.name)
-        df = subsample(df, study.subsample.get(split))
+        df = subsample(df, study.subsample.get(split), study.subsample_strategy)
         label = df["label"].to_numpy()
         if split == "train":
             label = perturb_labels(df["example_id"].to_list(), label, len(spec.label_names),

@@ -82,7 +82,13 @@ def make_plan(study: Study, log=print) -> Plan:
         tasks.append(auxiliary)  # the control setup's clean second task: examples only
     examples, n_labels = {}, {}
     for task in tasks:
-        spec, splits = load_task(task)
+        try:
+            spec, splits = load_task(task)
+        except ConfigError as exc:
+            if task != auxiliary or not control_on:
+                raise
+            raise ConfigError(f"localise.control.auxiliary_task: {exc} (or a task of this study: "
+                              f"{', '.join(study.task_names())})") from exc
         if study.finetune.enabled and spec.name in study.task_names() and study.eval_split not in splits:
             raise ConfigError(f"eval_split: task {spec.name} has no {study.eval_split!r} split "
                               f"(it has {sorted(splits)})")

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -26,7 +27,8 @@ def model(tiny_mlm):
 @pytest.fixture(scope="module")
 def examples(sentiment, model):
     spec, splits = sentiment
-    study = Study(study="t", tasks=["tweet_sentiment"], models=["tiny"], subsample=SUBSAMPLE)
+    study = Study(study="t", tasks=["tweet_sentiment"], models=["tiny"], subsample=SUBSAMPLE,
+                  subsample_strategy="first")
     return prepare_examples(study, spec, splits, model)
 
 
@@ -38,6 +40,37 @@ def test_subsample_takes_the_first_n_by_example_id():
     assert subsample(df, 10).height == 4
     # Independent of the input order.
     assert subsample(df.reverse(), 3).equals(subsample(df, 3))
+
+
+def test_stratified_subsample_keeps_class_shares_deterministically():
+    # 60% class 0, 30% class 1, 10% class 2; ids in a shuffled order
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], [600, 300, 100])
+    ids = [f"{i:04d}" for i in rng.permutation(1000)]
+    df = pl.DataFrame({"example_id": ids, "label": labels})
+    for n, expected in ((100, {0: 60, 1: 30, 2: 10}), (7, {0: 4, 1: 2, 2: 1}), (1, {0: 1})):
+        got = subsample(df, n, "stratified")
+        assert got.height == n
+        assert dict(got["label"].value_counts().iter_rows()) == expected
+        # the first examples of each class by id, whatever the input order
+        for label, count in expected.items():
+            first = sorted(df.filter(pl.col("label") == label)["example_id"].to_list())[:count]
+            assert sorted(got.filter(pl.col("label") == label)["example_id"].to_list()) == first
+        assert subsample(df.sample(fraction=1, shuffle=True, seed=3), n, "stratified").equals(got)
+    # `first` can leave a class nearly out; stratified does not
+    skewed = df.sort("label").with_columns(pl.Series("example_id", [f"{i:04d}" for i in range(1000)]))
+    assert subsample(skewed, 100, "first")["label"].unique().to_list() == [0]
+    assert sorted(subsample(skewed, 100, "stratified")["label"].unique().to_list()) == [0, 1, 2]
+
+
+def test_stratified_is_the_default_and_enters_the_examples_id_only_then():
+    from raymem.stages.examples import examples_trial
+
+    stratified = Study(study="t", tasks=["tweet_sentiment"], subsample={"train": 10})
+    first = Study(study="t", tasks=["tweet_sentiment"], subsample={"train": 10}, subsample_strategy="first")
+    assert stratified.subsample_strategy == "stratified"
+    assert "subsample_strategy" not in examples_trial(first, "x", "m", "/r").params
+    assert examples_trial(stratified, "x", "m", "/r").trial_id != examples_trial(first, "x", "m", "/r").trial_id
 
 
 def test_examples_table_shape(examples, sentiment):
@@ -78,7 +111,7 @@ def test_noise_ratio_zero_gives_no_noisy_examples(sentiment, model):
 
 def test_train_min_annotator_confidence_keeps_agreed_training_examples(sentiment, model, examples):
     spec, splits = sentiment
-    study = Study(study="t", tasks=["tweet_sentiment"], subsample=SUBSAMPLE,
+    study = Study(study="t", tasks=["tweet_sentiment"], subsample=SUBSAMPLE, subsample_strategy="first",
                   train_min_annotator_confidence=1.0)
     agreed = prepare_examples(study, spec, splits, model)
     train = agreed.filter(pl.col("split") == "train")

@@ -39,3 +39,41 @@ def test_trial_id_is_a_hash_of_stage_and_parameters_only():
     assert a.trial_id == b.trial_id == trial_id("finetune", {"seed": 1, "task": "t"})
     assert a.trial_id.startswith("finetune-") and len(a.trial_id) == len("finetune-") + 12
     assert Trial("finetune", {"seed": 2, "task": "t"}, "s", "/r").trial_id != a.trial_id
+
+
+def test_a_user_task_of_the_study_can_be_the_control_setups_auxiliary_task(tiny_mlm, tmp_path):
+    import yaml
+
+    data = Path(__file__).parent / "data" / "user_task"
+    reviews = {"name": "reviews", "text_fields": ["review"], "label_field": "verdict",
+               "label_names": ["bad", "good"],
+               "files": {s: str(data / f"{s}.csv") for s in ("train", "validation", "test")}}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({
+        "study": "aux", "results": str(tmp_path / "results"), "models": [str(tiny_mlm)],
+        "tasks": ["tweet_sentiment", reviews], "seeds": [1], "subsample": {"train": 40, "test": 10},
+        "precog": {"enabled": False}, "finetune": {"epochs": 1},
+        "localise": {"enabled": True, "control": {"enabled": True, "auxiliary_task": "reviews"}}}))
+    plan = make_plan(load_study(path), log=lambda *_: None)
+    examples = {t.params["task"]: t.trial_id for t in plan.of_stage("examples")}
+    controls = plan.of_stage("control")
+    assert controls and {t.params["task"] for t in controls} == {"tweet_sentiment"}
+    assert {t.params["auxiliary_examples_trial"] for t in controls} == {examples["reviews"]}
+    assert {t.params["auxiliary_n_labels"] for t in controls} == {2}
+    assert all(examples["reviews"] in t.needs for t in controls)
+
+
+def test_an_unknown_auxiliary_task_is_named(tiny_mlm, tmp_path):
+    import pytest
+    import yaml
+
+    from raymem.errors import ConfigError
+
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({
+        "study": "aux", "results": str(tmp_path / "results"), "models": [str(tiny_mlm)],
+        "tasks": ["tweet_sentiment"], "seeds": [1], "precog": {"enabled": False},
+        "localise": {"enabled": True, "control": {"enabled": True, "auxiliary_task": "tweet_polarty"}}}))
+    with pytest.raises(ConfigError, match=r"localise.control.auxiliary_task: unknown task 'tweet_polarty' "
+                                          r"\(did you mean 'tweet_polarity'\?\)"):
+        make_plan(load_study(path), log=lambda *_: None)

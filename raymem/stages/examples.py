@@ -14,6 +14,8 @@ def examples_params(study: Study) -> dict:
     """What fixes a task's examples table besides the task and model."""
     params = {"data_seed": study.data_seed, "noise_ratio": study.noise_ratio,
               "subsample": dict(sorted(study.subsample.items()))}
+    if study.subsample and study.subsample_strategy != "first":  # absent for `first`: ids stay as they were
+        params["subsample_strategy"] = study.subsample_strategy
     if study.train_min_annotator_confidence is not None:  # absent when unset: ids stay as they were
         params["train_min_annotator_confidence"] = study.train_min_annotator_confidence
     return params
