@@ -1,4 +1,4 @@
-"""`raymem study|query|chart|pretrain|ingest`: the command line.
+"""`raymem study|query|chart|schema|pretrain|ingest`: the command line.
 
 Exit codes: 0 success, 1 some trials failed (the rest finished and were ingested),
 2 bad input (nothing was run or written), 130 stopped by Ctrl-C or SIGTERM (what
@@ -30,12 +30,13 @@ def _print_table(title: str, df: pl.DataFrame) -> None:
         print(f"\n{title}\n{df}", flush=True)
 
 
-def _print_headlines(db_path: Path) -> None:
-    from raymem.queries import query
+def _print_headlines(db_path: Path, bin_width: float) -> None:
+    from raymem.queries import load_query, query
 
     for name, keep, title in HEADLINES:
+        params = {"bin_width": bin_width} if "bin_width" in load_query(name)[1] else {}
         try:
-            df = query(name, db_path)
+            df = query(name, db_path, **params)
         except ConfigError:
             continue
         _print_table(title, df.filter(keep) if keep is not None else df)
@@ -58,7 +59,7 @@ def cmd_study(args) -> int:
     print(f"[plan] study {study.study}: {plan.n_trials()} trials, results in {plan.store.uri}", flush=True)
     if plan.up_to_date():  # answered from the store: no Ray, no ingest, no charts
         print(f"[study] all {plan.n_trials()} trials are done and {plan.db_path} holds them: nothing to run")
-        _print_headlines(plan.db_path)
+        _print_headlines(plan.db_path, study.bin_width)
         return 0
     try:
         failed = run_plan(plan)
@@ -73,7 +74,7 @@ def cmd_study(args) -> int:
     for name in available_charts(plan.db_path):
         save_chart(name, plan.db_path, charts_dir)
         print(f"[charts] {charts_dir / name}.png and .html")
-    _print_headlines(plan.db_path)
+    _print_headlines(plan.db_path, study.bin_width)
     print(f"\nstudy {study.study} finished in {time.time() - start:.0f}s")
     print(f"database: {plan.db_path}   (raymem query --list; duckdb {plan.db_path})")
     print(f"charts:   {charts_dir}/")
@@ -129,6 +130,13 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
+def cmd_schema(args) -> int:
+    from raymem.schema import reference
+
+    print(reference(), end="")
+    return 0
+
+
 def cmd_ingest(args) -> int:
     from raymem.store import Store, database_path, ingest
 
@@ -166,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("vocab_size", "layers", "hidden", "epochs", "max_texts", "planted_per_count"):
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int)
     p.set_defaults(fn=cmd_pretrain)
+    p = sub.add_parser("schema", help="every key of a study file: type, default, meaning (Markdown)")
+    p.set_defaults(fn=cmd_schema)
     p = sub.add_parser("ingest", help="rebuild the DuckDB database from the Parquet shards")
     p.add_argument("--results", default="results")
     p.add_argument("--db")

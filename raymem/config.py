@@ -28,14 +28,15 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 class Hardware(Strict):
-    """What a trial or actor runs on. `device: auto` takes the GPU Ray assigned (gpus > 0),
-    else the CPU; `precision: auto` is bf16 on GPUs that support it, fp32 on CPU. Neither
-    enters trial ids: they change results only by float rounding."""
-    cpus: float = Field(1.0, gt=0)
-    # A fraction (0.25, 0.5) packs several trials on one GPU: see the README.
-    gpus: float = Field(0.0, ge=0)
-    device: Device = "auto"
-    precision: Precision = "auto"
+    """What a trial or actor runs on. Neither device nor precision enters trial ids: they
+    change results only by float rounding."""
+    cpus: float = Field(1.0, gt=0, description="CPUs reserved per trial or actor; also its torch thread count")
+    gpus: float = Field(0.0, ge=0, description="GPUs reserved per trial or actor; a fraction (0.25, 0.5) packs "
+                                               "several on one GPU (README: packing)")
+    device: Device = Field("auto", description="auto: the GPU Ray assigned (gpus > 0), else the CPU; cpu or cuda "
+                                               "force one")
+    precision: Precision = Field("auto", description="autocast precision of forward passes; auto: bf16 on GPUs "
+                                                     "that support it, else fp32")
 
 
 class Resources(Hardware):
@@ -44,8 +45,8 @@ class Resources(Hardware):
 
 class ActorPool(Hardware):
     """Per Ray Data actor, and how far the pool may scale."""
-    min_size: int = Field(1, ge=1)
-    max_size: int = Field(2, ge=1)
+    min_size: int = Field(1, ge=1, description="actors the pool starts with")
+    max_size: int = Field(2, ge=1, description="actors the pool may grow to")
 
     @model_validator(mode="after")
     def _sizes(self):
@@ -55,17 +56,22 @@ class ActorPool(Hardware):
 
 
 class PrecogConfig(Strict):
-    enabled: bool = True
+    """PreCog (Ranaldi et al., 2023): how much of each example the pre-trained masked-LM reconstructs."""
+    enabled: bool = Field(True, description="score PreCog (masked-LM models only)")
     # PreCog costs one forward per token of an example; the analysis needs the eval split.
-    splits: list[Split] = Field(default_factory=lambda: ["test"], min_length=1)
-    k: list[int] = Field(default_factory=lambda: [1, 50], min_length=1)
-    unit: Literal["subword", "word"] = "subword"
-    masking: Literal["single", "random15"] = "single"
-    draws: int = Field(5, ge=1)
-    copies_per_batch: int = Field(512, ge=1)
-    examples_per_batch: int = Field(64, ge=1)
-    max_length: int = Field(512, ge=8)
-    actors: ActorPool = ActorPool()
+    splits: list[Split] = Field(default_factory=lambda: ["test"], min_length=1,
+                                description="splits to score (one forward per token of each example)")
+    k: list[int] = Field(default_factory=lambda: [1, 50], min_length=1,
+                         description="a unit counts as recovered when it is in the top k; one score per k")
+    unit: Literal["subword", "word"] = Field("subword", description="what is masked and recovered: a subword "
+                                                                     "token or a whole word")
+    masking: Literal["single", "random15"] = Field("single", description="single: one unit masked per copy; "
+                                                                         "random15: 15% of units, `draws` times")
+    draws: int = Field(5, ge=1, description="random15 only: masked copies per example")
+    copies_per_batch: int = Field(512, ge=1, description="masked copies per forward pass")
+    examples_per_batch: int = Field(64, ge=1, description="examples per Ray Data batch")
+    max_length: int = Field(512, ge=8, description="tokens kept per example (and at most the model's positions)")
+    actors: ActorPool = Field(ActorPool(), description="the scoring actor pool")
 
     @field_validator("k")
     @classmethod
@@ -76,41 +82,47 @@ class PrecogConfig(Strict):
 
 
 class FinetuneConfig(Strict):
-    enabled: bool = True
-    variants: list[Literal["clean", "noisy"]] = Field(default_factory=lambda: ["clean", "noisy"],
-                                                      min_length=1)
-    epochs: int = Field(50, ge=1)
-    lr: float = Field(1e-5, gt=0)
-    batch_size: int = Field(8, ge=1)
-    max_length: int = Field(512, ge=8)
-    warmup: float = Field(0.1, ge=0, le=1)
-    clip: float = Field(1.0, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    freeze_embeddings: bool = True
-    memorised_f1: float = Field(0.993, gt=0, le=1)
-    resources: Resources = Resources()
-    # Times Tune restarts a trial whose worker or node was lost (spot preemption).
-    max_failures: int = Field(2, ge=0)
-    # A training trial keeps a resume checkpoint every this many epochs (0: none), so a
-    # restarted trial goes on from there; it is deleted when the trial finishes.
-    checkpoint_every: int = Field(1, ge=0)
+    """Fine-tuning trials: per task, model, seed and variant (Dankers & Titov, 2024)."""
+    enabled: bool = Field(True, description="fine-tune the models")
+    variants: list[Literal["clean", "noisy"]] = Field(
+        default_factory=lambda: ["clean", "noisy"], min_length=1,
+        description="clean: original labels; noisy: with noise_ratio of them relabelled")
+    epochs: int = Field(50, ge=1, description="training epochs")
+    lr: float = Field(1e-5, gt=0, description="AdamW peak learning rate")
+    batch_size: int = Field(8, ge=1, description="examples per training step")
+    max_length: int = Field(512, ge=8, description="tokens kept per example (and at most the model's positions)")
+    warmup: float = Field(0.1, ge=0, le=1, description="share of the steps the learning rate warms up over, "
+                                                      "then decays linearly to 0")
+    clip: float = Field(1.0, gt=0, description="gradient norm clipping")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    freeze_embeddings: bool = Field(True, description="keep the embedding block frozen")
+    memorised_f1: float = Field(0.993, gt=0, le=1, description="training macro-F1 at which the 'memorised' "
+                                                               "checkpoint is kept (first epoch to reach it)")
+    resources: Resources = Field(Resources(), description="per training trial (fine-tuning, subset and "
+                                                          "control models)")
+    max_failures: int = Field(2, ge=0, description="times Tune restarts a trial whose worker or node was lost "
+                                                   "(spot preemption)")
+    checkpoint_every: int = Field(1, ge=0, description="a training trial keeps a resume checkpoint every this "
+                                                       "many epochs (0: none); deleted when it finishes")
 
 
 class CounterfactualConfig(Strict):
-    """Subset models per task; they train with the finetune settings (and resources)."""
-    enabled: bool = False
-    n_models: int = Field(30, ge=2)
-    subset_seed: int = 1
-    epochs: int | None = Field(None, ge=1)  # default: finetune.epochs
+    """Counterfactual memorisation (Feldman & Zhang, 2020): subset models trained with the
+    finetune settings and resources."""
+    enabled: bool = Field(False, description="train subset models and score mem / gen per example")
+    n_models: int = Field(30, ge=2, description="subset models per task and model, each on a random half")
+    subset_seed: int = Field(1, description="fixes the random halves")
+    epochs: int | None = Field(None, ge=1, description="epochs per subset model (null: finetune.epochs)")
 
 
 class ControlConfig(Strict):
     """The control setup: memorisation planted in a known layer pair (Dankers & Titov, 2024)."""
-    enabled: bool = False
-    auxiliary_task: str = "tweet_polarity"  # clean second task; its head updates all layers
-    epochs: int | None = Field(None, ge=1)  # default: finetune.epochs
-    # default: {1,2}, {L/2, L/2+1}, {L-1, L}
-    pairs: list[tuple[int, int]] | None = None
+    enabled: bool = Field(False, description="train control models and score each technique on them")
+    auxiliary_task: str = Field("tweet_polarity", description="the clean second task whose head updates "
+                                                             "every layer: a registry task or one of the study's")
+    epochs: int | None = Field(None, ge=1, description="epochs per control model (null: finetune.epochs)")
+    pairs: list[tuple[int, int]] | None = Field(None, description="planted layer pairs, adjacent "
+                                                                  "(null: {1,2}, {L/2, L/2+1}, {L-1, L})")
 
     @field_validator("pairs")
     @classmethod
@@ -122,18 +134,20 @@ class ControlConfig(Strict):
 
 
 class LocaliseConfig(Strict):
-    enabled: bool = False
-    # names from raymem/localise/registry.py
+    """Localisation (Dankers & Titov, 2024): which layers hold the memorised labels."""
+    enabled: bool = Field(False, description="run the localisation techniques on every (noisy, clean) pair")
     techniques: list[str] = Field(
-        default_factory=lambda: ["swapping", "retraining", "gradients", "probing", "centroids"], min_length=1)
-    retrain_epochs: int = Field(5, ge=1)
-    retrain_lr: float = Field(3e-5, gt=0)
-    retrain_batch_size: int = Field(8, ge=1)
-    probe_seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
-    probe_epochs: int = Field(20, ge=1)
-    resources: Resources = Resources()
-    actors: ActorPool = ActorPool()  # hidden-state extraction
-    control: ControlConfig = ControlConfig()
+        default_factory=lambda: ["swapping", "retraining", "gradients", "probing", "centroids"], min_length=1,
+        description="techniques to run, by name (raymem/localise/registry.py)")
+    retrain_epochs: int = Field(5, ge=1, description="layer retraining: epochs per window")
+    retrain_lr: float = Field(3e-5, gt=0, description="layer retraining: learning rate")
+    retrain_batch_size: int = Field(8, ge=1, description="layer retraining: batch size")
+    probe_seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1,
+                                   description="probing: one probe per layer per seed, F1 averaged")
+    probe_epochs: int = Field(20, ge=1, description="probing: epochs per probe")
+    resources: Resources = Field(Resources(), description="per technique trial")
+    actors: ActorPool = Field(ActorPool(), description="the hidden-state extraction actor pool")
+    control: ControlConfig = Field(ControlConfig(), description="the control setup")
 
     @field_validator("techniques")
     @classmethod
@@ -149,11 +163,12 @@ class LocaliseConfig(Strict):
 
 class UserTask(Strict):
     """A task from local files: one file per split."""
-    name: str
-    files: dict[Split, str]
-    text_fields: list[str] = Field(min_length=1, max_length=2)
-    label_field: str
-    label_names: list[str] = Field(min_length=2)
+    name: str = Field(description="the task's name in every table")
+    files: dict[Split, str] = Field(description="split -> .csv, .parquet or .jsonl file; train is required")
+    text_fields: list[str] = Field(min_length=1, max_length=2,
+                                   description="the text column, or two for a pair task")
+    label_field: str = Field(description="the label column: label names or indices 0..n-1")
+    label_names: list[str] = Field(min_length=2, description="the classes, in index order")
 
 
 # A registry name or an inline user task; the tag makes errors name the user's own keys.
@@ -165,34 +180,41 @@ TaskEntry = Annotated[
 
 
 class RayConfig(Strict):
-    address: str | None = None  # None: connect to RAY_ADDRESS if set, else start a local Ray
-    num_cpus: int | None = Field(None, ge=1)
+    """Where the study runs."""
+    address: str | None = Field(None, description="a Ray cluster to connect to (null: RAY_ADDRESS if set, "
+                                                  "else a local Ray of the study's own)")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray (null: the machine's)")
 
 
 class Study(Strict):
-    study: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    results: str = "results"
-    database: str | None = None  # default: <results>/raymem.duckdb (local results only)
-    models: list[str] = Field(default_factory=lambda: ["raymem-mini"], min_length=1)
-    tasks: list[TaskEntry] = Field(min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
-    data_seed: int = 1
-    noise_ratio: float = Field(0.15, ge=0, lt=1)
-    # Keep only training examples whose annotators agreed at least this much (the corpus's
-    # annotator_confidence; examples without one are dropped), so that the planted label
-    # noise is the only label noise in training. None keeps every example.
-    train_min_annotator_confidence: float | None = Field(None, gt=0, le=1)
-    subsample: dict[Split, int] = Field(default_factory=dict)
-    # stratified: each class keeps its share of the split (the first examples of each class
-    # in example-id order); first: the first n in example-id order, whatever their classes
-    subsample_strategy: Literal["stratified", "first"] = "stratified"
-    eval_split: Split = "test"
-    bin_width: float = Field(0.1, gt=0, le=1)
-    precog: PrecogConfig = PrecogConfig()
-    finetune: FinetuneConfig = FinetuneConfig()
-    counterfactual: CounterfactualConfig = CounterfactualConfig()
-    localise: LocaliseConfig = LocaliseConfig()
-    ray: RayConfig = RayConfig()
+    """A study file."""
+    study: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="the study's name; every row carries it")
+    results: str = Field("results", description="results folder or s3:// URI")
+    database: str | None = Field(None, description="DuckDB file (null: <results>/raymem.duckdb; required "
+                                                   "for s3:// results)")
+    models: list[str] = Field(default_factory=lambda: ["raymem-mini"], min_length=1,
+                              description="registry names or checkpoint folders")
+    tasks: list[TaskEntry] = Field(min_length=1, description="registry names, or user tasks (mappings: see "
+                                                            "tasks[] below)")
+    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1,
+                             description="model seeds: one fine-tuning trial per seed")
+    data_seed: int = Field(1, description="fixes the noisy set, the same for every model seed")
+    noise_ratio: float = Field(0.15, ge=0, lt=1, description="share of each class's training examples "
+                                                            "relabelled to another class")
+    train_min_annotator_confidence: float | None = Field(
+        None, gt=0, le=1, description="keep only training examples whose annotators agreed at least this much "
+                                      "(so the planted noise is the only label noise); null keeps all")
+    subsample: dict[Split, int] = Field(default_factory=dict, description="split -> examples kept (optional)")
+    subsample_strategy: Literal["stratified", "first"] = Field(
+        "stratified", description="stratified: each class keeps its share, the first of each by example id; "
+                                  "first: the first n by example id, whatever their classes")
+    eval_split: Split = Field("test", description="the split fine-tuned models are evaluated on")
+    bin_width: float = Field(0.1, gt=0, le=1, description="PreCog bin width of the end-of-study summary")
+    precog: PrecogConfig = Field(PrecogConfig(), description="PreCog")
+    finetune: FinetuneConfig = Field(FinetuneConfig(), description="fine-tuning")
+    counterfactual: CounterfactualConfig = Field(CounterfactualConfig(), description="counterfactual memorisation")
+    localise: LocaliseConfig = Field(LocaliseConfig(), description="localisation and the control setup")
+    ray: RayConfig = Field(RayConfig(), description="where the study runs")
 
     @field_validator("subsample")
     @classmethod
