@@ -17,11 +17,16 @@ import polars as pl
 
 from raymem.errors import ConfigError
 
-HEADLINES = [  # (query, filter, title) printed at the end of a study
+HEADLINES = [  # (query, filter, title) printed at the end of a study, where the study has the tables
     ("precog_accuracy_by_bin", pl.col("task") == "ALL", "Accuracy by PreCog bin (all tasks pooled)"),
     ("precog_correlation", None, "PreCog vs correctness"),
-    ("precog_planted", pl.col("k") == pl.col("k").min(), "PreCog by times planted in pre-training"),
+    # only where the model had examples planted in its pre-training corpus
+    ("precog_planted", (pl.col("k") == pl.col("k").min()) & (pl.col("planted_count").max() > 0),
+     "PreCog by times planted in pre-training"),
     ("memorisation_fit", pl.col("variant") == "noisy", "Fit of the noisy-label models (train split)"),
+    ("counterfactual_auroc", pl.col("annotators") == "all", "Counterfactual memorisation: noisy vs clean"),
+    ("mcog_by_task", None, "Memorisation centre of gravity (M-CoG) per task and technique"),
+    ("control_accuracy", None, "Control setup: does each technique find the planted layers?"),
 ]
 
 
@@ -39,7 +44,27 @@ def _print_headlines(db_path: Path, bin_width: float) -> None:
             df = query(name, db_path, **params)
         except ConfigError:
             continue
-        _print_table(title, df.filter(keep) if keep is not None else df)
+        df = df.filter(keep) if keep is not None else df
+        if df.height:
+            _print_table(title, df)
+    _print_checks(db_path)
+
+
+def _print_checks(db_path: Path) -> None:
+    """The checks' verdict, and every warning with what to change."""
+    from raymem.queries import query
+
+    try:
+        checks = query("checks", db_path)
+    except ConfigError:
+        return
+    warnings = checks.filter(pl.col("status") == "warn")
+    print(f"\nChecks: {checks.height - warnings.height} passed, {warnings.height} warning(s)"
+          f"{' (raymem query checks)' if checks.height else ''}")
+    for row in warnings.iter_rows(named=True):
+        where = " ".join(str(row[k]) for k in ("task", "model") if row[k]) + (
+            f" seed {row['seed']}" if row["seed"] is not None else "")
+        print(f"  WARN {row['check_name']} [{where}]: {row['message']}")
 
 
 def cmd_study(args) -> int:

@@ -213,25 +213,35 @@ def ingest(store: Store, db_path: Path, trial_ids: set[str] | None = None) -> di
     and return the row counts.
 
     Builds into a temporary file and renames it over the old one, so readers never see
-    a half-built database and a crash leaves the previous one intact.
+    a half-built database and a crash leaves the previous one intact. Derived tables are
+    built with it: `checks` (raymem/checks.py).
     """
+    from raymem.checks import create_checks_table
+
     db_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".duckdb", dir=db_path.parent)
     os.close(fd)
     os.unlink(tmp)  # duckdb creates the file itself
     counts = {}
-    con = duckdb.connect(tmp)
     try:
-        for table in store.tables():
-            data = store.read_table(table, trial_ids)
-            if data is None:
-                continue
-            con.register("shards", data)
-            con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM shards')
-            con.unregister("shards")
-            counts[table] = data.num_rows
-    finally:
-        con.close()
+        con = duckdb.connect(tmp)
+        try:
+            for table in store.tables():
+                data = store.read_table(table, trial_ids)
+                if data is None:
+                    continue
+                con.register("shards", data)
+                con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM shards')
+                con.unregister("shards")
+                counts[table] = data.num_rows
+            if counts:
+                counts["checks"] = create_checks_table(con)
+        finally:
+            con.close()
+    except BaseException:  # an error or Ctrl-C: no half-built database left beside the results
+        Path(tmp).unlink(missing_ok=True)
+        Path(tmp + ".wal").unlink(missing_ok=True)
+        raise
     ingested_path(db_path).unlink(missing_ok=True)
     shutil.move(tmp, db_path)
     if trial_ids is not None:

@@ -1,0 +1,180 @@
+"""Checks of a study's own results: can its numbers be believed?
+
+Built with the database, from its tables, as the `checks` table: one row per (task, model,
+seed, check_name) with the measured value, the threshold, pass or warn, and for a warning what
+to change. A check whose inputs the study did not produce is left out. The checks:
+
+    above_majority       clean accuracy on the evaluation split beats the majority class by a margin
+    memorised_checkpoint the noisy model reached the memorised checkpoint (else localisation
+                         used its final one)
+    fits_noisy_labels    the noisy model fits its relabelled training examples
+    counterfactual_auroc mem separates relabelled from clean examples better than chance; a
+                         wide confidence interval asks for more subset models
+    control_moves        a technique's top layers move with the planted pair
+    class_size           every class keeps enough training examples after subsampling
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+ABOVE_MAJORITY_MARGIN = 0.05
+FITS_NOISY = 0.9
+AUROC_CHANCE, AUROC_CI_WIDTH = 0.5, 0.2
+MIN_CLASS_EXAMPLES = 20
+SCHEMA = {"task": pl.Utf8, "model": pl.Utf8, "seed": pl.Int64, "check_name": pl.Utf8, "value": pl.Float64,
+          "threshold": pl.Float64, "status": pl.Utf8, "message": pl.Utf8}
+
+
+def _row(task, model, seed, check, value, threshold, ok, warning) -> dict:
+    return {"task": task, "model": model, "seed": seed, "check_name": check, "value": float(value),
+            "threshold": float(threshold), "status": "pass" if ok else "warn",
+            "message": "" if ok else warning}
+
+
+def above_majority(predictions: pl.DataFrame, examples: pl.DataFrame) -> list[dict]:
+    clean = predictions.filter((pl.col("variant") == "clean") & (pl.col("checkpoint") == "final")
+                               & (pl.col("split") != "train"))
+    rows = []
+    for (task, model, seed, split), group in clean.group_by("task", "model", "seed", "split", maintain_order=True):
+        labels = examples.filter((pl.col("task") == task) & (pl.col("model") == model)
+                                 & (pl.col("split") == split))["original_label"]
+        majority = labels.value_counts(normalize=True)["proportion"].max()
+        accuracy = group["correct"].cast(pl.Float64).mean()
+        threshold = majority + ABOVE_MAJORITY_MARGIN
+        rows.append(_row(task, model, seed, "above_majority", accuracy, threshold, accuracy >= threshold,
+                         f"clean {split} accuracy {accuracy:.3f} is not above the majority class's share "
+                         f"{majority:.3f} by {ABOVE_MAJORITY_MARGIN}: the model learnt little; raise "
+                         f"finetune.epochs or lr, or check the labels"))
+    return rows
+
+
+def memorised_checkpoint(runs: pl.DataFrame) -> list[dict]:
+    noisy = runs.filter((pl.col("stage") == "finetune") & (pl.col("variant") == "noisy")
+                        & (pl.col("status") == "ok"))
+    return [_row(r["task"], r["model"], r["seed"], "memorised_checkpoint",
+                 r["memorised_epoch"] is not None, 1, r["memorised_epoch"] is not None,
+                 "the noisy model never reached training macro-F1 >= finetune.memorised_f1, so "
+                 "localisation used its final checkpoint; raise finetune.epochs or lr")
+            for r in noisy.iter_rows(named=True)]
+
+
+def fits_noisy_labels(predictions: pl.DataFrame, examples: pl.DataFrame) -> list[dict]:
+    final = predictions.filter((pl.col("variant") == "noisy") & (pl.col("checkpoint") == "final")
+                               & (pl.col("split") == "train"))
+    noisy = examples.filter(pl.col("noisy")).select("task", "model", "example_id")
+    fit = (final.join(noisy, on=["task", "model", "example_id"])
+           .group_by("task", "model", "seed", maintain_order=True)
+           .agg(pl.col("correct").cast(pl.Float64).mean().alias("fit")))
+    return [_row(r["task"], r["model"], r["seed"], "fits_noisy_labels", r["fit"], FITS_NOISY, r["fit"] >= FITS_NOISY,
+                 f"the noisy model fits only {r['fit']:.3f} of its relabelled training examples at its final "
+                 f"checkpoint: it has not memorised them; raise finetune.epochs or lr")
+            for r in fit.iter_rows(named=True)]
+
+
+def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """P(a random positive scores above a random negative), ties counting half."""
+    scores = np.concatenate([positive, negative])
+    order = scores.argsort(kind="stable")
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    for value in np.unique(scores):  # average ranks of ties
+        tied = scores == value
+        ranks[tied] = ranks[tied].mean()
+    return float((ranks[:len(positive)].sum() - len(positive) * (len(positive) + 1) / 2)
+                 / (len(positive) * len(negative)))
+
+
+def auroc_interval(positive: np.ndarray, negative: np.ndarray, draws: int = 1000, seed: int = 0):
+    """95% bootstrap interval of the AUROC, resampling each group."""
+    rng = np.random.default_rng(seed)
+    values = [auroc(rng.choice(positive, len(positive)), rng.choice(negative, len(negative)))
+              for _ in range(draws)]
+    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+
+
+def counterfactual_auroc(counterfactual: pl.DataFrame, examples: pl.DataFrame) -> list[dict]:
+    scored = counterfactual.drop_nulls("mem").join(
+        examples.filter(pl.col("split") == "train").select("task", "model", "example_id", "noisy"),
+        on=["task", "model", "example_id"])
+    rows = []
+    for (task, model), group in scored.group_by("task", "model", maintain_order=True):
+        positive = group.filter(pl.col("noisy"))["mem"].to_numpy()
+        negative = group.filter(~pl.col("noisy"))["mem"].to_numpy()
+        if len(positive) == 0 or len(negative) == 0:
+            continue
+        value = auroc(positive, negative)
+        low, high = auroc_interval(positive, negative)
+        if value <= AUROC_CHANCE:
+            rows.append(_row(task, model, None, "counterfactual_auroc", value, AUROC_CHANCE, False,
+                             f"AUROC {value:.2f} (95% CI {low:.2f}-{high:.2f}): relabelled examples look no more "
+                             f"memorised than clean ones; check that the noisy labels were learnt "
+                             f"(fits_noisy_labels) and raise counterfactual.n_models"))
+        else:
+            rows.append(_row(task, model, None, "counterfactual_auroc", value, AUROC_CHANCE,
+                             high - low <= AUROC_CI_WIDTH,
+                             f"AUROC {value:.2f} but its 95% CI {low:.2f}-{high:.2f} is wider than "
+                             f"{AUROC_CI_WIDTH}: raise counterfactual.n_models"))
+    return rows
+
+
+def control_moves(control_accuracy: pl.DataFrame) -> list[dict]:
+    rows = []
+    for (task, model, seed, technique), group in control_accuracy.group_by(
+            "task", "model", "seed", "technique", maintain_order=True):
+        if group.height < 2:
+            continue
+        distinct = group["top_layers"].n_unique()
+        rows.append(_row(task, model, seed, f"control_moves:{technique}", distinct, 2, distinct >= 2,
+                         f"{technique} puts layers {group['top_layers'][0]} on top wherever the pair was "
+                         f"planted ({group.height} pairs): it is blind to where memorisation is"))
+    return rows
+
+
+def class_size(examples: pl.DataFrame) -> list[dict]:
+    train = examples.filter(pl.col("split") == "train")
+    counts = train.group_by("task", "model", "original_label").len().sort("task", "model", "original_label")
+    rows = []
+    for (task, model), group in counts.group_by("task", "model", maintain_order=True):
+        smallest = group.sort("len").row(0, named=True)
+        rows.append(_row(task, model, None, "class_size", smallest["len"], MIN_CLASS_EXAMPLES,
+                         smallest["len"] >= MIN_CLASS_EXAMPLES,
+                         f"class {smallest['original_label']} has {smallest['len']} training examples: too few "
+                         f"to learn or to relabel; raise subsample.train or use subsample_strategy: stratified"))
+    return rows
+
+
+# check -> the tables and columns it reads; a check is left out when they are not all there
+INPUTS = {
+    class_size: {"examples": {"task", "model", "split", "original_label"}},
+    above_majority: {"predictions": {"task", "model", "seed", "variant", "checkpoint", "split", "correct"},
+                     "examples": {"task", "model", "split", "original_label"}},
+    fits_noisy_labels: {"predictions": {"task", "model", "seed", "variant", "checkpoint", "split", "correct",
+                                        "example_id"},
+                        "examples": {"task", "model", "example_id", "noisy"}},
+    memorised_checkpoint: {"runs": {"stage", "task", "model", "seed", "variant", "status", "memorised_epoch"}},
+    counterfactual_auroc: {"counterfactual": {"task", "model", "example_id", "mem"},
+                           "examples": {"task", "model", "split", "example_id", "noisy"}},
+    control_moves: {"control_accuracy": {"task", "model", "seed", "technique", "top_layers"}},
+}
+
+
+def checks(tables: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """Every check whose input tables and columns are present."""
+    rows = []
+    for check, needs in INPUTS.items():
+        if all(name in tables and columns <= set(tables[name].columns) for name, columns in needs.items()):
+            rows += check(*(tables[name] for name in needs))
+    return pl.DataFrame(rows, schema=SCHEMA)
+
+
+def create_checks_table(con) -> int:
+    """Build `checks` in an open DuckDB database from its tables; return its row count."""
+    present = {name for (name,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    wanted = ("examples", "predictions", "runs", "counterfactual", "control_accuracy")
+    frame = checks({name: con.sql(f'SELECT * FROM "{name}"').pl() for name in wanted if name in present})
+    con.register("checks_frame", frame.to_arrow())
+    con.execute("CREATE OR REPLACE TABLE checks AS SELECT * FROM checks_frame")
+    con.unregister("checks_frame")
+    return frame.height
