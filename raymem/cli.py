@@ -1,4 +1,4 @@
-"""`raymem study|query|chart|schema|pretrain|ingest`: the command line.
+"""`raymem study|status|query|chart|schema|pretrain|ingest`: the command line.
 
 Exit codes: 0 success, 1 some trials failed (the rest finished and were ingested),
 2 bad input (nothing was run or written), 130 stopped by Ctrl-C or SIGTERM (what
@@ -155,6 +155,34 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    """Per stage: trials done, failed, started but unfinished, pending; from the store alone."""
+    from raymem.config import load_study
+    from raymem.store import ATTEMPTS
+    from raymem.study import make_plan
+
+    study = load_study(args.file, {"results": args.results} if args.results else None)
+    plan = make_plan(study, log=lambda *_: None)
+    store, ids = plan.store, {t.trial_id for t in plan.trials}
+    done = store.done_ids() & ids
+    started = {i for i in ids if store.exists(ATTEMPTS, i)} if store.exists(ATTEMPTS) else set()
+    runs = store.read_table("runs", ids)
+    runs = pl.from_arrow(runs) if runs is not None else pl.DataFrame(
+        schema={"trial_id": pl.Utf8, "status": pl.Utf8, "wall_seconds": pl.Float64})
+    failed = set(runs.filter(pl.col("status") == "failed")["trial_id"]) - done
+    rows = []
+    for stage in dict.fromkeys(t.stage for t in plan.trials):
+        mine = {t.trial_id for t in plan.trials if t.stage == stage}
+        walls = runs.filter(pl.col("trial_id").is_in(mine & done))["wall_seconds"]
+        rows.append({"stage": stage, "trials": len(mine), "done": len(mine & done), "failed": len(mine & failed),
+                     "started": len((mine & started) - done - failed),
+                     "pending": len(mine - done - failed - started),
+                     "median_seconds": round(walls.median(), 1) if len(walls) else None})
+    table = pl.DataFrame(rows)
+    _print_table(f"study {study.study}: {len(done)} of {len(ids)} trials done ({store.uri})", table)
+    return 0
+
+
 def cmd_schema(args) -> int:
     from raymem.schema import reference
 
@@ -199,6 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("vocab_size", "layers", "hidden", "epochs", "max_texts", "planted_per_count"):
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int)
     p.set_defaults(fn=cmd_pretrain)
+    p = sub.add_parser("status", help="per stage: trials done, failed, started, pending (reads the store only)")
+    p.add_argument("file")
+    p.add_argument("--results", help="the results location, if not the study file's")
+    p.set_defaults(fn=cmd_status)
     p = sub.add_parser("schema", help="every key of a study file: type, default, meaning (Markdown)")
     p.set_defaults(fn=cmd_schema)
     p = sub.add_parser("ingest", help="rebuild the DuckDB database from the Parquet shards")

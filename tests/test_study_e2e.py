@@ -101,3 +101,13 @@ def test_tune_keeps_json_and_csv_results_but_no_tensorboard_writers(study_run):
     assert len(trial_dirs) == len(SEEDS) * len(VARIANTS)
     assert all((d / "progress.csv").is_file() for d in trial_dirs)
     assert not list(tune_dir.rglob("events.out.tfevents*"))
+
+
+def test_status_reads_the_store(study_run, capsys):
+    capsys.readouterr()
+    assert main(["status", str(study_run["root"] / "study.yaml")]) == 0
+    out = capsys.readouterr().out
+    n = 1 + 1 + len(SEEDS) * len(VARIANTS)  # examples, precog, fine-tuning
+    assert f"{n} of {n} trials done" in out
+    lines = {line.split("┆")[0].strip("│ "): line for line in out.splitlines() if "┆" in line}
+    assert "finetune" in lines and lines["finetune"].split("┆")[1].strip() == str(len(SEEDS) * len(VARIANTS))
