@@ -212,15 +212,21 @@ def reference(runs, study_file, tmp_path_factory):
     return done
 
 
+def _start_until_a_trial_finished(runs, study_file: Path, results: Path, log: Path) -> subprocess.Popen:
+    """Start the study; return once its first fine-tuning trial has finished (it runs on)."""
+    first = runs.study(study_file, results, log)
+    deadline = time.time() + STUDY_TIMEOUT
+    while not _finetune_markers(results) and first.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert first.poll() is None, f"the study ended before any trial finished:\n{_tail(log)}"
+    return first
+
+
 # -- a. the driver is killed ----------------------------------------------------------
 def test_killed_driver_resumes_to_the_same_database(runs, study_file, reference, tmp_path):
     study = yaml.safe_load(study_file.read_text())
     results, log = tmp_path / "results", tmp_path / "first.log"
-    first = runs.study(study_file, results, log)
-    deadline = time.time() + STUDY_TIMEOUT
-    while not _finetune_markers(results) and first.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert first.poll() is None, f"the study ended before any trial finished:\n{_tail(log)}"
+    first = _start_until_a_trial_finished(runs, study_file, results, log)
     # The driver's descendants now: its local Ray (GCS, raylet, dashboard) and workers.
     ray_procs = [p for p in _session(first.pid) if p["pid"] != first.pid]
     assert any(p["comm"] == "raylet" for p in ray_procs), ray_procs
@@ -258,11 +264,7 @@ def test_killed_driver_resumes_to_the_same_database(runs, study_file, reference,
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_interrupt_stops_the_whole_study(runs, study_file, reference, tmp_path, how):
     results, log = tmp_path / "results", tmp_path / "first.log"
-    first = runs.study(study_file, results, log)
-    deadline = time.time() + STUDY_TIMEOUT
-    while not _finetune_markers(results) and first.poll() is None and time.time() < deadline:
-        time.sleep(0.1)
-    assert first.poll() is None, f"the study ended before any trial finished:\n{_tail(log)}"
+    first = _start_until_a_trial_finished(runs, study_file, results, log)
     if how == "ctrl-c":  # a terminal sends SIGINT to the whole foreground process group
         os.killpg(first.pid, signal.SIGINT)
     else:  # a job manager or `kill` signals the driver alone
