@@ -36,7 +36,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import duckdb
 import pytest
 import yaml
 

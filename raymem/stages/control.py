@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from raymem.errors import ConfigError
 from raymem.localise.layers import body_layers, is_decoder_model, pool
 from raymem.models import embedding_parameters
-from raymem.runtime import Runtime, TrainingState, to_device
+from raymem.runtime import Runtime, TrainingState
 from raymem.stages.common import encode_split, runtime_options, train_split, training_settings
 from raymem.train import make_optimiser
 from raymem.trial import PlanContext, Tables, Trial

@@ -15,7 +15,7 @@ import torch
 from raymem.config import Study
 from raymem.runtime import Runtime
 from raymem.stages.common import encode_split, runtime_options, training_settings
-from raymem.train import TrainSettings, fine_tune, macro_f1, predict
+from raymem.train import fine_tune, macro_f1, predict
 from raymem.trial import PlanContext, Tables, Trial
 
 STAGE = "finetune"
