@@ -240,13 +240,16 @@ def test_mcog_one_per_technique_and_pair_matching_layer_scores(study_run):
 def test_control_accuracy_for_the_planted_pair(study_run):
     rows = fetch(study_run["db"], """
         SELECT pair, technique, planted_start, planted_end, top_layers, hit_at_1, hit_at_2,
-               chance_at_1, chance_at_2
+               pair_on_top, chance_at_1, chance_at_2, chance_pair_on_top
         FROM control_accuracy ORDER BY technique""")
     assert [r[:4] for r in rows] == [("1-2", t, 1, 2) for t in TECHNIQUES]
-    for *_, top, hit1, hit2, chance1, chance2 in rows:
-        assert chance1 == pytest.approx(2 / L) and chance2 == pytest.approx(1 / math.comb(L, 2))
-        # with two layers, the planted pair is every layer: both hits are certain
-        assert sorted(top.split(",")) == ["1", "2"] and hit1 and hit2
+    for *_, top, hit1, hit2, on_top, chance1, chance2, chance_on_top in rows:
+        assert chance1 == chance2 == pytest.approx(2 / L)
+        assert chance_on_top == pytest.approx(1 / math.comb(L, 2))
+        # with two layers, the planted pair is every layer: every hit is certain, unless a
+        # tie put nothing on top (a technique that placed nothing earns nothing)
+        assert sorted(top.split(",")) == ["1", "2"]
+        assert (hit1, hit2, on_top) in {(True, 1.0, True), (False, 0.0, False)}
 
 
 def test_centroid_events(study_run):

@@ -284,12 +284,14 @@ def test_depth_is_the_mean_row_of_mcog_by_task(depth_db):
 # -- control_accuracy ------------------------------------------------------------------------
 
 def _control_row(model, n_layers, technique, planted, scores, task="T", seed=1):
-    """As raymem.stages.control.accuracy_rows, plus the keys summarise adds."""
+    """As raymem.stages.control.accuracy_rows (scores without ties), plus the keys summarise adds."""
     order = np.argsort(-np.asarray(scores, float), kind="stable") + 1
+    in_top_two = len(set(order[:2].tolist()) & set(planted))
     return {"technique": technique, "planted_start": planted[0], "planted_end": planted[1],
             "top_layers": f"{order[0]},{order[1]}", "hit_at_1": bool(order[0] in planted),
-            "hit_at_2": set(order[:2].tolist()) == set(planted),
-            "chance_at_1": 2 / n_layers, "chance_at_2": 1 / math.comb(n_layers, 2),
+            "hit_at_2": in_top_two / 2, "pair_on_top": in_top_two == 2,
+            "chance_at_1": 2 / n_layers, "chance_at_2": 2 / n_layers,
+            "chance_pair_on_top": 1 / math.comb(n_layers, 2),
             "task": task, "model": model, "seed": seed, "pair": f"{planted[0]}-{planted[1]}"}
 
 
@@ -310,28 +312,32 @@ def test_control_accuracy(tmp_path):
              _control_row("m2", 6, "probing", (3, 4), [0, 0, 2, 1, 0, 0])]
     df = query("control_accuracy", make_db(tmp_path / "r.duckdb", control_accuracy=rows))
     assert df.columns == ["model", "technique", "n_runs", "accuracy_at_1", "accuracy_at_2",
-                          "chance_at_1", "chance_at_2", "times_chance_at_2"]
+                          "chance_at_1", "chance_at_2", "times_chance_at_2", "pair_on_top",
+                          "chance_pair_on_top"]
     got = {(r["model"], r["technique"]): r for r in df.iter_rows(named=True)}
-    # best at hit@2 first, ties by name
-    assert list(got) == [("m", "swapping"), ("m", "gradients"), ("m", "probing"),
+    # best at accuracy@2 first, ties by name
+    assert list(got) == [("m", "swapping"), ("m", "probing"), ("m", "gradients"),
                          ("m2", "probing"), ("m2", "swapping")]
     frame = pl.DataFrame(rows)
     for (model, tech), r in got.items():
         runs = frame.filter((pl.col("model") == model) & (pl.col("technique") == tech))
+        n_layers = {"m": 4, "m2": 6}[model]
         assert r["n_runs"] == runs.height
         assert r["accuracy_at_1"] == round(runs["hit_at_1"].mean(), 3)
         assert r["accuracy_at_2"] == round(runs["hit_at_2"].mean(), 3)
-        n_layers = {"m": 4, "m2": 6}[model]
-        assert r["chance_at_1"] == round(2 / n_layers, 3)
-        assert r["chance_at_2"] == round(1 / math.comb(n_layers, 2), 3)
-        assert r["times_chance_at_2"] == round(runs["hit_at_2"].mean() * math.comb(n_layers, 2), 2)
-    assert [(got["m", t]["n_runs"], got["m", t]["accuracy_at_1"], got["m", t]["accuracy_at_2"])
-            for t in ("swapping", "gradients", "probing")] == [(12, 1.0, 1.0), (12, 0.667, 0.333),
-                                                                (12, 1.0, 0.333)]
-    assert (got["m", "swapping"]["chance_at_1"], got["m", "swapping"]["chance_at_2"],
-            got["m", "swapping"]["times_chance_at_2"]) == (0.5, 0.167, 6.0)
+        assert r["chance_at_1"] == r["chance_at_2"] == round(2 / n_layers, 3)
+        assert r["times_chance_at_2"] == round(runs["hit_at_2"].mean() * n_layers / 2, 2)
+        assert r["pair_on_top"] == round(runs["pair_on_top"].mean(), 3)
+        assert r["chance_pair_on_top"] == round(1 / math.comb(n_layers, 2), 3)
+    # top two for pairs 1-2 / 2-3 / 3-4: gradients 1,3 / 3,2 / 1,2 -> shares 0.5, 1, 0;
+    # probing 2,1 / 2,4 / 3,2 -> shares 1, 0.5, 0.5
+    assert [(got["m", t]["n_runs"], got["m", t]["accuracy_at_1"], got["m", t]["accuracy_at_2"],
+             got["m", t]["pair_on_top"]) for t in ("swapping", "gradients", "probing")] == [
+        (12, 1.0, 1.0, 1.0), (12, 0.667, 0.5, 0.333), (12, 1.0, 0.667, 0.333)]
+    assert (got["m", "swapping"]["chance_at_2"], got["m", "swapping"]["times_chance_at_2"],
+            got["m", "swapping"]["chance_pair_on_top"]) == (0.5, 2.0, 0.167)
     assert (got["m2", "probing"]["accuracy_at_2"], got["m2", "probing"]["times_chance_at_2"],
-            got["m2", "swapping"]["accuracy_at_2"]) == (1.0, 15.0, 0.0)
+            got["m2", "swapping"]["accuracy_at_2"]) == (1.0, 3.0, 0.5)
     assert got["m2", "swapping"]["accuracy_at_1"] == 1.0  # top layer 4 is in the pair, layer 5 is not
 
 

@@ -4,8 +4,9 @@ A model learns two tasks at once: the noisy task through its own head, where onl
 planted layer pair (and the head) may change from that task's loss, and a clean
 auxiliary task through a second head that updates every layer. The clean twin is
 trained the same way on the clean labels. A localisation technique then finds the
-planted pair or not: hit@1 when its top layer is in the pair (chance 2/L), hit@2 when
-its top two layers are the pair (chance 1/C(L,2)).
+planted pair or not: hit@1 when its top layer is in the pair (chance 2/L), hit@2 the
+share of its top two layers in the pair (chance 2/L), as published; `pair_on_top`, both
+planted layers above all others (chance 1/C(L,2)), is the stricter extra.
 """
 
 from __future__ import annotations
@@ -95,11 +96,17 @@ def run(trial: Trial, runtime: Runtime) -> Tables:
 
 
 def accuracy_rows(layer_scores: pl.DataFrame, pair: tuple[int, int], n_layers: int) -> pl.DataFrame:
-    """One row per technique: did its top layer(s) land in the planted pair?
+    """One row per technique: did its top layers land in the planted pair? As published
+    (Dankers & Titov, 2024):
 
-    Ties earn nothing: hit@1 needs every layer sharing the top score to be in the pair,
-    hit@2 needs both planted layers to score above every other layer. So a technique that
-    placed nothing (all scores 0) finds no pair, rather than the first layers by index.
+        hit_at_1   its top layer lies in the pair                      chance 2/L
+        hit_at_2   the share of its top two layers that lie in the pair  chance 2/L
+
+    and, stricter, pair_on_top: both planted layers above every other (chance 1/C(L,2)).
+    Ties earn nothing: a layer is in the top k only if fewer than k other layers score at
+    least as much, and hit@1 needs every layer sharing the top score to be in the pair. So a
+    technique that placed nothing (all scores 0) finds no pair, rather than the first
+    layers by index.
     """
     rows = []
     for (technique,), scores in layer_scores.sort("layer").group_by(["technique"], maintain_order=True):
@@ -107,11 +114,14 @@ def accuracy_rows(layer_scores: pl.DataFrame, pair: tuple[int, int], n_layers: i
         order = np.argsort(-score, kind="stable") + 1  # layers, best first
         planted = np.isin(np.arange(1, len(score) + 1), pair)
         top = np.flatnonzero(score == score.max()) + 1
+        rivals = np.array([(score >= s).sum() - 1 for s in score])  # layers scoring at least as much
         rows.append({"technique": technique, "planted_start": pair[0], "planted_end": pair[1],
                      "top_layers": f"{order[0]},{order[1]}",
                      "hit_at_1": bool(np.isin(top, pair).all()),
-                     "hit_at_2": bool(score[planted].min() > score[~planted].max(initial=-np.inf)),
-                     "chance_at_1": 2 / n_layers, "chance_at_2": 1 / math.comb(n_layers, 2)})
+                     "hit_at_2": float((rivals[planted] < 2).sum() / 2),
+                     "pair_on_top": bool(score[planted].min() > score[~planted].max(initial=-np.inf)),
+                     "chance_at_1": 2 / n_layers, "chance_at_2": 2 / n_layers,
+                     "chance_pair_on_top": 1 / math.comb(n_layers, 2)})
     return pl.DataFrame(rows)
 
 

@@ -10,25 +10,35 @@ def scores(values: list[float], technique: str = "t") -> pl.DataFrame:
     return pl.DataFrame({"technique": technique, "layer": list(range(1, len(values) + 1)), "score": values})
 
 
-@pytest.mark.parametrize("values, pair, hit_1, hit_2", [
-    ([0.1, 0.2, 0.5, 0.4], (3, 4), True, True),     # the pair on top
-    ([0.1, 0.3, 0.5, 0.2], (3, 4), True, False),    # top layer in the pair, second outside
-    ([0.5, 0.1, 0.2, 0.4], (3, 4), False, False),   # top layer outside
-    ([0.0, 0.0, 0.0, 0.0], (1, 2), False, False),   # placed nothing: no credit for layer order
-    ([0.4, 0.1, 0.4, 0.1], (1, 2), False, False),   # a tie at the top with a layer outside
-    ([0.4, 0.4, 0.1, 0.1], (1, 2), True, True),     # a tie inside the pair is still the pair
-    ([0.3, 0.5, 0.3, 0.1], (2, 3), True, False),    # second place shared with a layer outside
+@pytest.mark.parametrize("values, pair, hit_1, hit_2, on_top", [
+    ([0.1, 0.2, 0.5, 0.4], (3, 4), True, 1.0, True),      # the pair on top
+    ([0.1, 0.3, 0.5, 0.2], (3, 4), True, 0.5, False),     # top layer in the pair, second outside
+    ([0.5, 0.1, 0.2, 0.4], (3, 4), False, 0.5, False),    # top layer outside, second in the pair
+    ([0.5, 0.4, 0.2, 0.1], (3, 4), False, 0.0, False),    # both outside the top two
+    ([0.0, 0.0, 0.0, 0.0], (1, 2), False, 0.0, False),    # placed nothing: no credit for layer order
+    ([0.4, 0.1, 0.4, 0.1], (1, 2), False, 0.5, False),    # a tie at the top with a layer outside
+    ([0.4, 0.4, 0.1, 0.1], (1, 2), True, 1.0, True),      # a tie inside the pair is still the pair
+    ([0.3, 0.5, 0.3, 0.1], (2, 3), True, 0.5, False),     # second place shared with a layer outside
 ])
-def test_hits_need_the_pair_strictly_on_top(values, pair, hit_1, hit_2):
+def test_accuracy_as_published_and_ties_earn_nothing(values, pair, hit_1, hit_2, on_top):
     row = accuracy_rows(scores(values), pair, 4).row(0, named=True)
-    assert (row["hit_at_1"], row["hit_at_2"]) == (hit_1, hit_2)
-    assert row["chance_at_1"] == 0.5 and row["chance_at_2"] == pytest.approx(1 / 6)
+    assert (row["hit_at_1"], row["hit_at_2"], row["pair_on_top"]) == (hit_1, hit_2, on_top)
+    # accuracy@2 is the share of the top two layers in the pair: chance 2/L, as published;
+    # the stricter pair_on_top has chance 1/C(L,2)
+    assert row["chance_at_1"] == row["chance_at_2"] == 0.5
+    assert row["chance_pair_on_top"] == pytest.approx(1 / 6)
+
+
+def test_published_chance_for_twelve_layers():
+    row = accuracy_rows(scores([0.0] * 10 + [0.5, 0.4]), (11, 12), 12).row(0, named=True)
+    assert row["chance_at_2"] == pytest.approx(1 / 6) and row["chance_pair_on_top"] == pytest.approx(1 / 66)
+    assert row["hit_at_2"] == 1.0 and row["pair_on_top"]
 
 
 def test_one_row_per_technique_and_the_default_pairs():
     frame = pl.concat([scores([0.1, 0.9, 0.8, 0.0], "a"), scores([0.9, 0.0, 0.0, 0.1], "b")])
     rows = {r["technique"]: r for r in accuracy_rows(frame, (2, 3), 4).iter_rows(named=True)}
-    assert rows["a"]["top_layers"] == "2,3" and rows["a"]["hit_at_2"]
+    assert rows["a"]["top_layers"] == "2,3" and rows["a"]["hit_at_2"] == 1.0
     assert rows["b"]["top_layers"] == "1,4" and not rows["b"]["hit_at_1"]
     assert default_pairs(4) == [(1, 2), (2, 3), (3, 4)]
     assert default_pairs(12) == [(1, 2), (6, 7), (11, 12)]
