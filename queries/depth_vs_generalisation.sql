@@ -1,7 +1,9 @@
 -- Do tasks that generalise better memorise later? Mean M-CoG over techniques against mean counterfactual generalisation (gen) of the clean training examples, per task.
--- The M-CoG is mcog_by_task's 'mean': over the techniques of each seed (NaN left out), then over seeds.
+-- The M-CoG is mcog_by_task's 'mean': over the paper's four techniques of each seed (NaN left
+-- out; centroids not among them), then over seeds.
 WITH per_seed AS (
-    SELECT task, model, seed, AVG(mcog) AS mcog FROM mcog WHERE pair = '' AND NOT isnan(mcog)
+    SELECT task, model, seed, AVG(mcog) AS mcog FROM mcog
+    WHERE pair = '' AND NOT isnan(mcog) AND technique IN ('swapping', 'retraining', 'gradients', 'probing')
     GROUP BY task, model, seed
 ),
 depth AS (
