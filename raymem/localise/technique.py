@@ -70,9 +70,12 @@ class PairInputs:
         return self.train["noisy"].to_numpy()
 
     @cached_property
+    def tokenizer(self):
+        return self.runtime.load_tokenizer(self.p["model"], self.p["max_length"])
+
+    @cached_property
     def data(self):
-        tokenizer = self.runtime.load_tokenizer(self.p["model"], self.p["max_length"])
-        return encode_split(tokenizer, self.train, self.labels, self.p["max_length"])
+        return encode_split(self.tokenizer, self.train, self.labels, self.p["max_length"])
 
     @cached_property
     def memorised(self):
@@ -84,9 +87,11 @@ class PairInputs:
         return self.runtime.load_checkpoint(self.p["clean_trial"], ("final",))
 
     def pretrained(self):
-        """A fresh classifier on the pre-trained weights (its head seeded by the trial)."""
+        """A fresh classifier on the pre-trained weights (its head seeded by the trial), with
+        the tokenizer's pad token like every other model: a decoder shipped without one
+        (GPT-Neo style) could not take a padded batch otherwise."""
         self.runtime.seed(self.p["seed"])
-        return self.runtime.load_classifier(self.p["model"], self.p["n_labels"])
+        return self.runtime.load_classifier(self.p["model"], self.p["n_labels"], self.tokenizer.pad_token_id)
 
     def hidden(self) -> np.ndarray:
         from raymem.stages.localise import read_hidden

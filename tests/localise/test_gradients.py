@@ -163,3 +163,26 @@ def test_per_example_gradients_refuse_a_parameter_they_cannot_split(data):
     layer.scale = torch.nn.Parameter(torch.ones(1))  # owned by the layer itself, not a Linear
     with pytest.raises(ValueError, match=r"bert\.encoder\.layer\.0\.scale belongs to a BertLayer"):
         per_example_gradients(model, data.batch([0, 1]))
+
+
+def test_the_head_only_control_model_gets_the_tokenizers_pad_token(tmp_path):
+    # a decoder whose config has no pad token (GPT-Neo style): the control model of
+    # forgetting gradients must take padded batches like every other model
+    import tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from raymem.localise.technique import PairInputs
+    from raymem.runtime import Runtime
+
+    words = ["</s>", "good", "bad", "film", "plot", "very"]
+    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="</s>"))
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>").save_pretrained(tmp_path)
+    config = transformers.GPT2Config(vocab_size=len(words), n_embd=16, n_layer=2, n_head=2, n_positions=32,
+                                     pad_token_id=None)
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path)  # pre-trained weights to start from
+    pair = PairInputs({"model": str(tmp_path), "n_labels": 2, "seed": 1, "max_length": 16}, Runtime("cpu"))
+    control = pair.pretrained()
+    assert control.config.pad_token_id == 0  # the tokenizer's pad token: its eos
+    batch = pair.tokenizer(["good film", "very very bad plot"], padding=True, return_tensors="pt")
+    assert control(**batch).logits.shape == (2, 2)  # a padded batch of two runs
