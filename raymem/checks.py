@@ -16,6 +16,7 @@ to change. A check whose inputs the study did not produce is left out. The check
 
 from __future__ import annotations
 
+import duckdb
 import numpy as np
 import polars as pl
 
@@ -33,21 +34,19 @@ def _row(task, model, seed, check, value, threshold, ok, warning) -> dict:
             "message": "" if ok else warning}
 
 
-def above_majority(predictions: pl.DataFrame, examples: pl.DataFrame) -> list[dict]:
-    clean = predictions.filter((pl.col("variant") == "clean") & (pl.col("checkpoint") == "final")
-                               & (pl.col("split") != "train"))
-    rows = []
-    for (task, model, seed, split), group in clean.group_by("task", "model", "seed", "split", maintain_order=True):
-        labels = examples.filter((pl.col("task") == task) & (pl.col("model") == model)
-                                 & (pl.col("split") == split))["original_label"]
-        majority = labels.value_counts(normalize=True)["proportion"].max()
-        accuracy = group["correct"].cast(pl.Float64).mean()
-        threshold = majority + ABOVE_MAJORITY_MARGIN
-        rows.append(_row(task, model, seed, "above_majority", accuracy, threshold, accuracy >= threshold,
-                         f"clean {split} accuracy {accuracy:.3f} is not above the majority class's share "
-                         f"{majority:.3f} by {ABOVE_MAJORITY_MARGIN}: the model learnt little; raise "
-                         f"finetune.epochs or lr, or check the labels"))
-    return rows
+def above_majority(fit: pl.DataFrame, majority: pl.DataFrame) -> list[dict]:
+    """`fit`: accuracy per (task, model, seed, variant, split, noisy) at the final checkpoint;
+    `majority`: the majority class's share per (task, model, split)."""
+    clean = (fit.filter((pl.col("variant") == "clean") & (pl.col("split") != "train"))
+             .group_by("task", "model", "seed", "split", maintain_order=True)
+             .agg(((pl.col("accuracy") * pl.col("n")).sum() / pl.col("n").sum()).alias("accuracy"))
+             .join(majority, on=["task", "model", "split"]))
+    return [_row(r["task"], r["model"], r["seed"], "above_majority", r["accuracy"],
+                 r["majority"] + ABOVE_MAJORITY_MARGIN, r["accuracy"] >= r["majority"] + ABOVE_MAJORITY_MARGIN,
+                 f"clean {r['split']} accuracy {r['accuracy']:.3f} is not above the majority class's share "
+                 f"{r['majority']:.3f} by {ABOVE_MAJORITY_MARGIN}: the model learnt little; raise "
+                 f"finetune.epochs or lr, or check the labels")
+            for r in clean.iter_rows(named=True)]
 
 
 def memorised_checkpoint(runs: pl.DataFrame) -> list[dict]:
@@ -60,17 +59,13 @@ def memorised_checkpoint(runs: pl.DataFrame) -> list[dict]:
             for r in noisy.iter_rows(named=True)]
 
 
-def fits_noisy_labels(predictions: pl.DataFrame, examples: pl.DataFrame) -> list[dict]:
-    final = predictions.filter((pl.col("variant") == "noisy") & (pl.col("checkpoint") == "final")
-                               & (pl.col("split") == "train"))
-    noisy = examples.filter(pl.col("noisy")).select("task", "model", "example_id")
-    fit = (final.join(noisy, on=["task", "model", "example_id"])
-           .group_by("task", "model", "seed", maintain_order=True)
-           .agg(pl.col("correct").cast(pl.Float64).mean().alias("fit")))
-    return [_row(r["task"], r["model"], r["seed"], "fits_noisy_labels", r["fit"], FITS_NOISY, r["fit"] >= FITS_NOISY,
-                 f"the noisy model fits only {r['fit']:.3f} of its relabelled training examples at its final "
-                 f"checkpoint: it has not memorised them; raise finetune.epochs or lr")
-            for r in fit.iter_rows(named=True)]
+def fits_noisy_labels(fit: pl.DataFrame) -> list[dict]:
+    noisy = fit.filter((pl.col("variant") == "noisy") & (pl.col("split") == "train") & pl.col("noisy"))
+    return [_row(r["task"], r["model"], r["seed"], "fits_noisy_labels", r["accuracy"], FITS_NOISY,
+                 r["accuracy"] >= FITS_NOISY,
+                 f"the noisy model fits only {r['accuracy']:.3f} of its relabelled training examples at its "
+                 f"final checkpoint: it has not memorised them; raise finetune.epochs or lr")
+            for r in noisy.iter_rows(named=True)]
 
 
 def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
@@ -145,36 +140,54 @@ def class_size(examples: pl.DataFrame) -> list[dict]:
     return rows
 
 
-# check -> the tables and columns it reads; a check is left out when they are not all there
+# Aggregates computed inside DuckDB, so that no check holds the predictions in memory.
+DERIVED = {
+    "fit": """SELECT p.task, p.model, p.seed, p.variant, p.split, e.noisy, COUNT(*) AS n,
+                     AVG(p.correct::DOUBLE) AS accuracy
+              FROM predictions p JOIN examples e USING (task, model, example_id)
+              WHERE p.checkpoint = 'final' GROUP BY ALL ORDER BY ALL""",
+    "majority": """SELECT task, model, split, MAX(n) / SUM(n) AS majority
+                   FROM (SELECT task, model, split, original_label, COUNT(*) AS n FROM examples GROUP BY ALL)
+                   GROUP BY ALL ORDER BY ALL""",
+}
+# check -> the frames it reads (tables, or DERIVED from them) and the tables those need
 INPUTS = {
-    class_size: {"examples": {"task", "model", "split", "original_label"}},
-    above_majority: {"predictions": {"task", "model", "seed", "variant", "checkpoint", "split", "correct"},
-                     "examples": {"task", "model", "split", "original_label"}},
-    fits_noisy_labels: {"predictions": {"task", "model", "seed", "variant", "checkpoint", "split", "correct",
-                                        "example_id"},
-                        "examples": {"task", "model", "example_id", "noisy"}},
-    memorised_checkpoint: {"runs": {"stage", "task", "model", "seed", "variant", "status", "memorised_epoch"}},
-    counterfactual_auroc: {"counterfactual": {"task", "model", "example_id", "mem"},
-                           "examples": {"task", "model", "split", "example_id", "noisy"}},
-    control_moves: {"control_accuracy": {"task", "model", "seed", "technique", "top_layers"}},
+    class_size: (("examples",), {"examples"}),
+    above_majority: (("fit", "majority"), {"predictions", "examples"}),
+    fits_noisy_labels: (("fit",), {"predictions", "examples"}),
+    memorised_checkpoint: (("runs",), {"runs"}),
+    counterfactual_auroc: (("counterfactual", "examples"), {"counterfactual", "examples"}),
+    control_moves: (("control_accuracy",), {"control_accuracy"}),
 }
 
 
-def checks(tables: dict[str, pl.DataFrame]) -> pl.DataFrame:
-    """Every check whose input tables and columns are present."""
+def checks(frames: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """Every check whose input frames are present."""
     rows = []
-    for check, needs in INPUTS.items():
-        if all(name in tables and columns <= set(tables[name].columns) for name, columns in needs.items()):
-            rows += check(*(tables[name] for name in needs))
+    for check, (reads, _) in INPUTS.items():
+        if all(name in frames for name in reads):
+            try:
+                rows += check(*(frames[name] for name in reads))
+            except pl.exceptions.ColumnNotFoundError:  # as above: not a study's table
+                continue
     return pl.DataFrame(rows, schema=SCHEMA)
 
 
 def create_checks_table(con) -> int:
     """Build `checks` in an open DuckDB database from its tables; return its row count."""
     present = {name for (name,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-    wanted = ("examples", "predictions", "runs", "counterfactual", "control_accuracy")
-    frame = checks({name: con.sql(f'SELECT * FROM "{name}"').pl() for name in wanted if name in present})
+    frames = {}
+    for reads, needs in INPUTS.values():
+        if not needs <= present:
+            continue
+        try:
+            for name in reads:
+                if name not in frames:
+                    frames[name] = con.sql(DERIVED.get(name, f'SELECT * FROM "{name}"')).pl()
+        except duckdb.BinderException:  # a table without the columns a study writes: no check
+            continue
+    frame = checks(frames)
     con.register("checks_frame", frame.to_arrow())
-    con.execute("CREATE OR REPLACE TABLE checks AS SELECT * FROM checks_frame")
+    con.execute("CREATE OR REPLACE TABLE checks AS SELECT * FROM checks_frame").fetchall()
     con.unregister("checks_frame")
     return frame.height

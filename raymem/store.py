@@ -103,12 +103,16 @@ class Store:
         return sorted(i.base_name for i in infos
                       if i.type == pafs.FileType.Directory and i.base_name not in NOT_TABLES)
 
-    def read_table(self, table: str, trial_ids: set[str] | None = None) -> pa.Table | None:
-        """Every shard of a table, or only those of the given trials."""
+    def shard_paths(self, table: str, trial_ids: set[str] | None = None) -> list[str]:
+        """The shards of a table (all, or the given trials'), from one listing, sorted."""
         selector = pafs.FileSelector(self._path(table), recursive=True, allow_not_found=True)
-        files = sorted(i.path for i in self.fs.get_file_info(selector)
-                       if i.type == pafs.FileType.File and i.path.endswith(".parquet")
-                       and (trial_ids is None or i.base_name[:-len(".parquet")] in trial_ids))
+        return sorted(i.path for i in self.fs.get_file_info(selector)
+                      if i.type == pafs.FileType.File and i.path.endswith(".parquet")
+                      and (trial_ids is None or i.base_name[:-len(".parquet")] in trial_ids))
+
+    def read_table(self, table: str, trial_ids: set[str] | None = None) -> pa.Table | None:
+        """Every shard of a table, or only those of the given trials, in memory."""
+        files = self.shard_paths(table, trial_ids)
         if not files:
             return None
         parts = [pq.read_table(f, filesystem=self.fs) for f in files]
@@ -227,13 +231,17 @@ def ingest(store: Store, db_path: Path, trial_ids: set[str] | None = None) -> di
         con = duckdb.connect(tmp)
         try:
             for table in store.tables():
-                data = store.read_table(table, trial_ids)
-                if data is None:
+                files = store.shard_paths(table, trial_ids)
+                if not files:
                     continue
-                con.register("shards", data)
-                con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM shards')
-                con.unregister("shards")
-                counts[table] = data.num_rows
+                if store.is_local:  # DuckDB reads the shards itself, streaming: flat in memory
+                    con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM read_parquet(?, union_by_name = true)',
+                                [files]).fetchall()
+                else:  # object storage: through pyarrow's filesystem (DuckDB's httpfs may be absent)
+                    con.register("shards", store.read_table(table, trial_ids))
+                    con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM shards').fetchall()
+                    con.unregister("shards")
+                counts[table] = con.execute(f'SELECT COUNT(*) FROM "{table}"').fetchall()[0][0]
             if counts:
                 counts["checks"] = create_checks_table(con)
         finally:

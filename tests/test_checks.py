@@ -25,11 +25,24 @@ def _one(rows):
     return row
 
 
+def _checks_of(tmp_path, **tables) -> dict[str, dict]:
+    """Build the checks of a database holding `tables`; check name -> its row."""
+    con = duckdb.connect(str(tmp_path / "r.duckdb"))
+    for name, frame in tables.items():
+        con.register("frame", frame.to_arrow())
+        con.execute(f"CREATE TABLE {name} AS SELECT * FROM frame")
+        con.unregister("frame")
+    checks.create_checks_table(con)
+    rows = con.sql("SELECT * FROM checks").pl().to_dicts()
+    con.close()
+    return {r["check_name"]: r for r in rows}
+
+
 @pytest.mark.parametrize("accuracy, status", [(0.70, "warn"), (0.76, "pass")])
-def test_above_majority(accuracy, status):
+def test_above_majority(tmp_path, accuracy, status):
     examples = _examples([0] * 70 + [1] * 30, split="test")  # majority share 0.7
     correct = [True] * round(accuracy * 100) + [False] * (100 - round(accuracy * 100))
-    row = _one(checks.above_majority(_predictions(correct), examples))
+    row = _checks_of(tmp_path, examples=examples, predictions=_predictions(correct))["above_majority"]
     assert row["status"] == status and row["threshold"] == pytest.approx(0.75)
     assert row["value"] == pytest.approx(accuracy)
     assert (status == "warn") == ("raise finetune.epochs or lr" in row["message"])
@@ -44,10 +57,10 @@ def test_memorised_checkpoint():
 
 
 @pytest.mark.parametrize("fitted, status", [(9, "pass"), (5, "warn")])
-def test_fits_noisy_labels(fitted, status):
+def test_fits_noisy_labels(tmp_path, fitted, status):
     examples = _examples([0] * 20, noisy=[True] * 10 + [False] * 10)
     predictions = _predictions([True] * fitted + [False] * (10 - fitted) + [True] * 10, variant="noisy", split="train")
-    row = _one(checks.fits_noisy_labels(predictions, examples))
+    row = _checks_of(tmp_path, examples=examples, predictions=predictions)["fits_noisy_labels"]
     assert row["status"] == status and row["value"] == pytest.approx(fitted / 10)
 
 
