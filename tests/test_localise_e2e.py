@@ -310,6 +310,10 @@ def test_rerun_adds_no_rows_and_skips_everything(study_run):
         assert dupes[0][0] == 0, table
     first, second, _ = study_run["logs"]
     assert "[hidden]" in first and "[ingest]" in first and "[charts]" in first
+    # one progress line per sweep, not Tune's configuration dump per trial
+    n_training = 2 + N_MODELS + 2
+    assert f"[training] {n_training}/{n_training} done, 0 failed, 0 running, 0 pending" in first
+    assert "started with configuration" not in first
     # answered from the store: no Ray started, nothing ingested or charted again
     n = study_run["plan"].n_trials()
     assert f"[study] all {n} trials are done and {db} holds them: nothing to run" in second
