@@ -164,38 +164,39 @@ def interruptible():
             signal.signal(s, handler)
 
 
-def _progress_callback(name: str, total: int, log, every_seconds: float = 10.0):
+def _progress_callback(name: str, total: int, every_seconds: float = 10.0):
     """A Tune callback printing one progress line for the whole sweep (instead of Tune's
-    per-trial configuration dumps): done, failed, running and pending, and the time left."""
+    per-trial configuration dumps): done, failed, running and pending, and the time left.
+    It prints rather than holding a log function: Tune pickles its callbacks."""
     from ray import tune
 
     class Progress(tune.Callback):
         def __init__(self):
             self.start, self.last = time.time(), 0.0
 
-        def _line(self, trials, force: bool = False) -> None:
+        def _line(self, trials, completed=None) -> None:
+            # Tune calls back before it marks the completed trial TERMINATED: count it here
+            ended = [t for t in trials if t.status in ("TERMINATED", "ERROR") or t is completed]
             now = time.time()
-            if not force and now - self.last < every_seconds:
+            if len(ended) < total and now - self.last < every_seconds:
                 return
             self.last = now
-            ended = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
             failed = sum(t.status == "ERROR" or (t.last_result or {}).get("status") == "failed" for t in ended)
-            running = sum(t.status == "RUNNING" for t in trials)
+            running = sum(t.status == "RUNNING" and t is not completed for t in trials)
             left = total - len(ended)
             eta = (now - self.start) / len(ended) * left if ended else float("nan")
-            log(f"[{name}] {len(ended) - failed}/{total} done, {failed} failed, {running} running, "
-                f"{left - running} pending; {now - self.start:.0f}s so far"
-                + (f", about {eta:.0f}s left" if ended and left else ""))
+            print(f"[{name}] {len(ended) - failed}/{total} done, {failed} failed, {running} running, "
+                  f"{left - running} pending; {now - self.start:.0f}s so far"
+                  + (f", about {eta:.0f}s left" if ended and left else ""), flush=True)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self._line(trials, force=len([t for t in trials if t.status in ("TERMINATED", "ERROR")]) == total)
+            self._line(trials, completed=trial)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             # an exception inside a trial is recorded by run_trial; this is a lost worker or node
             reports = (trial.last_result or {}).get("training_iteration", 0)
-            log(f"[{name}] {trial.config['trial']['label']}: its worker was lost after {reports} reports "
-                f"(retried up to finetune.max_failures times, from its last progress checkpoint)")
-            self._line(trials, force=True)
+            print(f"[{name}] {trial.config['trial']['label']}: its worker was lost after {reports} reports "
+                  f"(retried up to finetune.max_failures times, from its last progress checkpoint)", flush=True)
 
     return Progress()
 
@@ -232,7 +233,7 @@ def run_sweep(name: str, trials: list[Trial], resources: Resources, store: Store
             name=f"{pending[0].study}-{name}", storage_path=store.local_path("tune"),
             # Tune's own output prints every trial's configuration; one progress line instead
             failure_config=tune.FailureConfig(max_failures=max_failures), verbose=0,
-            callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), _progress_callback(name, len(pending), log)]))
+            callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), _progress_callback(name, len(pending))]))
     start = time.time()
     tuner.fit()
     done = store.done_ids()
