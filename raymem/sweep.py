@@ -192,11 +192,16 @@ def _progress_callback(name: str, total: int, every_seconds: float = 10.0):
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._line(trials, completed=trial)
 
-        def on_trial_error(self, iteration, trials, trial, **info):
+        def on_trial_recover(self, iteration, trials, trial, **info):
             # an exception inside a trial is recorded by run_trial; this is a lost worker or node
             reports = (trial.last_result or {}).get("training_iteration", 0)
-            print(f"[{name}] {trial.config['trial']['label']}: its worker was lost after {reports} reports "
-                  f"(retried up to finetune.max_failures times, from its last progress checkpoint)", flush=True)
+            print(f"[{name}] {trial.config['trial']['label']}: its worker was lost after {reports} reports; "
+                  f"retrying from its last progress checkpoint", flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            print(f"[{name}] {trial.config['trial']['label']}: lost its worker more than "
+                  f"finetune.max_failures times; it failed", flush=True)
+            self._line(trials, completed=trial)
 
     return Progress()
 
