@@ -145,6 +145,13 @@ class LocaliseConfig(Strict):
     probe_seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1,
                                    description="probing: one probe per layer per seed, F1 averaged")
     probe_epochs: int = Field(20, ge=1, description="probing: epochs per probe")
+    gradient_norm: Literal["l1", "l2"] = Field("l1", description="forgetting gradients: the norm over a "
+                                                                "layer's parameters (l1 as published)")
+    gradient_subtract_clean: bool = Field(True, description="forgetting gradients: the noisy set's mean "
+                                                            "gradient minus the clean set's (as published), "
+                                                            "or the noisy set's alone")
+    gradient_control: bool = Field(True, description="forgetting gradients: divide by a head-only control "
+                                                     "model's differences (as published), or not")
     resources: Resources = Field(Resources(), description="per technique trial")
     actors: ActorPool = Field(ActorPool(), description="the hidden-state extraction actor pool")
     control: ControlConfig = Field(ControlConfig(), description="the control setup")

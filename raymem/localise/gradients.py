@@ -223,14 +223,26 @@ def mean_gradients(model, data: Encoded, index, batch_size: int = 32, method: st
     return {n: g / count for n, g in total.items()}
 
 
+NORMS = ("l1", "l2")
+
+
 def layer_gradient_differences(model, data: Encoded, noisy_index, clean_index, batch_size: int = 32,
-                               method: str = "mean") -> np.ndarray:
-    """(L,): per layer, the L1 norm of mean_noisy - mean_clean over its parameters."""
+                               method: str = "mean", norm: str = "l1",
+                               subtract_clean: bool = True) -> np.ndarray:
+    """(L,): per layer, the norm (L1 as published, or L2) over its parameters of
+    mean_noisy - mean_clean, or of mean_noisy alone with `subtract_clean` off."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, not {norm!r}")
     layers = layer_parameter_names(model)
     names = [n for layer in layers for n in layer]
     noisy = mean_gradients(model, data, noisy_index, batch_size, method, names)
-    clean = mean_gradients(model, data, clean_index, batch_size, method, names)
-    return np.array([sum(float((noisy[n] - clean[n]).abs().sum()) for n in layer) for layer in layers])
+    clean = mean_gradients(model, data, clean_index, batch_size, method, names) if subtract_clean else None
+    out = []
+    for layer in layers:
+        parts = [noisy[n] - clean[n] if subtract_clean else noisy[n] for n in layer]
+        out.append(sum(float(p.abs().sum()) for p in parts) if norm == "l1"
+                   else float(sum(float((p ** 2).sum()) for p in parts) ** 0.5))
+    return np.array(out)
 
 
 def matched_clean_index(noisy_mask: np.ndarray, seed: int) -> np.ndarray:
@@ -242,14 +254,21 @@ def matched_clean_index(noisy_mask: np.ndarray, seed: int) -> np.ndarray:
 
 
 def forgetting_gradient_scores(model, control_model, data: Encoded, noisy_index, clean_index,
-                               batch_size: int = 32, method: str = "mean") -> np.ndarray:
-    """(L,) layer scores summing to 1: g_l of the memorised model over g_l of the control.
+                               batch_size: int = 32, method: str = "mean", norm: str = "l1",
+                               subtract_clean: bool = True) -> np.ndarray:
+    """(L,) layer scores summing to 1: g_l of the memorised model over g_l of the control
+    (or g_l alone when `control_model` is None: the variant without the paper's control
+    normalisation, which lets the layers' sizes speak).
 
     `data` carries the training labels (noisy labels for the noisy examples); the same
     noisy and clean examples are used for both models.
     """
-    memorised = layer_gradient_differences(model, data, noisy_index, clean_index, batch_size, method)
-    control = layer_gradient_differences(control_model, data, noisy_index, clean_index, batch_size, method)
+    differences = lambda m: layer_gradient_differences(  # noqa: E731
+        m, data, noisy_index, clean_index, batch_size, method, norm, subtract_clean)
+    memorised = differences(model)
+    if control_model is None:
+        return memorised / memorised.sum()
+    control = differences(control_model)
     if len(memorised) != len(control):
         raise ValueError(f"the control model has {len(control)} layers, the model {len(memorised)}")
     if np.any(control <= 0):
@@ -265,14 +284,25 @@ class Gradients(Technique):
     name = "gradients"
     uses = frozenset({"pair", "pretrained"})
 
+    # the published measure; a variant's setting enters the trial id only when it differs
+    DEFAULTS = {"gradient_norm": "l1", "gradient_subtract_clean": True, "gradient_control": True}
+
+    def settings(self, cfg) -> dict:
+        return {key: getattr(cfg, key) for key, default in self.DEFAULTS.items() if getattr(cfg, key) != default}
+
     def run(self, p: dict, pair: PairInputs, runtime: Runtime) -> Tables:
         from raymem.localise.retraining import train_head
 
+        variant = {**self.DEFAULTS, **{k: p[k] for k in self.DEFAULTS if k in p}}
         noisy_index = np.flatnonzero(pair.noisy)
         clean_index = matched_clean_index(pair.noisy, p["seed"])
-        control = pair.pretrained()
-        control.config.use_cache = False
         with runtime.autocast():
-            train_head(control, pair.data, TrainSettings(**p["control_training"]), p["seed"])
-            scores = forgetting_gradient_scores(pair.memorised, control, pair.data, noisy_index, clean_index)
+            control = None
+            if variant["gradient_control"]:
+                control = pair.pretrained()
+                control.config.use_cache = False
+                train_head(control, pair.data, TrainSettings(**p["control_training"]), p["seed"])
+            scores = forgetting_gradient_scores(pair.memorised, control, pair.data, noisy_index, clean_index,
+                                                norm=variant["gradient_norm"],
+                                                subtract_clean=variant["gradient_subtract_clean"])
         return {"layer_scores": layer_rows(p, self.name, scores)}

@@ -186,3 +186,37 @@ def test_the_head_only_control_model_gets_the_tokenizers_pad_token(tmp_path):
     assert control.config.pad_token_id == 0  # the tokenizer's pad token: its eos
     batch = pair.tokenizer(["good film", "very very bad plot"], padding=True, return_tensors="pt")
     assert control(**batch).logits.shape == (2, 2)  # a padded batch of two runs
+
+
+def test_gradient_variants(data):
+    """L2 instead of L1, the noisy mean alone, and no control normalisation, each checked
+    against its own arithmetic."""
+    model, control = model_for("bert", data), model_for("bert", data, seed=1)
+    noisy, clean = [0, 1, 2, 3], [4, 5, 6, 7]
+    names = layer_parameter_names(model)
+    mean_noisy = mean_gradients(model, data, noisy)
+    mean_clean = mean_gradients(model, data, clean)
+    l2 = np.array([sum(float(((mean_noisy[n] - mean_clean[n]) ** 2).sum()) for n in layer) ** 0.5
+                   for layer in names])
+    np.testing.assert_allclose(layer_gradient_differences(model, data, noisy, clean, norm="l2"), l2, rtol=1e-5)
+    alone = np.array([sum(float(mean_noisy[n].abs().sum()) for n in layer) for layer in names])
+    np.testing.assert_allclose(layer_gradient_differences(model, data, noisy, clean, subtract_clean=False),
+                               alone, rtol=1e-5)
+    l1 = layer_gradient_differences(model, data, noisy, clean)
+    np.testing.assert_allclose(forgetting_gradient_scores(model, None, data, noisy, clean), l1 / l1.sum(),
+                               rtol=1e-6)
+    published = forgetting_gradient_scores(model, control, data, noisy, clean)
+    assert not np.allclose(published, l1 / l1.sum())  # the control normalisation changes the scores
+    with pytest.raises(ValueError, match="norm must be one of"):
+        layer_gradient_differences(model, data, noisy, clean, norm="l3")
+
+
+def test_gradient_variants_enter_only_their_own_trial_ids():
+    from raymem.config import LocaliseConfig
+    from raymem.localise.registry import TECHNIQUES
+
+    gradients = TECHNIQUES["gradients"]
+    assert gradients.settings(LocaliseConfig()) == {}  # the published measure: ids as before
+    assert gradients.settings(LocaliseConfig(gradient_norm="l2", gradient_control=False)) == {
+        "gradient_norm": "l2", "gradient_control": False}
+    assert TECHNIQUES["swapping"].settings(LocaliseConfig(gradient_norm="l2")) == {}
