@@ -1,4 +1,4 @@
-"""Small pieces every stage shares: how its trials run, training settings, encoding a split."""
+"""Small pieces every stage shares: how its trials run, reading and encoding a split."""
 
 from __future__ import annotations
 
@@ -6,16 +6,12 @@ import numpy as np
 import polars as pl
 
 from raymem.config import Hardware
-from raymem.train import Encoded, TrainSettings
+from raymem.train import Encoded
 
 
 def runtime_options(hardware: Hardware, checkpoint_every: int = 0) -> dict:
     """A trial's `runtime` field: its resources, device, precision and checkpointing."""
     return {**hardware.model_dump(), "checkpoint_every": checkpoint_every}
-
-
-def training_settings(settings: dict) -> TrainSettings:
-    return TrainSettings(**settings)
 
 
 def encode_split(tokenizer, split: pl.DataFrame, labels: np.ndarray, max_length: int) -> Encoded:

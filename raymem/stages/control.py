@@ -23,8 +23,8 @@ from raymem.errors import ConfigError
 from raymem.localise.layers import body_layers, is_decoder_model, pool
 from raymem.models import embedding_parameters
 from raymem.runtime import Runtime, TrainingState
-from raymem.stages.common import encode_split, runtime_options, train_split, training_settings
-from raymem.train import make_optimiser
+from raymem.stages.common import encode_split, runtime_options, train_split
+from raymem.train import TrainSettings, make_optimiser
 from raymem.trial import PlanContext, Tables, Trial
 
 STAGE = "control"
@@ -41,7 +41,7 @@ def run(trial: Trial, runtime: Runtime) -> Tables:
     of both tasks, and between their backward passes the noisy task's gradient is removed
     from the body layers outside the planted pair."""
     p = trial.params
-    s = training_settings(p["settings"])
+    s = TrainSettings(**p["settings"])
     tokenizer = runtime.load_tokenizer(p["model"], s.max_length)
     train = train_split(runtime.store, p["examples_trial"])
     task = encode_split(tokenizer, train, train["label" if p["variant"] == "noisy" else "original_label"]

@@ -14,9 +14,9 @@ import polars as pl
 
 from raymem.config import Study
 from raymem.runtime import Runtime
-from raymem.stages.common import encode_split, runtime_options, train_split, training_settings
+from raymem.stages.common import encode_split, runtime_options, train_split
 from raymem.store import Store
-from raymem.train import fine_tune, predict
+from raymem.train import TrainSettings, fine_tune, predict
 from raymem.trial import PlanContext, Tables, Trial
 
 STAGE = "counterfactual"
@@ -52,7 +52,7 @@ def plan(study: Study, context: PlanContext) -> list[Trial]:
 
 def run(trial: Trial, runtime: Runtime) -> Tables:
     p = trial.params
-    s = training_settings(p["settings"])
+    s = TrainSettings(**p["settings"])
     train = train_split(runtime.store, p["examples_trial"])
     labels = train["label"].to_numpy()  # the perturbed labels: noisy examples can only be memorised
     in_subset = subset_mask(train["example_id"].to_list(), p["subset_seed"], p["index"])

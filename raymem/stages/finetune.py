@@ -14,8 +14,8 @@ import torch
 
 from raymem.config import Study
 from raymem.runtime import Runtime
-from raymem.stages.common import encode_split, runtime_options, training_settings
-from raymem.train import fine_tune, macro_f1, predict
+from raymem.stages.common import encode_split, runtime_options
+from raymem.train import TrainSettings, fine_tune, macro_f1, predict
 from raymem.trial import PlanContext, Tables, Trial
 
 STAGE = "finetune"
@@ -53,7 +53,7 @@ def run(trial: Trial, runtime: Runtime) -> Tables:
     p = trial.params
     settings = dict(p["settings"])
     memorised_f1 = settings.pop("memorised_f1")
-    s = training_settings(settings)
+    s = TrainSettings(**settings)
     examples = runtime.store.read_shard("examples", "examples", p["examples_trial"])
     train = examples.filter(pl.col("split") == "train")
     evaluation = examples.filter(pl.col("split") == p["eval_split"])

@@ -70,14 +70,14 @@ def plan_pair(study, context: PlanContext, memorised: Trial, clean: Trial,
                                                     "max_length")},
                    name, uri, (memorised.trial_id, examples.trial_id), runtime_options(cfg.actors))
     needs = (memorised.trial_id, clean.trial_id, examples.trial_id)
-    techniques = []
+    techniques, uses_hidden = [], False
     for technique in (TECHNIQUES[t] for t in cfg.techniques):
         reads_hidden = "hidden" in technique.uses
+        uses_hidden |= reads_hidden
         pair_base = {**base, "hidden_trial": hidden.trial_id} if reads_hidden else base
         techniques += [Trial(STAGE, params, name, uri, needs + ((hidden.trial_id,) if reads_hidden else ()),
                              runtime_options(cfg.resources))
                        for params in technique.trials(pair_base, context.n_layers[model], cfg)]
-    uses_hidden = any("hidden" in TECHNIQUES[t].uses for t in cfg.techniques)
     summary = Trial(SUMMARY, {**{k: base[k] for k in PAIR_KEYS},
                               "trials": sorted(t.trial_id for t in techniques)},
                     name, uri, tuple(t.trial_id for t in techniques))
