@@ -67,12 +67,26 @@ def _print_checks(db_path: Path) -> None:
         print(f"  WARN {row['check_name']} [{where}]: {row['message']}")
 
 
+def _overrides(args) -> dict:
+    """--results and every --set KEY=VALUE (the value read as YAML: true, 0.001, [1, 2])."""
+    import yaml
+
+    from raymem.errors import ConfigError
+
+    overrides = {"results": args.results} if args.results else {}
+    for setting in args.set:
+        key, equals, value = setting.partition("=")
+        if not equals or not key.strip():
+            raise ConfigError(f"--set {setting}: expected KEY=VALUE, e.g. --set search.enabled=true")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
 def cmd_study(args) -> int:
     from raymem.config import load_study
 
     start = time.time()
-    overrides = {"results": args.results} if args.results else None
-    study = load_study(args.file, overrides)
+    study = load_study(args.file, _overrides(args))
     if not (study.ray.address or os.environ.get("RAY_ADDRESS")) and "ray" not in sys.modules:
         # A Ray of our own on this machine: Ray's single-machine mode binds every server
         # to 127.0.0.1 instead of all interfaces. Read once, when ray is imported.
@@ -90,7 +104,8 @@ def cmd_study(args) -> int:
         failed = run_plan(plan)
     except KeyboardInterrupt as stop:  # raymem's StudyInterrupted, or Ray's own from a wait
         done = len(plan.store.done_ids() & {t.trial_id for t in plan.trials})
-        resume = " ".join(["raymem study", args.file, *(["--results", args.results] if args.results else [])])
+        resume = " ".join(["raymem study", args.file, *(["--results", args.results] if args.results else []),
+                           *(f"--set {s}" for s in args.set)])
         print(f"\nstudy {study.study} stopped ({stop or 'SIGINT'}): {done} of {plan.n_trials()} trials are "
               f"finished and kept; nothing half-written is used.\nResume with the same command:\n  {resume}",
               file=sys.stderr, flush=True)
@@ -161,7 +176,7 @@ def cmd_status(args) -> int:
     from raymem.store import ATTEMPTS
     from raymem.study import make_plan
 
-    study = load_study(args.file, {"results": args.results} if args.results else None)
+    study = load_study(args.file, _overrides(args))
     plan = make_plan(study, log=lambda *_: None)
     store, ids = plan.store, {t.trial_id for t in plan.trials}
     done = store.done_ids() & ids
@@ -206,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("study", help="run a study file on Ray (local, or the cluster in RAY_ADDRESS)")
     p.add_argument("file")
     p.add_argument("--results", help="override the study's results location (path or s3:// URI)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one study key, dotted for a section's (e.g. search.enabled=true)")
     p.set_defaults(fn=cmd_study)
     p = sub.add_parser("query", help="run queries/NAME.sql against the results database")
     p.add_argument("name", nargs="?")
@@ -230,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="per stage: trials done, failed, started, pending (reads the store only)")
     p.add_argument("file")
     p.add_argument("--results", help="the results location, if not the study file's")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for `raymem study`")
     p.set_defaults(fn=cmd_status)
     p = sub.add_parser("schema", help="every key of a study file: type, default, meaning (Markdown)")
     p.set_defaults(fn=cmd_schema)

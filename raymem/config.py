@@ -106,6 +106,43 @@ class FinetuneConfig(Strict):
                                                        "many epochs (0: none); deleted when it finishes")
 
 
+class SearchSpace(Strict):
+    """The training settings the search tries: a list of values for each (a list of one fixes it)."""
+    lr: list[float] = Field(default_factory=lambda: [1e-5, 3e-5, 1e-4], min_length=1,
+                            description="AdamW peak learning rates tried")
+    epochs: list[int] = Field(default_factory=lambda: [10, 20], min_length=1, description="epoch budgets tried")
+    batch_size: list[int] = Field(default_factory=lambda: [8, 16], min_length=1, description="batch sizes tried")
+
+    @model_validator(mode="after")
+    def _positive(self):
+        for key in ("lr", "epochs", "batch_size"):
+            if any(v <= 0 for v in getattr(self, key)):
+                raise ValueError(f"{key}: every value must be above 0 (got {getattr(self, key)})")
+        return self
+
+    def size(self) -> int:
+        return len(self.lr) * len(self.epochs) * len(self.batch_size)
+
+
+class SearchConfig(Strict):
+    """Training settings chosen per (task, model) on the validation split by a Ray Tune search with
+    ASHA early stopping; fine-tuning, subset, control and retraining models then use the winner."""
+    enabled: bool = Field(False, description="search the settings of `space` before fine-tuning (off: the "
+                                             "finetune settings as given)")
+    space: SearchSpace = Field(SearchSpace(), description="the values tried")
+    algorithm: Literal["grid", "random"] = Field("grid", description="grid: every combination of `space`; "
+                                                                     "random: `samples` of them, drawn by `seed`")
+    samples: int = Field(8, ge=1, description="random only: combinations tried")
+    seed: int = Field(0, description="random only: fixes the combinations drawn")
+    metric: Literal["accuracy", "macro_f1"] = Field("accuracy", description="the objective: clean validation "
+                                                                             "accuracy or macro-F1")
+    grace_period: int = Field(2, ge=1, description="ASHA: epochs every candidate trains before it can be stopped")
+    reduction_factor: int = Field(2, ge=2, description="ASHA: at each rung, the best 1/reduction_factor go on")
+    concurrent: int = Field(1, ge=1, description="candidates trained at once; above 1, which candidates ASHA "
+                                                 "stops depends on which reports first, so reruns may differ")
+    resources: Resources = Field(Resources(), description="per candidate")
+
+
 class CounterfactualConfig(Strict):
     """Counterfactual memorisation (Feldman & Zhang, 2020): subset models trained with the
     finetune settings and resources."""
@@ -218,6 +255,7 @@ class Study(Strict):
     eval_split: Split = Field("test", description="the split fine-tuned models are evaluated on")
     bin_width: float = Field(0.1, gt=0, le=1, description="PreCog bin width of the end-of-study summary")
     precog: PrecogConfig = Field(PrecogConfig(), description="PreCog")
+    search: SearchConfig = Field(SearchConfig(), description="training settings chosen on the validation split")
     finetune: FinetuneConfig = Field(FinetuneConfig(), description="fine-tuning")
     counterfactual: CounterfactualConfig = Field(CounterfactualConfig(), description="counterfactual memorisation")
     localise: LocaliseConfig = Field(LocaliseConfig(), description="localisation and the control setup")
@@ -240,7 +278,8 @@ def _location(loc: tuple) -> str:
 
 
 def load_study(path: str | Path, overrides: dict | None = None) -> Study:
-    """Read and validate a study file; raise ConfigError naming the file and field."""
+    """Read and validate a study file, with `overrides` ({"search.enabled": True}) on top;
+    raise ConfigError naming the file and field."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"study file not found: {path}")
@@ -250,7 +289,14 @@ def load_study(path: str | Path, overrides: dict | None = None) -> Study:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
-    raw.update(overrides or {})
+    for key, value in (overrides or {}).items():  # dotted keys reach into sections: search.enabled
+        *sections, last = key.split(".")
+        where = raw
+        for section in sections:
+            where = where.setdefault(section, {})
+            if not isinstance(where, dict):
+                raise ConfigError(f"{path}: {key}: {section} is not a section of settings")
+        where[last] = value
     try:
         return Study.model_validate(raw)
     except ValidationError as exc:

@@ -2,8 +2,8 @@
 
     plan:     study file -> tasks and models loaded and checked -> examples -> one list of
               trials, each stage's `plan` adding its own (raymem/trial.py has the protocol)
-    run:      examples -> precog (Ray Data actor pool) -> fine-tuning, subset and control models
-              (one Ray Tune sweep) -> hidden states (Ray Data) -> localisation (Ray Tune)
+    run:      examples -> precog (Ray Data actor pool) -> search (a Tune experiment per task and
+              model, optional) -> fine-tuning, subset and control models (one Ray Tune sweep) -> hidden states (Ray Data) -> localisation (Ray Tune)
               -> summaries -> ingest
 
 Every bad input is found while planning, so it fails before any trial starts and
@@ -23,14 +23,15 @@ from raymem.config import Study
 from raymem.data import prepare_examples
 from raymem.errors import ConfigError
 from raymem.models import ModelSpec, check_masked_lm, check_model, layer_count, model_spec
-from raymem.stages import control, counterfactual, examples as examples_stage, finetune, localise, precog
+from raymem.runtime import Runtime
+from raymem.stages import control, counterfactual, examples as examples_stage, finetune, localise, precog, search
 from raymem.store import Store, database_path, ingest, is_ingested
 from raymem.sweep import interruptible, record_run, run_sweep
 from raymem.tasks import load_task
 from raymem.trial import PlanContext, Trial
 
 # Stages in the order they are planned and run (each may read what the ones before planned).
-STAGES = (precog, finetune, counterfactual, control, localise)
+STAGES = (precog, search, finetune, counterfactual, control, localise)
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Plan:
 
 def _stage_enabled(study: Study, stage) -> bool:
     return {"precog": study.precog.enabled, "finetune": study.finetune.enabled,
+            "search": study.search.enabled and study.finetune.enabled,
             "counterfactual": study.counterfactual.enabled, "localise": study.localise.enabled,
             "control": study.localise.enabled and study.localise.control.enabled}[stage.STAGE]
 
@@ -92,6 +94,8 @@ def make_plan(study: Study, log=print) -> Plan:
         if study.finetune.enabled and spec.name in study.task_names() and study.eval_split not in splits:
             raise ConfigError(f"eval_split: task {spec.name} has no {study.eval_split!r} split "
                               f"(it has {sorted(splits)})")
+        if spec.name in study.task_names():
+            search.check_splits(study, spec.name, splits)
         n_labels[spec.name] = len(spec.label_names)
         for name, mspec in models.items():
             examples[spec.name, name] = prepare_examples(study, spec, splits, mspec)
@@ -142,6 +146,23 @@ def _run_localisation(plan: Plan, log) -> list[Trial]:
     return failed + skipped
 
 
+def _run_search(store: Store, trial: Trial, done: bool, log) -> None:
+    """One (task, model)'s search: a Tune experiment the driver starts; then its winner."""
+    p, name = trial.params, f"[search] {trial.params['task']} / {trial.params['model']}"
+    if not done:
+        n = search.n_candidates(p)
+        log(f"{name}: {n} candidates on the validation split, ASHA stopping the weaker ones early")
+
+        def compute(info):
+            runtime = Runtime("cpu", "fp32", None, store)  # the driver only drives; candidates run elsewhere
+            tables = search.run(trial, runtime)
+            info.update(runtime.info)
+            return tables
+        _run_in_driver(store, trial, compute)
+    table = store.read_shard("search", search.STAGE, trial.trial_id)
+    log(f"{name}: {'already done; ' if done else ''}{search.describe(table)}")
+
+
 def _run_in_driver(store: Store, trial: Trial, compute, record: bool = True) -> None:
     """A driver-side step: its tables, its runs row (not for a summary) and its marker.
     `compute(info)` returns the tables and may note in `info` where it ran."""
@@ -172,7 +193,7 @@ def _check_gpus(study: Study) -> None:
 
     if study.ray.address or os.environ.get("RAY_ADDRESS") or torch.cuda.is_available():
         return
-    asked = {"finetune.resources": study.finetune.resources, "precog.actors": study.precog.actors,
+    asked = {"finetune.resources": study.finetune.resources, "search.resources": study.search.resources, "precog.actors": study.precog.actors,
              "localise.resources": study.localise.resources, "localise.actors": study.localise.actors}
     for where, hardware in asked.items():
         if hardware.gpus > 0:
@@ -215,6 +236,8 @@ def _run_stages(plan: Plan, log) -> list[Trial]:
         start = time.time()
         _run_in_driver(store, trial, lambda info: precog.run(trial, examples, plan.models[model], study, info))
         log(f"[precog] {task} / {model}: done in {time.time() - start:.1f}s")
+    for trial in plan.of_stage(search.STAGE):
+        _run_search(store, trial, trial.trial_id in done, log)
     # Fine-tuning, subset models and control models need only the examples: one sweep,
     # longest trials first (control models learn two tasks), so the cores stay busy.
     training = plan.of_stage(control.STAGE) + plan.of_stage(finetune.STAGE, counterfactual.STAGE)

@@ -164,7 +164,12 @@ def interruptible():
             signal.signal(s, handler)
 
 
-def _progress_callback(name: str, total: int, every_seconds: float = 10.0):
+def _label(tune_trial) -> str:
+    """A raymem trial's label, or Tune's own name for a trial that is not one (a search candidate)."""
+    return tune_trial.config.get("trial", {}).get("label", str(tune_trial))
+
+
+def progress_callback(name: str, total: int, every_seconds: float = 10.0):
     """A Tune callback printing one progress line for the whole sweep (instead of Tune's
     per-trial configuration dumps): done, failed, running and pending, and the time left.
     It prints rather than holding a log function: Tune pickles its callbacks."""
@@ -195,15 +200,28 @@ def _progress_callback(name: str, total: int, every_seconds: float = 10.0):
         def on_trial_recover(self, iteration, trials, trial, **info):
             # an exception inside a trial is recorded by run_trial; this is a lost worker or node
             reports = (trial.last_result or {}).get("training_iteration", 0)
-            print(f"[{name}] {trial.config['trial']['label']}: its worker was lost after {reports} reports; "
+            print(f"[{name}] {_label(trial)}: its worker was lost after {reports} reports; "
                   f"retrying from its last progress checkpoint", flush=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            print(f"[{name}] {trial.config['trial']['label']}: lost its worker more than "
+            print(f"[{name}] {_label(trial)}: lost its worker more than "
                   f"finetune.max_failures times; it failed", flush=True)
             self._line(trials, completed=trial)
 
     return Progress()
+
+
+def tune_callbacks(name: str, total: int) -> list:
+    """What every raymem Tune experiment logs: Tune's JSON and CSV results, one progress line.
+
+    Tune's default TensorBoard logger keeps every trial's writer until the driver exits
+    (memory grows per trial), so it is turned off; Ctrl-C stops the whole study
+    (`interruptible`), not only this experiment."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    return [JsonLoggerCallback(), CSVLoggerCallback(), progress_callback(name, total)]
 
 
 def run_sweep(name: str, trials: list[Trial], resources: Resources, store: Store,
@@ -211,13 +229,7 @@ def run_sweep(name: str, trials: list[Trial], resources: Resources, store: Store
     """Run the unfinished trials (of one or more stages) as one Tune sweep, in the order
     given; return the trials that failed."""
     from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    # Tune's default TensorBoard logger keeps every trial's writer until the driver exits
-    # (memory grows per trial); keep Tune's JSON and CSV results only.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    # Ctrl-C stops the whole study (interruptible), not only this sweep.
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     done = store.done_ids()
     pending = [t for t in trials if t.trial_id not in done]
     for stage in dict.fromkeys(t.stage for t in trials):
@@ -238,7 +250,7 @@ def run_sweep(name: str, trials: list[Trial], resources: Resources, store: Store
             name=f"{pending[0].study}-{name}", storage_path=store.local_path("tune"),
             # Tune's own output prints every trial's configuration; one progress line instead
             failure_config=tune.FailureConfig(max_failures=max_failures), verbose=0,
-            callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), _progress_callback(name, len(pending))]))
+            callbacks=tune_callbacks(name, len(pending))))
     start = time.time()
     tuner.fit()
     done = store.done_ids()

@@ -149,6 +149,10 @@ CASES = {  # id: (keyword arguments of _study, given the data folder; words the 
                                     ["train_min_annotator_confidence", "less than or equal to 1"]),
     "eval_split validation missing": (lambda d: {"extra": "eval_split: validation\n"},
                                       ["eval_split", "'validation'"]),
+    "search without a validation split": (lambda d: {"extra": "search: {enabled: true}\n"},
+                                          ["search: task mine has no validation split", "['test', 'train']"]),
+    "search space value below 0": (lambda d: {"extra": "search: {space: {lr: [0.001, -1]}}\n"},
+                                   ["search.space", "lr: every value must be above 0"]),
 }
 
 
@@ -159,6 +163,18 @@ def test_bad_input_fails_before_anything_runs(case, tmp_path, models, capsys):
     path = _study(tmp_path, models, **kwargs)
     code, out, err = _run(path, capsys)
     _check(tmp_path, code, out, err, [*words, *([str(path)] if "head" in kwargs else [])])
+
+
+@pytest.mark.parametrize("setting, words", [
+    ("search.enabld=true", ["search.enabld: unknown key 'enabld' (did you mean 'enabled'?)"]),
+    ("search", ["--set search: expected KEY=VALUE"]),
+    ("seeds.first=1", ["seeds.first: seeds is not a section of settings"]),
+])
+def test_bad_set_overrides(setting, words, tmp_path, models, capsys):
+    path = _study(tmp_path, models, extra="seeds: [1]\n")
+    code = cli.main(["study", str(path), "--set", setting])
+    out, err = capsys.readouterr()
+    _check(tmp_path, code, out, err, words)
 
 
 def test_missing_study_file(tmp_path, capsys):

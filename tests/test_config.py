@@ -75,6 +75,9 @@ finetune: {variants: [noisy], lr: 0.001, epochs: 3}
 def test_overrides_replace_file_values(tmp_path):
     path = _write(tmp_path, "study: s\nresults: a\ntasks: [tweet_sentiment]\n")
     assert load_study(path, {"results": "b"}).results == "b"
+    study = load_study(path, {"search.enabled": True, "search.space.lr": [0.1], "finetune.lr": 0.5})
+    assert study.search.enabled and study.search.space.lr == [0.1] and study.finetune.lr == 0.5
+    assert study.search.space.epochs == [10, 20]  # a dotted key changes that key alone
 
 
 def test_study_is_frozen(tmp_path):

@@ -241,7 +241,12 @@ def test_killed_driver_resumes_to_the_same_database(runs, study_file, reference,
     code = _wait(runs.study(study_file, results, tmp_path / "rerun.log"), tmp_path / "rerun.log")
     rerun_log = (tmp_path / "rerun.log").read_text(errors="replace")
     assert code == 0, rerun_log[-4000:]
-    assert f"[finetune] {N_FINETUNE} trials: {len(finished)} already done" in rerun_log
+    # The killed driver's workers are in process groups of their own and outlive it for a
+    # moment: one mid-trial may still finish (its tables land whole or not at all), so
+    # the rerun finds at least the trials that were done at the kill, never all of them.
+    done_at_rerun = re.search(rf"\[finetune\] {N_FINETUNE} trials: (\d+) already done", rerun_log)
+    assert done_at_rerun, rerun_log[-4000:]
+    assert len(finished) <= int(done_at_rerun.group(1)) < N_FINETUNE, done_at_rerun.group(0)
     assert f"[precog] tweet_sentiment / {study['models'][0]}: already done" in rerun_log
     assert len(_finetune_markers(results)) == N_FINETUNE
 

@@ -15,7 +15,8 @@ def test_every_key_has_a_description():
 def test_the_reference_covers_every_section():
     keys = {key for key, *_ in all_rows()}
     for key in ("study", "finetune.checkpoint_every", "localise.control.auxiliary_task",
-                "precog.actors.precision", "tasks[].text_fields", "subsample_strategy"):
+                "precog.actors.precision", "tasks[].text_fields", "subsample_strategy",
+                "search.space.lr", "search.resources.gpus"):
         assert key in keys
     rows = {key: (kind, default) for key, kind, default, _ in all_rows()}
     assert rows["finetune.resources.device"] == ("one of auto, cpu, cuda", "`auto`")

@@ -40,6 +40,7 @@ from transformers.pytorch_utils import Conv1D
 from raymem.localise.layers import body_layers
 from raymem.localise.technique import PairInputs, Technique, layer_rows
 from raymem.runtime import Runtime, model_device, to_device
+from raymem.stages import search
 from raymem.train import Encoded, TrainSettings
 from raymem.trial import Tables
 
@@ -301,7 +302,8 @@ class Gradients(Technique):
             if variant["gradient_control"]:
                 control = pair.pretrained()
                 control.config.use_cache = False
-                train_head(control, pair.data, TrainSettings(**p["control_training"]), p["seed"])
+                settings = TrainSettings(**search.resolve(p["control_training"], runtime.store))
+                train_head(control, pair.data, settings, p["seed"])
             scores = forgetting_gradient_scores(pair.memorised, control, pair.data, noisy_index, clean_index,
                                                 norm=variant["gradient_norm"],
                                                 subtract_clean=variant["gradient_subtract_clean"])

@@ -38,6 +38,7 @@ from raymem.localise.swapping import layer_scores_from_windows
 from raymem.localise.swapping import windows as all_windows
 from raymem.localise.technique import STAGE, PairInputs, Technique, layer_rows, with_keys
 from raymem.runtime import Runtime
+from raymem.stages import search
 from raymem.train import Encoded, TrainSettings, fine_tune, predict
 from raymem.trial import Tables, Trial
 
@@ -318,6 +319,9 @@ class Retraining(Technique):
 
     def trials(self, base: dict, n_layers: int, cfg) -> list[dict]:
         retrain = {**self.settings(cfg), "max_length": base["max_length"]}
+        if base.get("search_trial"):  # the searched learning rate and batch size; the windows' own epochs
+            retrain = {**{k: v for k, v in retrain.items() if k not in ("lr", "batch_size")},
+                       "search_trial": base["search_trial"]}
         return [{**base, "technique": self.name, "retrain": retrain, "window": list(w)}
                 for w in all_windows(n_layers)]
 
@@ -327,7 +331,7 @@ class Retraining(Technique):
         noisy_index = np.flatnonzero(pair.noisy)
         with runtime.autocast():
             model = retrain_window(pair.memorised, pair.pretrained(), start, end, pair.data.subset(clean_train),
-                                   TrainSettings(**p["retrain"]), seed=p["seed"])
+                                   TrainSettings(**search.resolve(p["retrain"], runtime.store)), seed=p["seed"])
             noisy_acc = _accuracy(model, pair.data.subset(noisy_index), 64)
         return {"retrain_windows": with_keys(p, pl.DataFrame(
             {"window_start": [start], "window_end": [end], "noisy_acc": [noisy_acc]}), self.name)}

@@ -23,6 +23,7 @@ from raymem.errors import ConfigError
 from raymem.localise.layers import body_layers, is_decoder_model, pool
 from raymem.models import embedding_parameters
 from raymem.runtime import Runtime, TrainingState
+from raymem.stages import search
 from raymem.stages.common import encode_split, runtime_options, train_split
 from raymem.train import TrainSettings, make_optimiser
 from raymem.trial import PlanContext, Tables, Trial
@@ -41,7 +42,7 @@ def run(trial: Trial, runtime: Runtime) -> Tables:
     of both tasks, and between their backward passes the noisy task's gradient is removed
     from the body layers outside the planted pair."""
     p = trial.params
-    s = TrainSettings(**p["settings"])
+    s = TrainSettings(**search.resolve(p["settings"], runtime.store))
     tokenizer = runtime.load_tokenizer(p["model"], s.max_length)
     train = train_split(runtime.store, p["examples_trial"])
     task = encode_split(tokenizer, train, train["label" if p["variant"] == "noisy" else "original_label"]
@@ -129,9 +130,9 @@ def plan(study, context: PlanContext) -> list[Trial]:
     """Per (task, model, seed, planted pair) a noisy and a clean control model, in that order."""
     cfg, ft = study.localise.control, study.finetune
     auxiliary_n_labels = context.n_labels[cfg.auxiliary_task]
-    settings = ft.model_dump(include={"epochs", "lr", "batch_size", "max_length", "warmup",
-                                      "clip", "weight_decay", "freeze_embeddings"})
-    settings["epochs"] = cfg.epochs or settings["epochs"]
+    own = ft.model_dump(include={"epochs", "lr", "batch_size", "max_length", "warmup",
+                                 "clip", "weight_decay", "freeze_embeddings"})
+    own["epochs"] = cfg.epochs or own["epochs"]
     trials = []
     for task, model in ((t, m) for t in study.task_names() for m in study.models):
         if task == cfg.auxiliary_task:
@@ -143,6 +144,9 @@ def plan(study, context: PlanContext) -> list[Trial]:
                 raise ConfigError(f"localise.control.pairs: [{a}, {b}] is outside model {model} "
                                   f"(layers 1..{layers})")
         auxiliary = context.examples_trials[cfg.auxiliary_task, model]
+        # control.epochs, where given, holds with a search too
+        settings, searched = search.with_search(own, context, task, model,
+                                                tuple(k for k in search.SEARCHED if k != "epochs" or not cfg.epochs))
         for seed in study.seeds:
             for pair in [tuple(p) for p in cfg.pairs or default_pairs(layers)]:
                 trials += [Trial(STAGE, {
@@ -150,7 +154,7 @@ def plan(study, context: PlanContext) -> list[Trial]:
                     "n_labels": context.n_labels[task], "examples_trial": examples.trial_id,
                     "auxiliary_examples_trial": auxiliary.trial_id,
                     "auxiliary_n_labels": auxiliary_n_labels, "settings": settings},
-                    study.study, context.results, (examples.trial_id, auxiliary.trial_id),
+                    study.study, context.results, (examples.trial_id, auxiliary.trial_id, *searched),
                     runtime_options(ft.resources, ft.checkpoint_every))
                     for variant in ("noisy", "clean")]
     return trials

@@ -14,6 +14,7 @@ import polars as pl
 
 from raymem.config import Study
 from raymem.runtime import Runtime
+from raymem.stages import search
 from raymem.stages.common import encode_split, runtime_options, train_split
 from raymem.store import Store
 from raymem.train import TrainSettings, fine_tune, predict
@@ -35,15 +36,18 @@ def subset_mask(example_ids: list[str], subset_seed: int, index: int) -> np.ndar
 def plan(study: Study, context: PlanContext) -> list[Trial]:
     """`n_models` subset-model trials per (task, model), then one summary trial each."""
     cf, ft = study.counterfactual, study.finetune
-    settings = ft.model_dump(include={"lr", "batch_size", "max_length", "warmup", "clip",
-                                      "weight_decay", "freeze_embeddings", "epochs"})
-    settings["epochs"] = cf.epochs or settings["epochs"]
+    own = ft.model_dump(include={"lr", "batch_size", "max_length", "warmup", "clip",
+                                 "weight_decay", "freeze_embeddings", "epochs"})
+    own["epochs"] = cf.epochs or own["epochs"]
     trials = []
     for task, model in ((t, m) for t in study.task_names() for m in study.models):
         examples = context.examples_trials[task, model]
+        # cf.epochs, where given, holds with a search too
+        settings, searched = search.with_search(own, context, task, model,
+                                                tuple(k for k in search.SEARCHED if k != "epochs" or not cf.epochs))
         subsets = [Trial(STAGE, {"task": task, "model": model, "subset_seed": cf.subset_seed, "index": i,
                                  "n_labels": context.n_labels[task], "examples_trial": examples.trial_id,
-                                 "settings": settings}, study.study, context.results, (examples.trial_id,),
+                                 "settings": settings}, study.study, context.results, (examples.trial_id, *searched),
                          runtime_options(ft.resources, ft.checkpoint_every))
                    for i in range(cf.n_models)]
         trials += [*subsets, summary_trial(subsets, study.study, context.results)]
@@ -52,7 +56,7 @@ def plan(study: Study, context: PlanContext) -> list[Trial]:
 
 def run(trial: Trial, runtime: Runtime) -> Tables:
     p = trial.params
-    s = TrainSettings(**p["settings"])
+    s = TrainSettings(**search.resolve(p["settings"], runtime.store))
     train = train_split(runtime.store, p["examples_trial"])
     labels = train["label"].to_numpy()  # the perturbed labels: noisy examples can only be memorised
     in_subset = subset_mask(train["example_id"].to_list(), p["subset_seed"], p["index"])

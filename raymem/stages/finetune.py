@@ -14,6 +14,7 @@ import torch
 
 from raymem.config import Study
 from raymem.runtime import Runtime
+from raymem.stages import search
 from raymem.stages.common import encode_split, runtime_options
 from raymem.train import TrainSettings, fine_tune, macro_f1, predict
 from raymem.trial import PlanContext, Tables, Trial
@@ -24,17 +25,19 @@ WHERE = "tune"
 
 def plan(study: Study, context: PlanContext) -> list[Trial]:
     ft = study.finetune
-    settings = ft.model_dump(exclude={"enabled", "variants", "resources", "max_failures", "checkpoint_every"})
+    own = ft.model_dump(exclude={"enabled", "variants", "resources", "max_failures", "checkpoint_every"})
     trials = []
     for task in study.task_names():
         for model in study.models:
             examples = context.examples_trials[task, model]
+            settings, searched = search.with_search(own, context, task, model)
             for seed in study.seeds:
                 for variant in ft.variants:
                     params = {"task": task, "model": model, "seed": seed, "variant": variant,
                               "n_labels": context.n_labels[task], "eval_split": study.eval_split,
                               "examples_trial": examples.trial_id, "settings": settings}
-                    trials.append(Trial(STAGE, params, study.study, context.results, (examples.trial_id,),
+                    trials.append(Trial(STAGE, params, study.study, context.results,
+                                        (examples.trial_id, *searched),
                                         runtime_options(ft.resources, ft.checkpoint_every)))
     return trials
 
@@ -51,7 +54,7 @@ def prediction_rows(probs: np.ndarray, split: pl.DataFrame, labels: np.ndarray,
 
 def run(trial: Trial, runtime: Runtime) -> Tables:
     p = trial.params
-    settings = dict(p["settings"])
+    settings = search.resolve(p["settings"], runtime.store)
     memorised_f1 = settings.pop("memorised_f1")
     s = TrainSettings(**settings)
     examples = runtime.store.read_shard("examples", "examples", p["examples_trial"])

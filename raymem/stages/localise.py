@@ -23,6 +23,7 @@ from raymem.localise.summary import m_cog
 from raymem.localise.technique import PairInputs, layer_rows
 from raymem.runtime import Runtime
 from raymem.stages import control
+from raymem.stages import search
 from raymem.stages.common import runtime_options
 from raymem.store import Store
 from raymem.trial import PlanContext, Tables, Trial
@@ -57,14 +58,16 @@ def plan_pair(study, context: PlanContext, memorised: Trial, clean: Trial,
     task, model, seed = p["task"], p["model"], p["seed"]
     examples = context.examples_trials[task, model]
     cfg = study.localise
+    # the head-only control model of forgetting gradients trains with these
+    control_training, searched = search.with_search(
+        study.finetune.model_dump(include={"epochs", "lr", "batch_size", "max_length", "warmup", "clip",
+                                           "weight_decay"}), context, task, model)
     base = {"task": task, "model": model, "seed": seed,
             "pair": f"{planted[0]}-{planted[1]}" if planted else "",
             "memorised_trial": memorised.trial_id, "clean_trial": clean.trial_id,
             "examples_trial": examples.trial_id, "n_labels": context.n_labels[task],
-            "max_length": study.finetune.max_length,
-            # the head-only control model of forgetting gradients trains with these
-            "control_training": study.finetune.model_dump(include={"epochs", "lr", "batch_size", "max_length",
-                                                                   "warmup", "clip", "weight_decay"})}
+            "max_length": study.finetune.max_length, "control_training": control_training,
+            **({"search_trial": searched[0]} if searched else {})}
     uri, name = context.results, study.study
     hidden = Trial("hidden", {k: base[k] for k in ("task", "model", "seed", "pair", "memorised_trial",
                                                     "max_length")},
