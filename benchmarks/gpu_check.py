@@ -276,7 +276,7 @@ def study(root: Path, models: list[str], cuda: bool, log: Path, z: dict) -> dict
             "finetune": {"epochs": 2, "max_length": 64, "resources": gpus(0.5)},
             "counterfactual": {"enabled": True, "n_models": 2, "epochs": 1},
             "localise": {"enabled": True, "retrain_epochs": 1, "probe_seeds": [1], "probe_epochs": 2,
-                         "resources": gpus(0.25), "actors": {"min_size": 1, "max_size": 1, **gpus(1)},
+                         "resources": gpus(0.25), "hidden_resources": gpus(0.5),
                          "control": {"enabled": False}},
             "ray": {"num_cpus": 16 if cuda else 2}}
     (root / "study.yaml").write_text(yaml.safe_dump(spec))

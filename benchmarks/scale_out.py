@@ -61,14 +61,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import ray  # noqa: E402
 
 import raymem.sweep  # noqa: E402
-from raymem.config import Resources, Study  # noqa: E402
+from raymem.config import Study  # noqa: E402
 from raymem.store import Store  # noqa: E402
 from raymem.study import make_plan  # noqa: E402
 from raymem.sweep import run_sweep  # noqa: E402
 from raymem.trial import Trial  # noqa: E402
 
 OUT = Path(__file__).parent / "out" / "scale_out.json"
-TRIAL = Resources(cpus=1, gpus=1)
+TRIAL = {"cpus": 1, "gpus": 1}  # each trial's runtime: one of a node's fake GPUs
 QUIET = dict(log=lambda *_: None)
 
 
@@ -128,10 +128,10 @@ MEMORY_VARIANTS = {"run_sweep": contextlib.nullcontext,
 
 def sleep_sweep(root: Path, name: str, n: int, seconds: float) -> float:
     results = str(root / name)
-    trials = [Trial("sleep", {"i": i, "seconds": seconds}, "scale_out", results) for i in range(n)]
+    trials = [Trial("sleep", {"i": i, "seconds": seconds}, "scale_out", results, runtime=TRIAL) for i in range(n)]
     start = time.perf_counter()
     with sleeping_trials(), tune_quiet():
-        failed = run_sweep("sleep", trials, TRIAL, Store(results), 0, **QUIET)
+        failed = run_sweep("sleep", trials, Store(results), 0, **QUIET)
     wall = time.perf_counter() - start
     assert not failed, failed
     return wall
@@ -147,7 +147,7 @@ def finetune_plan(root: Path, name: str, n: int, train: int, epochs: int):
         # the nodes' GPUs are fake (a resource, no CUDA): a trial given one must run on the
         # CPU by name, since device auto takes an assigned GPU to mean CUDA
         "finetune": {"variants": ["clean", "noisy"], "epochs": epochs, "lr": 1e-3,
-                     "batch_size": 16, "max_length": 64, "resources": {"device": "cpu"}}}), **QUIET)
+                     "batch_size": 16, "max_length": 64, "resources": {"device": "cpu", **TRIAL}}}), **QUIET)
     for trial in plan.of_stage("examples"):
         key = (trial.params["task"], trial.params["model"])
         plan.store.write_rows("examples", "examples", trial.trial_id, plan.examples[key], "scale_out")
@@ -160,7 +160,7 @@ def finetune_sweep(plan) -> tuple[float, float]:
     """Sweep wall, and the mean of the trials' own wall_seconds (timed inside them)."""
     start = time.perf_counter()
     with tune_quiet():
-        failed = run_sweep("finetune", plan.trials, TRIAL, plan.store, 0, **QUIET)
+        failed = run_sweep("finetune", plan.trials, plan.store, 0, **QUIET)
     wall = time.perf_counter() - start
     assert not failed, failed
     runs = plan.store.read_table("runs").to_pydict()

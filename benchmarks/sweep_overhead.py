@@ -43,7 +43,7 @@ import polars as pl  # noqa: E402
 import torch  # noqa: E402
 
 import raymem.stages.finetune  # noqa: E402,F401  (the warm loop's imports are paid up front)
-from raymem.config import Resources, Study  # noqa: E402
+from raymem.config import Study  # noqa: E402
 from raymem.study import make_plan  # noqa: E402
 from raymem.sweep import run_sweep, run_trial  # noqa: E402
 
@@ -91,8 +91,7 @@ def predictions(plan) -> pl.DataFrame:
 
 def run_raymem(plan) -> float:
     start = time.perf_counter()
-    failed = run_sweep("finetune", plan.of_stage("finetune"), Resources(cpus=1), plan.store, 0,
-                       log=lambda *_: None)
+    failed = run_sweep("finetune", plan.of_stage("finetune"), plan.store, 0, log=lambda *_: None)
     wall = time.perf_counter() - start
     assert not failed, failed
     return wall

@@ -190,7 +190,8 @@ class LocaliseConfig(Strict):
     gradient_control: bool = Field(True, description="forgetting gradients: divide by a head-only control "
                                                      "model's differences (as published), or not")
     resources: Resources = Field(Resources(), description="per technique trial")
-    actors: ActorPool = Field(ActorPool(), description="the hidden-state extraction actor pool")
+    hidden_resources: Resources = Field(Resources(), description="per hidden-state trial (one per pair, for "
+                                                                 "probing and centroids)")
     control: ControlConfig = Field(ControlConfig(), description="the control setup")
 
     @field_validator("techniques")

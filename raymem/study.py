@@ -116,34 +116,18 @@ def make_plan(study: Study, log=print) -> Plan:
     return Plan(study, store, db_path, models, examples, context.trials)
 
 
-def _run_localisation(plan: Plan, log) -> list[Trial]:
-    study, store = plan.study, plan.store
-    done = store.done_ids()
-    ready = lambda t: all(need in done for need in t.needs)  # noqa: E731
-    hidden = [t for t in plan.of_stage("hidden") if t.trial_id not in done and ready(t)]
-    if hidden:
-        log(f"[hidden] pooled hidden states of every layer for {len(hidden)} checkpoints")
-        start = time.time()
-        localise.extract_hidden(store, hidden, plan.examples, study.localise.actors)
-        done |= {t.trial_id for t in hidden}
-        log(f"[hidden] done in {time.time() - start:.0f}s")
-    # the single trials of a pair take longest: they go first, the many short windows after
-    trials = sorted((t for t in plan.of_stage(localise.STAGE) if ready(t)),
-                    key=lambda t: "window" in t.params)
-    failed = run_sweep("localise", trials, study.localise.resources, store,
-                       study.finetune.max_failures, log)
-    by_id = {t.trial_id: t for t in plan.trials}
-    done = store.done_ids()
-    skipped = []
-    for summary in plan.of_stage(localise.SUMMARY):
-        if summary.trial_id in done:
-            continue
-        if not all(need in done for need in summary.needs):
-            skipped.append(summary)
-            continue
-        _run_in_driver(store, summary, lambda _: localise.summarise(summary, [by_id[n] for n in summary.needs],
-                                                                 store), record=False)
-    return failed + skipped
+def _run_summary(store: Store, summary: Trial, by_id: dict[str, Trial], log) -> bool:
+    """A counterfactual or localisation summary, in the driver, once its trials are done."""
+    if summary.stage == localise.SUMMARY:
+        compute = lambda _: localise.summarise(summary, [by_id[n] for n in summary.needs], store)  # noqa: E731
+    else:
+        compute = lambda _: counterfactual.aggregate(summary, store)  # noqa: E731
+    try:
+        _run_in_driver(store, summary, compute, record=False)
+        return True
+    except Exception as exc:  # the sweep goes on; the study ends naming it as failed
+        log(f"[{summary.stage}] {summary.label()}: failed: {type(exc).__name__}: {exc}")
+        return False
 
 
 def _run_search(store: Store, trial: Trial, done: bool, log) -> None:
@@ -194,7 +178,7 @@ def _check_gpus(study: Study) -> None:
     if study.ray.address or os.environ.get("RAY_ADDRESS") or torch.cuda.is_available():
         return
     asked = {"finetune.resources": study.finetune.resources, "search.resources": study.search.resources, "precog.actors": study.precog.actors,
-             "localise.resources": study.localise.resources, "localise.actors": study.localise.actors}
+             "localise.resources": study.localise.resources, "localise.hidden_resources": study.localise.hidden_resources}
     for where, hardware in asked.items():
         if hardware.gpus > 0:
             raise ConfigError(f"{where}.gpus: {hardware.gpus:g} GPU per trial asked for, but this machine "
@@ -238,18 +222,13 @@ def _run_stages(plan: Plan, log) -> list[Trial]:
         log(f"[precog] {task} / {model}: done in {time.time() - start:.1f}s")
     for trial in plan.of_stage(search.STAGE):
         _run_search(store, trial, trial.trial_id in done, log)
-    # Fine-tuning, subset models and control models need only the examples: one sweep,
-    # longest trials first (control models learn two tasks), so the cores stay busy.
-    training = plan.of_stage(control.STAGE) + plan.of_stage(finetune.STAGE, counterfactual.STAGE)
-    if training:
-        failed += run_sweep("training", training, study.finetune.resources, store,
-                            study.finetune.max_failures, log)
-    done = store.done_ids()
-    for summary in plan.of_stage(counterfactual.STAGE + "-summary"):
-        if summary.trial_id not in done and all(n in done for n in summary.needs):
-            _run_in_driver(store, summary, lambda _: counterfactual.aggregate(summary, store), record=False)
-    if plan.of_stage(localise.STAGE):
-        failed += _run_localisation(plan, log)
+    # Everything else is one Tune experiment: each trial starts when the trials it needs are
+    # done (a pair's localisation when its two models are trained), longest chain first.
+    flowing = [t for t in plan.trials if t.stage not in (examples_stage.STAGE, precog.STAGE, search.STAGE)]
+    if flowing:
+        by_id = {t.trial_id: t for t in plan.trials}
+        failed += run_sweep("study", flowing, store, study.finetune.max_failures, log,
+                            lambda summary: _run_summary(store, summary, by_id, log))
     # The database holds this study's trials only, not shards left by other settings.
     counts = ingest(store, plan.db_path, {t.trial_id for t in plan.trials})
     log(f"[ingest] {plan.db_path}: " + ", ".join(f"{t} {n}" for t, n in counts.items()))

@@ -21,11 +21,11 @@ import re
 import signal
 import time
 import traceback
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import polars as pl
 
-from raymem.config import Resources
 from raymem.runtime import Runtime
 from raymem.store import ATTEMPTS, Store
 from raymem.trial import Trial
@@ -36,6 +36,7 @@ STAGE_MODULES = {
     "counterfactual": "raymem.stages.counterfactual",
     "control": "raymem.stages.control",
     "localise": "raymem.stages.localise",
+    "hidden": "raymem.stages.hidden",
 }
 TRANSIENT_RETRIES = 3
 BACKOFF_SECONDS, BACKOFF_CAP_SECONDS = 2.0, 30.0
@@ -224,37 +225,60 @@ def tune_callbacks(name: str, total: int) -> list:
     return [JsonLoggerCallback(), CSVLoggerCallback(), progress_callback(name, total)]
 
 
-def run_sweep(name: str, trials: list[Trial], resources: Resources, store: Store,
-              max_failures: int, log=print) -> list[Trial]:
-    """Run the unfinished trials (of one or more stages) as one Tune sweep, in the order
-    given; return the trials that failed."""
+def trial_resources(config: dict):
+    """A Tune trial's placement: the CPUs and GPUs its raymem trial asks for."""
+    from ray.tune import PlacementGroupFactory
+
+    runtime = config["trial"]["spec"].runtime
+    return PlacementGroupFactory([{"CPU": runtime.get("cpus", 1), "GPU": runtime.get("gpus", 0)}])
+
+
+def run_sweep(name: str, trials: list[Trial], store: Store, max_failures: int, log=print,
+              run_in_driver: Callable[[Trial], bool] | None = None) -> list[Trial]:
+    """Run the unfinished trials, of any stages, as one Tune experiment: each starts as soon
+    as the trials it needs are done, longest chain first (raymem/schedule.py); driver steps
+    among them go to `run_in_driver`. Return the trials that failed or never could start."""
     from ray import tune
+
+    from raymem.schedule import DRIVER_STAGES, ReadyFirst
 
     done = store.done_ids()
     pending = [t for t in trials if t.trial_id not in done]
     for stage in dict.fromkeys(t.stage for t in trials):
-        n = sum(t.stage == stage for t in trials)
+        mine = [t for t in trials if t.stage == stage]
         left = sum(t.stage == stage for t in pending)
-        log(f"[{stage}] {n} trials: {n - left} already done, {left} to run "
-            f"({resources.cpus:g} CPU, {resources.gpus:g} GPU each)")
+        where = ("in the driver" if stage in DRIVER_STAGES else
+                 f"{mine[0].runtime.get('cpus', 1):g} CPU, {mine[0].runtime.get('gpus', 0):g} GPU each")
+        log(f"[{stage}] {len(mine)} trials: {len(mine) - left} already done, {left} to run ({where})")
     if not pending:
         return []
+    n_tune = sum(t.stage not in DRIVER_STAGES for t in pending)
+    searcher = ReadyFirst(trials, done, run_in_driver or (lambda trial: False))
+    # Tune holds back new trials while this many wait for resources: enough to keep every
+    # CPU busy (and an autoscaler asking for nodes), few enough that the order holds.
+    import ray
+
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(2, int(ray.cluster_resources().get("CPU", 2)))))
     tuner = tune.Tuner(
-        tune.with_resources(_tune_entry, {"cpu": resources.cpus, "gpu": resources.gpus}),
-        # id and label first: they are what Tune's status table and result files show of a trial
-        param_space={"trial": tune.grid_search([{"trial_id": t.trial_id, "label": t.label(), "spec": t}
-                                                for t in pending])},
-        # One worker process serves trial after trial: no re-import of torch per trial.
-        tune_config=tune.TuneConfig(reuse_actors=True),
+        tune.with_resources(_tune_entry, trial_resources),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            # one more than it will hand out: the searcher, not the count, ends the experiment,
+            # so driver steps ready after the last trial still run
+            num_samples=n_tune + 1,
+            # One worker process serves trial after trial: no re-import of torch per trial.
+            reuse_actors=True),
         run_config=tune.RunConfig(
             name=f"{pending[0].study}-{name}", storage_path=store.local_path("tune"),
             # Tune's own output prints every trial's configuration; one progress line instead
             failure_config=tune.FailureConfig(max_failures=max_failures), verbose=0,
-            callbacks=tune_callbacks(name, len(pending))))
+            callbacks=tune_callbacks(name, n_tune)))
     start = time.time()
     tuner.fit()
     done = store.done_ids()
     failed = [t for t in pending if t.trial_id not in done]
-    log(f"[{name}] {len(pending) - len(failed)} trials done, {len(failed)} failed, "
-        f"in {time.time() - start:.0f}s")
+    blocked = [t for t in searcher.blocked if t.trial_id not in done]
+    log(f"[{name}] {len(pending) - len(failed)} trials done, {len(failed) - len(blocked)} failed"
+        + (f", {len(blocked)} not started (a trial they need failed)" if blocked else "")
+        + f", in {time.time() - start:.0f}s")
     return failed

@@ -63,7 +63,7 @@ def study_run(tiny_mlm, tmp_path_factory):
         "counterfactual": {"enabled": True, "n_models": N_MODELS, "epochs": 20},
         "localise": {"enabled": True, "techniques": TECHNIQUES, "retrain_epochs": 1,
                      "retrain_batch_size": 16, "retrain_lr": 5e-4, "probe_seeds": [1],
-                     "probe_epochs": 5, "actors": {"min_size": 1, "max_size": 1},
+                     "probe_epochs": 5,
                      "control": {"enabled": True, "auxiliary_task": AUX, "epochs": 20}},
         "ray": {"num_cpus": 2},
     }
@@ -109,18 +109,18 @@ def test_the_same_study_run_again_gives_the_same_tables(study_run):
 
 def test_every_trial_ran_once_and_ok(study_run):
     db, plan = study_run["db"], study_run["plan"]
-    # every trial that runs as a task (Tune trials and PreCog) leaves exactly one run row;
-    # examples, hidden-state and summary steps do not
+    # every trial that runs as a task (Tune trials, hidden states included, and PreCog) leaves
+    # exactly one run row; examples and summary steps do not
     expected = {t.trial_id for t in plan.trials if t.stage in {*STAGE_MODULES, "precog"}}
     rows = fetch(db, "SELECT trial_id, status, error FROM runs")
     assert sorted(r[0] for r in rows) == sorted(expected)
     assert [r for r in rows if r[1] != "ok"] == []
     # 1 precog + 2 finetune + N_MODELS subset models + 2 control models
-    # + 2 pairs x (swapping, 3 retraining windows, gradients, probing, centroids)
-    assert len(rows) == 1 + 2 + N_MODELS + 2 + len(PAIRS) * (4 + len(WINDOWS))
+    # + 2 pairs x (hidden states, swapping, 3 retraining windows, gradients, probing, centroids)
+    assert len(rows) == 1 + 2 + N_MODELS + 2 + len(PAIRS) * (5 + len(WINDOWS))
     stages = dict(fetch(db, "SELECT stage, COUNT(*) FROM runs GROUP BY stage"))
     assert stages == {"precog": 1, "finetune": 2, "counterfactual": N_MODELS, "control": 2,
-                      "localise": len(PAIRS) * (4 + len(WINDOWS))}
+                      "hidden": len(PAIRS), "localise": len(PAIRS) * (4 + len(WINDOWS))}
 
 
 def test_finetune_predictions_per_checkpoint(study_run):
@@ -310,9 +310,10 @@ def test_rerun_adds_no_rows_and_skips_everything(study_run):
         assert dupes[0][0] == 0, table
     first, second, _ = study_run["logs"]
     assert "[hidden]" in first and "[ingest]" in first and "[charts]" in first
-    # one progress line per sweep, not Tune's configuration dump per trial
-    n_training = 2 + N_MODELS + 2
-    assert f"[training] {n_training}/{n_training} done, 0 failed, 0 running, 0 pending" in first
+    # one progress line for the study's one sweep, not Tune's configuration dump per trial
+    n_tune = sum(t.stage in ("finetune", "counterfactual", "control", "hidden", "localise")
+                 for t in study_run["plan"].trials)
+    assert f"[study] {n_tune}/{n_tune} done, 0 failed, 0 running, 0 pending" in first
     assert "started with configuration" not in first
     # answered from the store: no Ray started, nothing ingested or charted again
     n = study_run["plan"].n_trials()

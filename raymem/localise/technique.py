@@ -94,7 +94,7 @@ class PairInputs:
         return self.runtime.load_classifier(self.p["model"], self.p["n_labels"], self.tokenizer.pad_token_id)
 
     def hidden(self) -> np.ndarray:
-        from raymem.stages.localise import read_hidden
+        from raymem.stages.hidden import read_hidden
 
         return read_hidden(self.runtime.store, self.p["hidden_trial"])
 

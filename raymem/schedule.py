@@ -1,0 +1,117 @@
+"""Trials released as their inputs finish: one Tune experiment for a whole study, no stage barriers.
+
+A Tune `Searcher` holds the study's trials. Tune asks it for the next trial whenever it can
+place one; it answers with the ready trial (every trial it `needs` is done) that heads the
+longest chain of work still to come, or with nothing for now while the ready ones are all
+out. So a pair's localisation starts when its two fine-tuning trials end, not when the last
+training trial of the study does, and the trials on the critical path go first.
+
+Driver steps (the summaries: a few shard reads each) run in the driver as soon as they are
+ready, between Tune's requests. A trial whose inputs failed is never released; it is
+reported as blocked.
+
+Tune's default variant generator would instead deep-copy the whole list of trials once per
+trial (quadratic in the sweep's size); the searcher hands Tune one small config at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ray.tune.search import Searcher
+
+from raymem.trial import Trial
+
+DRIVER_STAGES = ("counterfactual-summary", "localise-summary")
+
+
+def relative_cost(trial: Trial) -> float:
+    """A rough duration, in epochs over a training set, only to order ready trials."""
+    p = trial.params
+    epochs = (p.get("settings") or {}).get("epochs") or 10  # 10 where a search chooses them
+    if trial.stage == "control":
+        return 2.0 * epochs  # two tasks per step
+    if trial.stage == "finetune":
+        return float(epochs)
+    if trial.stage == "counterfactual":
+        return 0.5 * epochs  # half the training set
+    if trial.stage == "localise" and "retrain" in p:
+        return 0.5 * p["retrain"]["epochs"]  # a window: the layers above it run frozen
+    if trial.stage in DRIVER_STAGES:
+        return 0.0
+    return 1.0  # hidden states, swapping, gradients, probing, centroids: about an epoch
+
+
+def chain_lengths(trials: list[Trial]) -> dict[str, float]:
+    """Per trial, its cost plus the longest chain of trials that wait on it (its 'bottom
+    level' in list scheduling): the longer, the sooner it should start."""
+    by_id = {t.trial_id: t for t in trials}
+    waiting: dict[str, list[str]] = {t.trial_id: [] for t in trials}
+    for t in trials:
+        for need in t.needs:
+            if need in waiting:
+                waiting[need].append(t.trial_id)
+    length: dict[str, float] = {}
+    for t in reversed(trials):  # a plan lists every trial after the ones it needs
+        length[t.trial_id] = relative_cost(t) + max((length[w] for w in waiting[t.trial_id]), default=0.0)
+    return {i: length[i] for i in by_id}
+
+
+class ReadyFirst(Searcher):
+    """Tune's source of trials: ready ones, longest chain first (see the module docstring).
+
+    `done` are the ids finished before the sweep; `run_in_driver(trial)` runs a driver step
+    and says whether it succeeded."""
+
+    def __init__(self, trials: list[Trial], done: set[str], run_in_driver: Callable[[Trial], bool]):
+        super().__init__()
+        self.waiting = [t for t in trials if t.trial_id not in done]
+        self.done, self.failed = set(done), set()
+        self.running: dict[str, Trial] = {}  # Tune's trial id -> the raymem trial
+        self.run_in_driver = run_in_driver
+        order = chain_lengths(trials)
+        # stable: among equal chains, the plan's order
+        self.waiting.sort(key=lambda t: -order[t.trial_id])
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True
+
+    def _ready(self) -> Trial | None:
+        """The first waiting trial whose inputs are all done; driver steps run on the way."""
+        while True:
+            ready = next((t for t in self.waiting if all(n in self.done for n in t.needs)), None)
+            if ready is None or ready.stage not in DRIVER_STAGES:
+                return ready
+            self.waiting.remove(ready)
+            (self.done if self.run_in_driver(ready) else self.failed).add(ready.trial_id)
+
+    def suggest(self, trial_id: str):
+        trial = self._ready()
+        if trial is None:
+            # nothing ready: more may be once a running trial ends; if none runs, the rest
+            # wait on failed trials and never will be
+            return None if self.running else Searcher.FINISHED
+        self.waiting.remove(trial)
+        self.running[trial_id] = trial
+        return {"trial": {"trial_id": trial.trial_id, "label": trial.label(), "spec": trial}}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        trial = self.running.pop(trial_id)
+        ok = not error and (result or {}).get("status") == "ok"
+        (self.done if ok else self.failed).add(trial.trial_id)
+
+    def __getstate__(self) -> dict:
+        # Tune pickles its configuration (searcher included) for Tuner.restore, which raymem
+        # does not use; the driver callback may hold what cannot be pickled.
+        return {k: v for k, v in self.__dict__.items() if k != "run_in_driver"}
+
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to keep: a rerun finds what is done by the store's completion markers."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        """See `save`."""
+
+    @property
+    def blocked(self) -> list[Trial]:
+        """Trials never released: something they need failed."""
+        return list(self.waiting)

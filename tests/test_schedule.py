@@ -1,0 +1,125 @@
+"""Trials start when their inputs are done, longest chain first, with no stage barriers."""
+
+import json
+import sys
+import time
+
+import pytest
+import ray
+from ray import cloudpickle
+
+from raymem import sweep
+from raymem.schedule import ReadyFirst, chain_lengths
+from raymem.store import Store
+from raymem.trial import Trial
+
+
+def _trial(stage, name, needs=(), results="/r", **params):
+    return Trial(stage, {"name": name, **params}, "s", results, tuple(t.trial_id for t in needs),
+                 {"cpus": 1, "gpus": 0})
+
+
+def _names(trials):
+    return [t.params["name"] for t in trials]
+
+
+# -- the searcher on its own ---------------------------------------------------------------
+def test_trials_on_the_longest_chain_go_first():
+    noisy = _trial("finetune", "noisy", settings={"epochs": 20})
+    clean = _trial("finetune", "clean", settings={"epochs": 20})
+    subsets = [_trial("counterfactual", f"subset{i}", settings={"epochs": 20}) for i in range(3)]
+    control = _trial("control", "control", settings={"epochs": 12})
+    windows = [_trial("localise", f"window{i}", (noisy, clean), retrain={"epochs": 2}) for i in range(5)]
+    probing = _trial("localise", "probing", (noisy, clean))
+    trials = [*subsets, control, noisy, clean, *windows, probing]
+    lengths = chain_lengths(trials)
+    # a fine-tune's chain: itself and the longest trial of its pair's localisation after it
+    assert lengths[noisy.trial_id] == 20 + 1 and lengths[windows[0].trial_id] == 1
+    assert lengths[control.trial_id] == 2 * 12 and lengths[subsets[0].trial_id] == 10
+    searcher = ReadyFirst(trials, set(), lambda t: True)
+    first = [searcher.suggest(f"tune{i}")["trial"]["spec"] for i in range(5)]
+    assert _names(first) == ["control", "noisy", "clean", "subset0", "subset1"]
+    assert all(t.stage != "localise" for t in first)  # not before both of its models are done
+
+
+def test_a_trial_is_released_when_its_needs_are_done_and_blocked_when_one_failed():
+    a, b = _trial("finetune", "a"), _trial("finetune", "b")
+    after_a = _trial("localise", "after_a", (a,))
+    after_b = _trial("localise", "after_b", (b,))
+    summary = _trial("localise-summary", "summary", (after_a,))
+    ran = []
+    searcher = ReadyFirst([a, b, after_a, after_b, summary], set(), lambda t: ran.append(t) or True)
+    assert {searcher.suggest("1")["trial"]["spec"].params["name"],
+            searcher.suggest("2")["trial"]["spec"].params["name"]} == {"a", "b"}
+    assert searcher.suggest("3") is None  # both out, nothing else ready: wait
+    tune_ids = {t.params["name"]: i for i, t in searcher.running.items()}
+    searcher.on_trial_complete(tune_ids["a"], {"status": "ok"})
+    assert searcher.suggest("4")["trial"]["spec"] == after_a
+    searcher.on_trial_complete(tune_ids["b"], {"status": "failed"})
+    assert searcher.suggest("5") is None  # after_a still runs
+    searcher.on_trial_complete("4", {"status": "ok"})
+    assert searcher.suggest("6") == ReadyFirst.FINISHED  # the summary ran in the driver on the way
+    assert ran == [summary] and searcher.blocked == [after_b]
+
+
+def test_trials_done_before_the_sweep_are_not_released_again():
+    a = _trial("finetune", "a")
+    after = _trial("localise", "after", (a,))
+    searcher = ReadyFirst([a, after], {a.trial_id}, lambda t: True)
+    assert searcher.suggest("1")["trial"]["spec"] == after
+    searcher.on_trial_complete("1", {"status": "ok"})
+    assert searcher.suggest("2") == ReadyFirst.FINISHED
+
+
+# -- on a real local Ray: a trial does not wait for an unrelated slow one --------------------
+def _timed_entry(config):
+    """In place of raymem's trial body: sleep the trial's seconds, note when, finish it."""
+    import json
+    import time
+    from pathlib import Path
+
+    from ray import tune
+
+    from raymem.store import Store
+
+    trial = config["trial"]["spec"]
+    start = time.time()
+    time.sleep(trial.params["seconds"])
+    ok = not trial.params.get("fail")
+    Path(trial.results, f"{trial.params['name']}.json").write_text(json.dumps([start, time.time()]))
+    if ok:
+        Store(trial.results).mark_done(trial.trial_id, trial.params)
+    tune.report({"done": True, "status": "ok" if ok else "failed"})
+
+
+@pytest.mark.ray
+def test_a_trial_starts_before_an_unrelated_slow_trial_of_an_earlier_stage_ends(tmp_path, monkeypatch):
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
+    monkeypatch.setattr(sweep, "_tune_entry", _timed_entry)
+    results = str(tmp_path)
+    slow = _trial("finetune", "slow", results=results, seconds=12)
+    fast = _trial("finetune", "fast", results=results, seconds=1)
+    broken = _trial("finetune", "broken", results=results, seconds=1, fail=True)
+    after_fast = _trial("localise", "after_fast", (fast,), results=results, seconds=1)
+    after_broken = _trial("localise", "after_broken", (broken,), results=results, seconds=1)
+    summary = _trial("localise-summary", "summary", (after_fast,), results=results)
+    summarised = {}
+
+    def summarise(trial):  # what the study's driver step does, less the computing
+        summarised["at"] = time.time()
+        Store(results).mark_done(trial.trial_id, trial.params)
+        return True
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        failed = sweep.run_sweep("study", [slow, fast, broken, after_fast, after_broken, summary],
+                                 Store(results), 0, log=lambda *_: None,
+                                 run_in_driver=summarise)
+    finally:
+        ray.shutdown()
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    times = {p.stem: json.loads(p.read_text()) for p in tmp_path.glob("*.json")}
+    assert set(times) == {"slow", "fast", "broken", "after_fast"}  # after_broken never started
+    assert _names(failed) == ["broken", "after_broken"]
+    # no barrier: the localisation trial and the summary waited for their input, not for `slow`
+    assert times["fast"][1] <= times["after_fast"][0] < times["slow"][1]
+    assert times["after_fast"][1] <= summarised["at"] < times["slow"][1]
