@@ -170,6 +170,25 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    """What the study will run and cost; reads neither its results store nor the hub."""
+    from raymem.config import load_study
+    from raymem.errors import did_you_mean
+    from raymem.estimate import GPU_PEAK_TFLOPS, estimate, report
+
+    if args.gpu not in GPU_PEAK_TFLOPS:
+        raise ConfigError(f"--gpu: unknown GPU {args.gpu!r}{did_you_mean(args.gpu, GPU_PEAK_TFLOPS)}; "
+                          f"known: {', '.join(GPU_PEAK_TFLOPS)}")
+    if not 0 < args.efficiency <= 1:
+        raise ConfigError(f"--efficiency: expected a share of the peak in (0, 1], got {args.efficiency}")
+    plan = estimate(load_study(args.file, _overrides(args)), args.gpu, args.efficiency)
+    print(report(plan))
+    if args.json:
+        Path(args.json).write_text(__import__("json").dumps(plan, indent=2))
+        print(f"\nwrote {args.json}")
+    return 0
+
+
 def cmd_status(args) -> int:
     """Per stage: trials done, failed, started but unfinished, pending; from the store alone."""
     from raymem.config import load_study
@@ -244,6 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("vocab_size", "layers", "hidden", "epochs", "max_texts", "planted_per_count"):
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int)
     p.set_defaults(fn=cmd_pretrain)
+    p = sub.add_parser("plan", help="trials per stage, examples, compute and storage, before running (offline)")
+    p.add_argument("file")
+    p.add_argument("--results", help="the results location, if not the study file's")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for `raymem study`")
+    p.add_argument("--gpu", default="A10G", help="GPU type for GPU-hours: T4, A10G, L4, A100, H100, H200")
+    p.add_argument("--efficiency", type=float, default=0.3, help="share of the GPU's dense bf16 peak reached")
+    p.add_argument("--json", help="also write the plan to this file")
+    p.set_defaults(fn=cmd_plan)
     p = sub.add_parser("status", help="per stage: trials done, failed, started, pending (reads the store only)")
     p.add_argument("file")
     p.add_argument("--results", help="the results location, if not the study file's")

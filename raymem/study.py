@@ -104,16 +104,24 @@ def make_plan(study: Study, log=print) -> Plan:
                 f"{split} {n}" for split, n in examples[spec.name, study.models[0]]
                 .group_by("split", maintain_order=True).len().iter_rows()))
     n_layers = {name: layer_count(spec) for name, spec in models.items()} if study.localise.enabled else {}
-    context = PlanContext(store.uri, {key: examples_stage.examples_trial(study, *key, store.uri)
-                                      for key in examples}, n_labels, n_layers)
+    trials = plan_trials(study, store.uri, n_labels, n_layers)
+    if control_on:
+        n_control = sum(t.stage == control.STAGE for t in trials)
+        log(f"[plan] control setup: {n_control // 2} planted pairs, {n_control} control models")
+    return Plan(study, store, db_path, models, examples, trials)
+
+
+def plan_trials(study: Study, uri: str, n_labels: dict[str, int], n_layers: dict[str, int]) -> list[Trial]:
+    """Every trial of the study, each after those it needs. The ids depend on the study's
+    settings, the classes per task and the layers per model, never on the data itself, so
+    `raymem plan` lists the same trials without loading anything."""
+    context = PlanContext(uri, {(task, model): examples_stage.examples_trial(study, task, model, uri)
+                                for task in n_labels for model in study.models}, n_labels, n_layers)
     context.trials += context.examples_trials.values()
     for stage in STAGES:
         if _stage_enabled(study, stage):
             context.trials += stage.plan(study, context)
-    if control_on:
-        log(f"[plan] control setup: {len(context.of_stage(control.STAGE)) // 2} planted pairs, "
-            f"{len(context.of_stage(control.STAGE))} control models")
-    return Plan(study, store, db_path, models, examples, context.trials)
+    return context.trials
 
 
 def _run_summary(store: Store, summary: Trial, by_id: dict[str, Trial], log) -> bool:
