@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -30,9 +31,21 @@ HEADLINES = [  # (query, filter, title) printed at the end of a study, where the
 ]
 
 
-def _print_table(title: str, df: pl.DataFrame) -> None:
-    with pl.Config(tbl_rows=40, tbl_cols=12, tbl_hide_dataframe_shape=True, fmt_str_lengths=40):
-        print(f"\n{title}\n{df}", flush=True)
+def headline_table(title: str, df: pl.DataFrame, fold: bool = True) -> str:
+    """A table that reads in an 80-column terminal: a column with one value in every row
+    goes into the title (`fold`), floats get 3 decimals, and nothing wraps mid-word."""
+    fixed = [c for c in df.columns if fold and df.height > 1 and df[c].n_unique() == 1]
+    if fixed:
+        title += " [" + ", ".join(f"{c} {df[c][0]}" for c in fixed) + "]"
+        df = df.drop(fixed)
+    with pl.Config(tbl_rows=40, tbl_cols=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True,
+                   tbl_formatting="ASCII_MARKDOWN", fmt_str_lengths=40, float_precision=3,
+                   tbl_width_chars=1000):
+        return f"{textwrap.fill(title, 80)}\n{df}"
+
+
+def _print_table(title: str, df: pl.DataFrame, fold: bool = True) -> None:
+    print(f"\n{headline_table(title, df, fold)}", flush=True)
 
 
 def _print_headlines(db_path: Path, bin_width: float) -> None:
@@ -213,7 +226,7 @@ def cmd_status(args) -> int:
                      "pending": len(mine - done - failed - started),
                      "median_seconds": round(walls.median(), 1) if len(walls) else None})
     table = pl.DataFrame(rows)
-    _print_table(f"study {study.study}: {len(done)} of {len(ids)} trials done ({store.uri})", table)
+    _print_table(f"study {study.study}: {len(done)} of {len(ids)} trials done ({store.uri})", table, fold=False)
     return 0
 
 

@@ -13,6 +13,7 @@ before anything is written. Every stage skips the trials a previous run finished
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,6 +217,49 @@ def run_plan(plan: Plan, log=print) -> list[Trial]:
 def _run_stages(plan: Plan, log) -> list[Trial]:
     study, store = plan.study, plan.store
     failed, done = [], store.done_ids()
+    # PreCog feeds no other trial: its Ray Data job runs beside the searches and the sweep,
+    # on the CPUs and GPUs its actors reserve.
+    scoring = _Beside(lambda: _run_precog(plan, done, log))
+    for trial in plan.of_stage(search.STAGE):
+        _run_search(store, trial, trial.trial_id in done, log)
+    # Everything else is one Tune experiment: each trial starts when the trials it needs are
+    # done (a pair's localisation when its two models are trained), longest chain first.
+    flowing = [t for t in plan.trials if t.stage not in (examples_stage.STAGE, precog.STAGE, search.STAGE)]
+    if flowing:
+        by_id = {t.trial_id: t for t in plan.trials}
+        failed += run_sweep("study", flowing, store, study.finetune.max_failures, log,
+                            lambda summary: _run_summary(store, summary, by_id, log))
+    scoring.wait()
+    # The database holds this study's trials only, not shards left by other settings.
+    counts = ingest(store, plan.db_path, {t.trial_id for t in plan.trials})
+    log(f"[ingest] {plan.db_path}: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
+    return failed
+
+
+class _Beside:
+    """Run `work` in a thread of the driver; `wait()` joins it and raises what it raised."""
+
+    def __init__(self, work):
+        self.error: BaseException | None = None
+
+        def run():
+            try:
+                work()
+            except BaseException as exc:  # handed to the main thread by wait()
+                self.error = exc
+        # a daemon: Ctrl-C ends the study without waiting for it (its shards are atomic)
+        self.thread = threading.Thread(target=run, name="raymem-precog", daemon=True)
+        self.thread.start()
+
+    def wait(self) -> None:
+        while self.thread.is_alive():
+            self.thread.join(timeout=0.5)  # short joins: Ctrl-C still reaches the main thread
+        if self.error is not None:
+            raise self.error
+
+
+def _run_precog(plan: Plan, done: set[str], log) -> None:
+    study, store = plan.study, plan.store
     for trial in plan.of_stage(precog.STAGE):
         task, model = trial.params["task"], trial.params["model"]
         if trial.trial_id in done:
@@ -228,16 +272,3 @@ def _run_stages(plan: Plan, log) -> list[Trial]:
         start = time.time()
         _run_in_driver(store, trial, lambda info: precog.run(trial, examples, plan.models[model], study, info))
         log(f"[precog] {task} / {model}: done in {time.time() - start:.1f}s")
-    for trial in plan.of_stage(search.STAGE):
-        _run_search(store, trial, trial.trial_id in done, log)
-    # Everything else is one Tune experiment: each trial starts when the trials it needs are
-    # done (a pair's localisation when its two models are trained), longest chain first.
-    flowing = [t for t in plan.trials if t.stage not in (examples_stage.STAGE, precog.STAGE, search.STAGE)]
-    if flowing:
-        by_id = {t.trial_id: t for t in plan.trials}
-        failed += run_sweep("study", flowing, store, study.finetune.max_failures, log,
-                            lambda summary: _run_summary(store, summary, by_id, log))
-    # The database holds this study's trials only, not shards left by other settings.
-    counts = ingest(store, plan.db_path, {t.trial_id for t in plan.trials})
-    log(f"[ingest] {plan.db_path}: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
-    return failed

@@ -410,3 +410,17 @@ def test_query_command_writes_csv_json_and_parquet(tmp_path, monkeypatch, capsys
     assert "--format parquet: give a file with --out FILE" in capsys.readouterr().err
     assert main(["query", "scores", "--db", str(db), "--param", "k=0"]) == 2
     assert "scores: k must be a number in [1, 100], got '0'" in capsys.readouterr().err
+
+
+def test_headline_tables_read_in_80_columns():
+    from raymem.cli import headline_table
+
+    df = pl.DataFrame({"task": ["tweet_sentiment", "tweet_polarity"], "model": ["raymem-mini"] * 2,
+                       "variant": ["noisy"] * 2, "checkpoint": ["final"] * 2, "epoch": [20, 20],
+                       "n_examples": [59, 40], "train_accuracy": [0.96610169, 0.9]})
+    text = headline_table("Fit of the noisy-label models (train split)", df)
+    assert max(len(line) for line in text.splitlines()) <= 80, text
+    # the columns with one value moved into the title; values whole, floats at 3 decimals
+    assert "model raymem-mini" in text and "checkpoint final" in text
+    assert "| tweet_sentiment |" in text and "| 0.966 " in text
+    assert headline_table("One row", df.head(1)).count("raymem-mini") == 1  # one row: nothing moves

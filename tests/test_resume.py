@@ -211,6 +211,17 @@ def reference(runs, study_file, tmp_path_factory):
     return done
 
 
+def _status(runs, study_file: Path, results: Path) -> dict[str, dict[str, int]]:
+    """`raymem status`'s table: stage -> its counts (it reads the store alone)."""
+    out = subprocess.run([sys.executable, "-m", "raymem.cli", "status", str(study_file), "--results", str(results)],
+                         capture_output=True, text=True, env=runs.env(), cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.stdout.splitlines()
+            if line.startswith("| ") and "---" not in line]
+    header, *body = rows
+    return {row[0]: {k: int(v) for k, v in zip(header[1:6], row[1:6])} for row in body}
+
+
 def _start_until_a_trial_finished(runs, study_file: Path, results: Path, log: Path) -> subprocess.Popen:
     """Start the study; return once its first fine-tuning trial has finished (it runs on)."""
     first = runs.study(study_file, results, log)
@@ -226,6 +237,7 @@ def test_killed_driver_resumes_to_the_same_database(runs, study_file, reference,
     study = yaml.safe_load(study_file.read_text())
     results, log = tmp_path / "results", tmp_path / "first.log"
     first = _start_until_a_trial_finished(runs, study_file, results, log)
+    assert _status(runs, study_file, results)["finetune"]["done"] >= 1  # read while the study runs
     # The driver's descendants now: its local Ray (GCS, raylet, dashboard) and workers.
     ray_procs = [p for p in _session(first.pid) if p["pid"] != first.pid]
     assert any(p["comm"] == "raylet" for p in ray_procs), ray_procs
@@ -236,6 +248,9 @@ def test_killed_driver_resumes_to_the_same_database(runs, study_file, reference,
     killed_at = time.time()
     finished = _finetune_markers(results)
     assert 1 <= len(finished) < N_FINETUNE, finished
+    # after the kill: what was done, and the trials started but not finished
+    stopped = _status(runs, study_file, results)["finetune"]
+    assert stopped["done"] >= len(finished) and stopped["done"] + stopped["started"] + stopped["pending"] == N_FINETUNE
 
     # The same study again, to completion, while the killed Ray winds down.
     code = _wait(runs.study(study_file, results, tmp_path / "rerun.log"), tmp_path / "rerun.log")

@@ -109,5 +109,7 @@ def test_status_reads_the_store(study_run, capsys):
     out = capsys.readouterr().out
     n = 1 + 1 + len(SEEDS) * len(VARIANTS)  # examples, precog, fine-tuning
     assert f"{n} of {n} trials done" in out
-    lines = {line.split("┆")[0].strip("│ "): line for line in out.splitlines() if "┆" in line}
-    assert "finetune" in lines and lines["finetune"].split("┆")[1].strip() == str(len(SEEDS) * len(VARIANTS))
+    rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                         for line in out.splitlines() if line.startswith("| "))}
+    assert rows["stage"][:3] == ["stage", "trials", "done"]
+    assert rows["finetune"][1:3] == [str(len(SEEDS) * len(VARIANTS))] * 2
