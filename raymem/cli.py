@@ -119,7 +119,10 @@ def cmd_study(args) -> int:
         done = len(plan.store.done_ids() & {t.trial_id for t in plan.trials})
         resume = " ".join(["raymem study", args.file, *(["--results", args.results] if args.results else []),
                            *(f"--set {s}" for s in args.set)])
-        print(f"\nstudy {study.study} stopped ({stop or 'SIGINT'}): {done} of {plan.n_trials()} trials are "
+        from raymem.sweep import StudyInterrupted
+
+        reason = str(stop) or StudyInterrupted.received or "SIGINT"
+        print(f"\nstudy {study.study} stopped ({reason}): {done} of {plan.n_trials()} trials are "
               f"finished and kept; nothing half-written is used.\nResume with the same command:\n  {resume}",
               file=sys.stderr, flush=True)
         return 130

@@ -52,6 +52,7 @@ OOM_HINT = ("out of memory: lower this stage's batch_size or max_length, or give
 
 class StudyInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM: the whole study stops; finished trials stay finished."""
+    received: str | None = None  # the signal's name (Tune may re-raise a bare KeyboardInterrupt)
 
 
 def error_kind(exc: BaseException) -> str:
@@ -155,7 +156,8 @@ def interruptible():
     a Ray Data job), instead of ending only the current sweep (Tune's own handler) or exiting
     without a word (Ray's SIGTERM handler)."""
     def stop(signum, frame):
-        raise StudyInterrupted(signal.Signals(signum).name)
+        StudyInterrupted.received = signal.Signals(signum).name
+        raise StudyInterrupted(StudyInterrupted.received)
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

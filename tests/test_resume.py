@@ -295,6 +295,7 @@ def test_interrupt_stops_the_whole_study(runs, study_file, reference, tmp_path, 
     text = log.read_text(errors="replace")
     assert code == 130, text[-4000:]
     stop = text.rindex("stopped (")
+    assert text[stop:].startswith(f"stopped ({'SIGINT' if how == 'ctrl-c' else 'SIGTERM'})"), text[stop:]
     assert f"raymem study {study_file} --results {results}" in text[stop:], text[stop:]
     assert "Tuner.restore" not in text
     # no stage ran after the stop, and nothing was ingested from a part of the study
