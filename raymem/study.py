@@ -2,9 +2,10 @@
 
     plan:     study file -> tasks and models loaded and checked -> examples -> one list of
               trials, each stage's `plan` adding its own (raymem/trial.py has the protocol)
-    run:      examples -> precog (Ray Data actor pool) -> search (a Tune experiment per task and
-              model, optional) -> fine-tuning, subset and control models (one Ray Tune sweep) -> hidden states (Ray Data) -> localisation (Ray Tune)
-              -> summaries -> ingest
+    run:      examples -> search (a Tune experiment per task and model, optional) -> one Tune
+              sweep of every other trial (fine-tuning, subset and control models, hidden states,
+              localisation; summaries in the driver), each started when the trials it needs are
+              done (raymem/schedule.py) -> ingest. PreCog (a Ray Data actor pool) runs beside.
 
 Every bad input is found while planning, so it fails before any trial starts and
 before anything is written. Every stage skips the trials a previous run finished.
