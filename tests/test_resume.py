@@ -237,7 +237,6 @@ def test_killed_driver_resumes_to_the_same_database(runs, study_file, reference,
     study = yaml.safe_load(study_file.read_text())
     results, log = tmp_path / "results", tmp_path / "first.log"
     first = _start_until_a_trial_finished(runs, study_file, results, log)
-    assert _status(runs, study_file, results)["finetune"]["done"] >= 1  # read while the study runs
     # The driver's descendants now: its local Ray (GCS, raylet, dashboard) and workers.
     ray_procs = [p for p in _session(first.pid) if p["pid"] != first.pid]
     assert any(p["comm"] == "raylet" for p in ray_procs), ray_procs
