@@ -29,7 +29,6 @@ Usage: .venv/bin/python benchmarks/makespan.py [--nodes 3] [--repeats 3]
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -46,6 +45,7 @@ os.environ.update(CLIENT_ENV)
 import raymem.sweep  # noqa: E402
 from raymem.store import Store  # noqa: E402
 from raymem.trial import Trial  # noqa: E402
+from sweep_harness import trial_body  # noqa: E402  (benchmarks/, beside this script)
 
 OUT = Path(__file__).parent / "out" / "makespan.json"
 SLOT = {"cpus": 1, "gpus": 1}  # one worker node's slot per trial
@@ -67,16 +67,6 @@ def _sleep_entry(config):
     Path(trial.results, "times", f"{trial.trial_id}.json").write_text(json.dumps([start, time.time()]))
     Store(trial.results).mark_done(trial.trial_id, trial.params)
     tune.report({"done": True, "status": "ok"})
-
-
-@contextlib.contextmanager
-def sleeping_trials():
-    original = raymem.sweep._tune_entry
-    raymem.sweep._tune_entry = _sleep_entry
-    try:
-        yield
-    finally:
-        raymem.sweep._tune_entry = original
 
 
 def study_trials(results: str, args) -> list[Trial]:
@@ -113,7 +103,7 @@ def run(mode: str, root: Path, args) -> dict:
         sweeps = [[t for t in trials if t.stage in training], [t for t in trials if t.stage == "hidden"],
                   [t for t in trials if t.stage in ("localise", "localise-summary")]]
     start = time.perf_counter()
-    with sleeping_trials():
+    with trial_body(_sleep_entry):
         for sweep in sweeps:
             failed = raymem.sweep.run_sweep(mode, sweep, store, 0, **quiet)
             assert not failed, failed

@@ -47,7 +47,6 @@ import platform
 import shutil
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -60,12 +59,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import ray  # noqa: E402
 
-import raymem.sweep  # noqa: E402
 from raymem.config import Study  # noqa: E402
 from raymem.store import Store  # noqa: E402
 from raymem.study import make_plan  # noqa: E402
 from raymem.sweep import run_sweep  # noqa: E402
 from raymem.trial import Trial  # noqa: E402
+from sweep_harness import rss, run_sampling_rss, trial_body  # noqa: E402  (benchmarks/, beside this script)
 
 OUT = Path(__file__).parent / "out" / "scale_out.json"
 TRIAL = {"cpus": 1, "gpus": 1}  # each trial's runtime: one of a node's fake GPUs
@@ -95,18 +94,6 @@ def _sleep_entry(config: dict) -> None:
 
 
 @contextlib.contextmanager
-def sleeping_trials():
-    """run_sweep with its trial body swapped for _sleep_entry (defined in __main__, so
-    Ray ships it to the workers by value)."""
-    original = raymem.sweep._tune_entry
-    raymem.sweep._tune_entry = _sleep_entry
-    try:
-        yield
-    finally:
-        raymem.sweep._tune_entry = original
-
-
-@contextlib.contextmanager
 def with_tensorboard():
     """run_sweep with Tune's default loggers back, TensorBoard's included (run_sweep turns
     it off). tensorboardX registers an atexit hook for every writer it opens, one per
@@ -130,7 +117,7 @@ def sleep_sweep(root: Path, name: str, n: int, seconds: float) -> float:
     results = str(root / name)
     trials = [Trial("sleep", {"i": i, "seconds": seconds}, "scale_out", results, runtime=TRIAL) for i in range(n)]
     start = time.perf_counter()
-    with sleeping_trials(), tune_quiet():
+    with trial_body(_sleep_entry), tune_quiet():
         failed = run_sweep("sleep", trials, Store(results), 0, **QUIET)
     wall = time.perf_counter() - start
     assert not failed, failed
@@ -169,13 +156,6 @@ def finetune_sweep(plan) -> tuple[float, float]:
 
 
 # -- driver memory --------------------------------------------------------------------
-def rss() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
 def trimmed_rss() -> int:
     """RSS once glibc has handed its free memory back (malloc_trim): what is still in use.
     Without it, RSS also counts freed memory the allocator keeps for reuse."""
@@ -190,23 +170,10 @@ def measured(fn) -> dict:
     and after malloc_trim; the Python objects alive and the files open before and after;
     fn's wall time."""
     before, objects, fds = trimmed_rss(), len(gc.get_objects()), len(os.listdir("/proc/self/fd"))
-    peak, done, start = [before], threading.Event(), time.perf_counter()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], rss())
-            time.sleep(0.1)
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        fn()
-    finally:
-        done.set()
-        sampler.join()
-    wall = time.perf_counter() - start
+    wall, peak = run_sampling_rss(fn)
     gc.collect()
     after = rss()
-    return {"rss_before": before, "rss_peak": max(peak[0], after), "rss_after": after,
+    return {"rss_before": before, "rss_peak": max(before, peak, after), "rss_after": after,
             "rss_after_trim": trimmed_rss(),
             "objects_before": objects, "objects_after": len(gc.get_objects()),
             "open_files_before": fds, "open_files_after": len(os.listdir("/proc/self/fd")),

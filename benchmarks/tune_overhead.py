@@ -25,13 +25,12 @@ import os
 import platform
 import statistics
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import raymem.sweep
 from raymem.store import Store
 from raymem.trial import Trial
+from sweep_harness import rss, run_sampling_rss, trial_body  # benchmarks/, beside this script
 
 OUT = Path(__file__).parent / "out" / "tune_overhead.json"
 
@@ -47,30 +46,11 @@ def _done_entry(config):
     tune.report({"done": True, "status": "ok"})
 
 
-def rss() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
 def with_peak_rss(fn) -> tuple[float, int]:
     """(fn's wall seconds, the peak RSS during it above the RSS before)."""
-    before, peak, done = rss(), [0], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], rss())
-            time.sleep(0.1)
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    start = time.perf_counter()
-    try:
-        fn()
-    finally:
-        done.set()
-        sampler.join()
-    return time.perf_counter() - start, max(peak[0], rss()) - before
+    before = rss()
+    wall, peak = run_sampling_rss(fn)
+    return wall, peak - before
 
 
 def trials(results: str, n: int) -> list[Trial]:
@@ -104,11 +84,10 @@ def main() -> None:
     args = parser.parse_args()
     import ray
 
-    raymem.sweep._tune_entry = _done_entry  # run_sweep looks it up at call time
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     rows = []
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, trial_body(_done_entry):
             raymem_sweep(str(Path(tmp) / "warm-up"), 20)  # workers and Tune imported
             for n in args.sizes:
                 for name, sweep in (("raymem", raymem_sweep), ("grid_search", grid_search_sweep)):
