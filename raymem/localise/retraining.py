@@ -320,8 +320,7 @@ class Retraining(Technique):
     def trials(self, base: dict, n_layers: int, cfg) -> list[dict]:
         retrain = {**self.settings(cfg), "max_length": base["max_length"]}
         if base.get("search_trial"):  # the searched learning rate and batch size; the windows' own epochs
-            retrain = {**{k: v for k, v in retrain.items() if k not in ("lr", "batch_size")},
-                       "search_trial": base["search_trial"]}
+            retrain = search.deferred(retrain, base["search_trial"], keep=("epochs",))
         return [{**base, "technique": self.name, "retrain": retrain, "window": list(w)}
                 for w in all_windows(n_layers)]
 

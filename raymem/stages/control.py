@@ -144,9 +144,7 @@ def plan(study, context: PlanContext) -> list[Trial]:
                 raise ConfigError(f"localise.control.pairs: [{a}, {b}] is outside model {model} "
                                   f"(layers 1..{layers})")
         auxiliary = context.examples_trials[cfg.auxiliary_task, model]
-        # control.epochs, where given, holds with a search too
-        settings, searched = search.with_search(own, context, task, model,
-                                                tuple(k for k in search.SEARCHED if k != "epochs" or not cfg.epochs))
+        settings, searched = search.with_search(own, context, task, model, ("epochs",) if cfg.epochs else ())
         for seed in study.seeds:
             for pair in [tuple(p) for p in cfg.pairs or default_pairs(layers)]:
                 trials += [Trial(STAGE, {

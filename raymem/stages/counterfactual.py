@@ -42,9 +42,7 @@ def plan(study: Study, context: PlanContext) -> list[Trial]:
     trials = []
     for task, model in ((t, m) for t in study.task_names() for m in study.models):
         examples = context.examples_trials[task, model]
-        # cf.epochs, where given, holds with a search too
-        settings, searched = search.with_search(own, context, task, model,
-                                                tuple(k for k in search.SEARCHED if k != "epochs" or not cf.epochs))
+        settings, searched = search.with_search(own, context, task, model, ("epochs",) if cf.epochs else ())
         subsets = [Trial(STAGE, {"task": task, "model": model, "subset_seed": cf.subset_seed, "index": i,
                                  "n_labels": context.n_labels[task], "examples_trial": examples.trial_id,
                                  "settings": settings}, study.study, context.results, (examples.trial_id, *searched),

@@ -64,14 +64,19 @@ def check_splits(study: Study, task: str, splits: dict) -> None:
 
 # -- what later stages record and read --------------------------------------------------
 def with_search(settings: dict, context: PlanContext, task: str, model: str,
-                keys: tuple[str, ...] = SEARCHED) -> tuple[dict, tuple[str, ...]]:
+                keep: tuple[str, ...] = ()) -> tuple[dict, tuple[str, ...]]:
     """A training trial's settings and the trials it then needs: where the study searches,
-    `keys` give way to the search trial's id (its winner is read when the trial runs)."""
+    the searched keys give way to the search trial's id (its winner is read when the trial
+    runs), but for those in `keep`, which the stage sets itself (counterfactual.epochs)."""
     found = [t for t in context.of_stage(STAGE) if (t.params["task"], t.params["model"]) == (task, model)]
     if not found:
         return settings, ()
-    kept = {k: v for k, v in settings.items() if k not in keys}
-    return {**kept, "search_trial": found[0].trial_id}, (found[0].trial_id,)
+    return deferred(settings, found[0].trial_id, keep), (found[0].trial_id,)
+
+
+def deferred(settings: dict, search_trial: str, keep: tuple[str, ...] = ()) -> dict:
+    """`settings` with the searched keys, but those in `keep`, replaced by the search trial's id."""
+    return {**{k: v for k, v in settings.items() if k not in SEARCHED or k in keep}, "search_trial": search_trial}
 
 
 def resolve(settings: dict, store) -> dict:
