@@ -8,6 +8,7 @@ finished is kept; the same command resumes).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import textwrap
@@ -200,7 +201,7 @@ def cmd_plan(args) -> int:
     plan = estimate(load_study(args.file, _overrides(args)), args.gpu, args.efficiency)
     print(report(plan))
     if args.json:
-        Path(args.json).write_text(__import__("json").dumps(plan, indent=2))
+        Path(args.json).write_text(json.dumps(plan, indent=2))
         print(f"\nwrote {args.json}")
     return 0
 

@@ -28,7 +28,7 @@ from raymem.models import ModelSpec, check_masked_lm, check_model, layer_count, 
 from raymem.runtime import Runtime
 from raymem.stages import control, counterfactual, examples as examples_stage, finetune, localise, precog, search
 from raymem.store import Store, database_path, ingest, is_ingested
-from raymem.sweep import interruptible, record_run, run_sweep
+from raymem.sweep import interruptible, record_run, run_sweep, write_tables
 from raymem.tasks import load_task
 from raymem.trial import PlanContext, Trial
 
@@ -161,8 +161,7 @@ def _run_in_driver(store: Store, trial: Trial, compute, record: bool = True) -> 
     """A driver-side step: its tables, its runs row (not for a summary) and its marker.
     `compute(info)` returns the tables and may note in `info` where it ran."""
     start, info = time.time(), {}
-    for table, rows in compute(info).items():
-        store.write_rows(table, trial.stage, trial.trial_id, rows, trial.study)
+    write_tables(store, trial, compute(info))
     if record:
         record_run(store, trial, "ok", time.time() - start, info)
     store.mark_done(trial.trial_id, trial.params)
@@ -187,8 +186,9 @@ def _check_gpus(study: Study) -> None:
 
     if study.ray.address or os.environ.get("RAY_ADDRESS") or torch.cuda.is_available():
         return
-    asked = {"finetune.resources": study.finetune.resources, "search.resources": study.search.resources, "precog.actors": study.precog.actors,
-             "localise.resources": study.localise.resources, "localise.hidden_resources": study.localise.hidden_resources}
+    asked = {"finetune.resources": study.finetune.resources, "search.resources": study.search.resources,
+             "precog.actors": study.precog.actors, "localise.resources": study.localise.resources,
+             "localise.hidden_resources": study.localise.hidden_resources}
     for where, hardware in asked.items():
         if hardware.gpus > 0:
             raise ConfigError(f"{where}.gpus: {hardware.gpus:g} GPU per trial asked for, but this machine "

@@ -99,7 +99,7 @@ def _count_attempt(store: Store, trial: Trial) -> int:
     return attempts
 
 
-def _write_tables(store: Store, trial: Trial, tables: dict[str, pl.DataFrame]) -> None:
+def write_tables(store: Store, trial: Trial, tables: dict[str, pl.DataFrame]) -> None:
     """All of a trial's shards or none: a failure half-way removes those already written."""
     written = []
     try:
@@ -122,7 +122,7 @@ def run_trial(trial: Trial, report=None, sleep=time.sleep) -> dict:
     for retry in range(TRANSIENT_RETRIES + 1):
         try:
             runtime = Runtime.for_trial(trial, report)
-            _write_tables(store, trial, stage.run(trial, runtime))
+            write_tables(store, trial, stage.run(trial, runtime))
             break
         except Exception as exc:
             kind = error_kind(exc)
