@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: demo demo-localise test bench pretrain clean
+.PHONY: demo demo-foundation test bench pretrain clean
 
 $(STAMP): pyproject.toml requirements.lock
 	python3.11 -m venv .venv
@@ -10,11 +10,13 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install --quiet -c requirements.lock -e '.[test]'
 	touch $(STAMP)
 
+# every stage, the report included
 demo: $(STAMP)
-	.venv/bin/raymem study studies/demo.yaml
-
-demo-localise: $(STAMP)
 	.venv/bin/raymem study studies/demo_localise.yaml
+
+# the quick path: PreCog and fine-tuning
+demo-foundation: $(STAMP)
+	.venv/bin/raymem study studies/demo.yaml
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest

@@ -14,7 +14,12 @@ and the driver's peak RSS during the sweep (sampled every 0.1 s) above its RSS b
 grid_search stops at --grid-max trials (it grows about quadratically). Medians over
 --repeats. Prints a table, writes benchmarks/out/tune_overhead.json.
 
+raymem's sweep runs a long study as a series of Tune experiments of at most
+--per-experiment trials (raymem.sweep.TRIALS_PER_EXPERIMENT): Tune keeps every trial's
+state until its experiment ends. A huge value gives one experiment, as before.
+
 Usage: .venv/bin/python benchmarks/tune_overhead.py [--sizes 100 400 1600 6400] [--repeats 1]
+           [--per-experiment 2000] [--out benchmarks/out/tune_overhead.json]
 """
 
 from __future__ import annotations
@@ -57,8 +62,12 @@ def trials(results: str, n: int) -> list[Trial]:
     return [Trial("bench", {"i": i}, "tune_overhead", results, runtime={"cpus": 1}) for i in range(n)]
 
 
+PER_EXPERIMENT = raymem.sweep.TRIALS_PER_EXPERIMENT
+
+
 def raymem_sweep(results: str, n: int) -> None:
-    failed = raymem.sweep.run_sweep("bench", trials(results, n), Store(results), 0, log=lambda *_: None)
+    failed = raymem.sweep.run_sweep("bench", trials(results, n), Store(results), 0, log=lambda *_: None,
+                                    per_experiment=PER_EXPERIMENT)
     assert not failed, failed[:3]
 
 
@@ -76,12 +85,17 @@ def grid_search_sweep(results: str, n: int) -> None:
 
 
 def main() -> None:
+    global PER_EXPERIMENT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 400, 1600, 6400])
     parser.add_argument("--grid-max", type=int, default=1600)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--per-experiment", type=int, default=PER_EXPERIMENT,
+                        help="Tune trials per experiment in raymem's sweep (a huge value: one experiment)")
+    parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
+    PER_EXPERIMENT = args.per_experiment
     import ray
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
@@ -111,10 +125,10 @@ def main() -> None:
         grid_rss = f"+{grid['peak_rss_mib']:.0f} MiB" if grid else "-"
         print(f"| {n} | {mine['raymem']['ms_per_trial']:.1f} | {grid_ms} | "
               f"+{mine['raymem']['peak_rss_mib']:.0f} MiB | {grid_rss} |")
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps({"args": vars(args), "machine": platform.platform(), "cpus": os.cpu_count(),
-                               "rows": rows}, indent=2))
-    print(f"wrote {OUT}")
+    args.out.parent.mkdir(exist_ok=True)
+    args.out.write_text(json.dumps({"args": {**vars(args), "out": str(args.out)}, "machine": platform.platform(),
+                                    "cpus": os.cpu_count(), "rows": rows}, indent=2))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -76,12 +76,12 @@ def mcog(db) -> alt.Chart:
     ).properties(width=360, height=120, title="Memorisation centre of gravity per task")
 
 
-# name -> (builder, the result tables it needs)
-CHARTS = {"precog_accuracy_by_bin": (precog_accuracy_by_bin, {"precog", "predictions"}),
-          "precog_planted": (precog_planted, {"precog", "examples"}),
-          "localisation": (localisation, {"layer_scores"}),
-          "windows": (windows, {"window_scores"}),
-          "mcog": (mcog, {"mcog"})}
+# name -> (builder, the result tables it needs, the query its data comes from)
+CHARTS = {"precog_accuracy_by_bin": (precog_accuracy_by_bin, {"precog", "predictions"}, "precog_accuracy_by_bin"),
+          "precog_planted": (precog_planted, {"precog", "examples"}, "precog_distribution"),
+          "localisation": (localisation, {"layer_scores"}, "layer_profile"),
+          "windows": (windows, {"window_scores"}, "window_heatmap"),
+          "mcog": (mcog, {"mcog"}, "mcog_by_task")}
 
 
 def available_charts(db) -> list[str]:
@@ -93,13 +93,17 @@ def available_charts(db) -> list[str]:
         tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
     finally:
         con.close()
-    return [name for name, (_, needs) in CHARTS.items() if needs <= tables]
+    return [name for name, (_, needs, _) in CHARTS.items() if needs <= tables]
+
+
+def build_chart(name: str, db) -> alt.Chart:
+    if name not in CHARTS:
+        raise ConfigError(f"unknown chart {name!r}{did_you_mean(name, CHARTS)}; known charts: {', '.join(CHARTS)}")
+    return CHARTS[name][0](db)
 
 
 def save_chart(name: str, db, out_dir: str | Path) -> list[Path]:
-    if name not in CHARTS:
-        raise ConfigError(f"unknown chart {name!r}{did_you_mean(name, CHARTS)}; known charts: {', '.join(CHARTS)}")
-    chart = CHARTS[name][0](db)
+    chart = build_chart(name, db)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.html"]

@@ -1,4 +1,4 @@
-"""`raymem study|status|query|chart|schema|pretrain|ingest`: the command line.
+"""`raymem study|status|plan|query|chart|report|schema|pretrain|ingest`: the command line.
 
 Exit codes: 0 success, 1 some trials failed (the rest finished and were ingested),
 2 bad input (nothing was run or written), 130 stopped by Ctrl-C or SIGTERM (what
@@ -59,6 +59,8 @@ def _print_headlines(db_path: Path, bin_width: float) -> None:
         except ConfigError:
             continue
         df = df.filter(keep) if keep is not None else df
+        # point estimates in the terminal; their intervals (*_low, *_high) are in the report
+        df = df.drop([c for c in df.columns if c.endswith(("_low", "_high"))])
         if df.height:
             _print_table(title, df)
     _print_checks(db_path)
@@ -106,6 +108,7 @@ def cmd_study(args) -> int:
         # to 127.0.0.1 instead of all interfaces. Read once, when ray is imported.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from raymem.charts import available_charts, save_chart
+    from raymem.report import write_report
     from raymem.study import make_plan, run_plan
 
     plan = make_plan(study)
@@ -131,10 +134,12 @@ def cmd_study(args) -> int:
     for name in available_charts(plan.db_path):
         save_chart(name, plan.db_path, charts_dir)
         print(f"[charts] {charts_dir / name}.png and .html")
+    report = write_report(plan.db_path, charts_dir, study.study, study.bin_width)
+    print(f"[report] {report}")
     _print_headlines(plan.db_path, study.bin_width)
     print(f"\nstudy {study.study} finished in {time.time() - start:.0f}s")
     print(f"database: {plan.db_path}   (raymem query --list; duckdb {plan.db_path})")
-    print(f"charts:   {charts_dir}/")
+    print(f"charts:   {charts_dir}/   report: {report}")
     if failed:
         print(f"\n{len(failed)} trial(s) failed; see the runs table:", file=sys.stderr)
         for t in failed:
@@ -172,6 +177,14 @@ def cmd_chart(args) -> int:
     db = Path(args.db)
     for path in save_chart(args.name, db, args.out or db.parent / "charts"):
         print(path)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from raymem.report import write_report
+
+    db = Path(args.db)
+    print(write_report(db, args.out or db.parent / "charts", args.title))
     return 0
 
 
@@ -216,7 +229,7 @@ def cmd_status(args) -> int:
     plan = make_plan(study, log=lambda *_: None)
     store, ids = plan.store, {t.trial_id for t in plan.trials}
     done = store.done_ids() & ids
-    started = {i for i in ids if store.exists(ATTEMPTS, i)} if store.exists(ATTEMPTS) else set()
+    started = set(store.files(ATTEMPTS)) & ids  # one listing, not one request per trial
     runs = store.read_table("runs", ids)
     runs = pl.from_arrow(runs) if runs is not None else pl.DataFrame(
         schema={"trial_id": pl.Utf8, "status": pl.Utf8, "wall_seconds": pl.Float64})
@@ -274,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", default="results/raymem.duckdb")
     p.add_argument("--out")
     p.set_defaults(fn=cmd_chart)
+    p = sub.add_parser("report", help="write one self-contained HTML report of a results database "
+                                      "(and its charts as PNGs) to results/charts/report.html")
+    p.add_argument("--db", default="results/raymem.duckdb")
+    p.add_argument("--out", help="folder for report.html and the PNGs (default: charts/ beside the database)")
+    p.add_argument("--title", default="", help="the report's heading (default: the results folder's name)")
+    p.set_defaults(fn=cmd_report)
     p = sub.add_parser("pretrain", help="pre-train raymem's small masked-LM")
     p.add_argument("--out", required=True)
     p.add_argument("--threads", type=int, default=2)

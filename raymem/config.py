@@ -94,7 +94,7 @@ class FinetuneConfig(Strict):
     warmup: float = Field(0.1, ge=0, le=1, description="share of the steps the learning rate warms up over, "
                                                       "then decays linearly to 0")
     clip: float = Field(1.0, gt=0, description="gradient norm clipping")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (torch's default, as the original)")
     freeze_embeddings: bool = Field(True, description="keep the embedding block frozen")
     memorised_f1: float = Field(0.993, gt=0, le=1, description="training macro-F1 at which the 'memorised' "
                                                                "checkpoint is kept (first epoch to reach it)")
@@ -158,6 +158,8 @@ class ControlConfig(Strict):
     auxiliary_task: str = Field("tweet_polarity", description="the clean second task whose head updates "
                                                              "every layer: a registry task or one of the study's")
     epochs: int | None = Field(None, ge=1, description="epochs per control model (null: finetune.epochs)")
+    auxiliary_lr: float = Field(5e-6, gt=0, description="the auxiliary task's own AdamW learning rate (the "
+                                                        "original's 5e-6, half its main 1e-5)")
     pairs: list[tuple[int, int]] | None = Field(None, description="planted layer pairs, adjacent "
                                                                   "(null: {1,2}, {L/2, L/2+1}, {L-1, L})")
 
@@ -179,9 +181,24 @@ class LocaliseConfig(Strict):
     retrain_epochs: int = Field(5, ge=1, description="layer retraining: epochs per window")
     retrain_lr: float = Field(3e-5, gt=0, description="layer retraining: learning rate")
     retrain_batch_size: int = Field(8, ge=1, description="layer retraining: batch size")
-    probe_seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1,
+    # probing: the original's settings by default (raymem/localise/probing.py)
+    probe_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1,
                                    description="probing: one probe per layer per seed, F1 averaged")
-    probe_epochs: int = Field(20, ge=1, description="probing: epochs per probe")
+    probe_epochs: int = Field(100, ge=1, description="probing: epochs per probe")
+    probe_lr: float = Field(2e-4, gt=0, description="probing: AdamW learning rate")
+    probe_weight_decay: float = Field(1e-5, ge=0, description="probing: AdamW weight decay")
+    probe_batch_size: int = Field(32, ge=1, description="probing: examples per step")
+    probe_dropout: float = Field(0.1, ge=0, lt=1, description="probing: dropout rate")
+    probe_dropout_on: Literal["input", "hidden"] = Field("input", description="probing: dropout on the "
+                                                         "probe's input (the original) or after its hidden layers")
+    probe_class_weights: Literal["original", "balanced"] = Field(
+        "original", description="probing: loss weights clean / noisy, 0.33 / 0.67 (the original) or balanced")
+    probe_select_after: int = Field(26, ge=1, description="probing: the best validation F1 is picked among "
+                                                          "epochs from this one on (the original: 26)")
+    probe_standardise: bool = Field(False, description="probing: standardise each layer's inputs with "
+                                                       "training statistics (the original does not)")
+    probe_split_by: Literal["random", "stratified"] = Field(
+        "random", description="probing: the 70/10/20 split, shuffled (the original) or stratified on noisy")
     gradient_norm: Literal["l1", "l2"] = Field("l1", description="forgetting gradients: the norm over a "
                                                                 "layer's parameters (l1 as published)")
     gradient_subtract_clean: bool = Field(True, description="forgetting gradients: the noisy set's mean "

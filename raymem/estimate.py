@@ -8,7 +8,8 @@ The trials are the planner's own (`raymem.study.plan_trials`), so their count is
 What the cost estimate assumes (printed with it):
 - compute is dense matmul FLOPs: 2 x parameters per token forward, 4 x backward; a
   training epoch is 6 x P x tokens, plus 2 x P x tokens for the per-epoch predictions on the
-  training set that fine-tuning trials make to find the memorised checkpoint;
+  training set that fine-tuning trials make to find the memorised checkpoint (counted for
+  every epoch: they stop once it is found, so this is an upper bound);
 - tokens per example = min(max_length, the task's mean subword tokens); hub tasks' means
   are approximate (BERT's tokenizer), local tasks' are 1.3 x their mean word count;
 - every fine-tuning trial runs all its epochs (a search: every candidate, both models, its
@@ -134,9 +135,12 @@ def localise_flops(p: dict, study: Study, shape: Shape, train: int, T: float) ->
     P, L = shape.parameters, shape.layers
     noisy = study.noise_ratio * train
     if p["technique"] == "retraining":
-        start, end = p["window"]
-        share = (end - start + 1) / L  # backward through the window's layers only
-        return study.localise.retrain_epochs * (2 + 4 * share) * P * (train - noisy) * T + 2 * P * train * T
+        # the windows start..L of one start layer; a window backpropagates through its own
+        # layers only, and the layers below the start run once for the whole trial
+        sizes = range(1, L - p["start"] + 2)
+        share = sum(sizes) / L
+        return (study.localise.retrain_epochs * (2 * len(sizes) + 4 * share) * P * (train - noisy) * T
+                + 2 * P * train * T * len(sizes))
     if p["technique"] == "swapping":
         return L * (L + 1) / 2 * 2 * P * train * T  # every window swapped, the set predicted
     if p["technique"] == "gradients":

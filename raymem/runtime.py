@@ -9,7 +9,8 @@ It owns everything about *how* work runs, so that stages only say *what* runs:
 - threads and seeding: every trial starts from its own seed, so a reused Tune worker
   carries no random state from one trial to the next;
 - models and tokenizers loaded onto the device, checkpoints saved to and read from the store;
-- progress reports to Tune, and the resume state of a training loop (`TrainingState`).
+- progress reports to Tune, the resume state of a training loop (`TrainingState`), and
+  the finished parts of a grouped trial (`keep_part`, `kept_parts`).
 
 Library code (raymem/localise/, raymem/train.py) follows the device of the model it is
 given and runs inside the autocast context the runtime opens; it never picks a device.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import sys
 import tempfile
@@ -33,6 +35,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 PROGRESS = "progress.pt"
+PARTS = "parts"  # a grouped trial's finished parts, one JSON file each
 
 
 def assigned_gpu_ids() -> list[str]:
@@ -236,8 +239,23 @@ class Runtime:
         torch.save(saved, buffer)
         self.store.put_bytes(buffer.getvalue(), "checkpoints", self.trial_id, PROGRESS)
 
+    def kept_parts(self) -> dict[str, dict]:
+        """The parts of a grouped trial (e.g. retraining windows) kept by an earlier attempt."""
+        if self.store is None or not self.trial_id:
+            return {}
+        names = [n for n in self.store.files("checkpoints", self.trial_id, PARTS) if n.endswith(".json")]
+        self.info["resumed_parts"] = len(names)
+        return {n[:-len(".json")]: json.loads(self.store.get_bytes("checkpoints", self.trial_id, PARTS, n))
+                for n in names}
+
+    def keep_part(self, key: str, value: dict) -> None:
+        """Keep one finished part of a grouped trial, so that a restarted attempt skips it."""
+        if self.store is not None and self.trial_id:
+            self.store.put_bytes(json.dumps(value).encode(), "checkpoints", self.trial_id, PARTS, f"{key}.json")
+
     def finish_training(self) -> None:
-        """Training is over: its progress checkpoint goes (only named checkpoints stay)."""
+        """Training is over: its progress checkpoint and kept parts go (only named checkpoints stay)."""
         if self.store is not None and self.trial_id:
             self.store.delete("checkpoints", self.trial_id, PROGRESS)
+            self.store.delete("checkpoints", self.trial_id, PARTS)
             self.info["storage_bytes"] = self.store.size("checkpoints", self.trial_id)

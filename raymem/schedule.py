@@ -38,7 +38,8 @@ def relative_cost(trial: Trial) -> float:
     if trial.stage == "counterfactual":
         return 0.5 * epochs  # half the training set
     if trial.stage == "localise" and "retrain" in p:
-        return 0.5 * p["retrain"]["epochs"]  # a window: the layers above it run frozen
+        windows = p["n_layers"] - p["start"] + 1  # the windows of one start layer
+        return 0.5 * p["retrain"]["epochs"] * windows
     if trial.stage in DRIVER_STAGES:
         return 0.0
     return 1.0  # hidden states, swapping, gradients, probing, centroids: about an epoch
@@ -66,10 +67,16 @@ class ReadyFirst(Searcher):
     and says whether it succeeded. Each trial counts the inputs it still waits for, and a
     finished trial counts down those of the trials waiting on it, so a release costs
     O(log n) however large the study (a scan of every waiting trial per release would
-    cost hours at the published grid's 48,000 trials)."""
+    cost hours at the published grid's 48,000 trials).
 
-    def __init__(self, trials: list[Trial], done: set[str], run_in_driver: Callable[[Trial], bool]):
+    `limit` caps the Tune trials one experiment releases: Tune keeps every trial's state
+    until its experiment ends (about 60 KiB each), so the sweep runs a long study as a
+    series of experiments of at most `limit` trials (`capped` says this one stopped there)."""
+
+    def __init__(self, trials: list[Trial], done: set[str], run_in_driver: Callable[[Trial], bool],
+                 limit: int | None = None):
         super().__init__()
+        self.limit, self.released = limit, 0
         order = chain_lengths(trials)
         # longest chain first; among equal chains, the plan's order
         self.rank = {t.trial_id: (-order[t.trial_id], i) for i, t in enumerate(trials)}
@@ -107,13 +114,18 @@ class ReadyFirst(Searcher):
             self._finished(trial.trial_id, self.run_in_driver(trial))
         return None
 
+    @property
+    def capped(self) -> bool:
+        return self.limit is not None and self.released >= self.limit
+
     def suggest(self, trial_id: str):
-        trial = self._ready()
+        trial = None if self.capped else self._ready()
         if trial is None:
             # nothing ready: more may be once a running trial ends; if none runs, the rest
             # wait on failed trials and never will be
             return None if self.running else Searcher.FINISHED
         self.running[trial_id] = trial
+        self.released += 1
         return {"trial": {"trial_id": trial.trial_id, "label": trial.label(), "spec": trial}}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:

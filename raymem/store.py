@@ -7,6 +7,7 @@ Layout under the results root (a local folder or an s3:// URI, one code path):
     _attempts/<trial_id>                 how many times the trial was started
     checkpoints/<trial_id>/<name>/       safetensors checkpoints that later stages need
     checkpoints/<trial_id>/progress.pt   a training trial's resume state, until it finishes
+    checkpoints/<trial_id>/parts/        the finished parts of a grouped trial, until it finishes
     tune/                                Ray Tune's own experiment state
     raymem.duckdb                        built by `ingest` from the shards (local results)
 
@@ -152,6 +153,11 @@ class Store:
         """Bytes under a folder of the store (0 if absent)."""
         selector = pafs.FileSelector(self._path(*parts), recursive=True, allow_not_found=True)
         return sum(i.size or 0 for i in self.fs.get_file_info(selector) if i.type == pafs.FileType.File)
+
+    def files(self, *parts: str) -> list[str]:
+        """The names of the files in a folder of the store, from one listing (none if absent)."""
+        selector = pafs.FileSelector(self._path(*parts), allow_not_found=True)
+        return sorted(i.base_name for i in self.fs.get_file_info(selector) if i.type == pafs.FileType.File)
 
     def exists(self, *parts: str) -> bool:
         return self.fs.get_file_info(self._path(*parts)).type != pafs.FileType.NotFound

@@ -172,9 +172,10 @@ def _label(tune_trial) -> str:
     return tune_trial.config.get("trial", {}).get("label", str(tune_trial))
 
 
-def progress_callback(name: str, total: int, every_seconds: float = 10.0):
+def progress_callback(name: str, total: int, every_seconds: float = 10.0, before: tuple[int, int] = (0, 0)):
     """A Tune callback printing one progress line for the whole sweep (instead of Tune's
     per-trial configuration dumps): done, failed, running and pending, and the time left.
+    `before`: the sweep's trials done and failed in its earlier experiments.
     It prints rather than holding a log function: Tune pickles its callbacks."""
     from ray import tune
 
@@ -186,14 +187,15 @@ def progress_callback(name: str, total: int, every_seconds: float = 10.0):
             # Tune calls back before it marks the completed trial TERMINATED: count it here
             ended = [t for t in trials if t.status in ("TERMINATED", "ERROR") or t is completed]
             now = time.time()
-            if len(ended) < total and now - self.last < every_seconds:
+            if len(ended) + sum(before) < total and now - self.last < every_seconds:
                 return
             self.last = now
             failed = sum(t.status == "ERROR" or (t.last_result or {}).get("status") == "failed" for t in ended)
             running = sum(t.status == "RUNNING" and t is not completed for t in trials)
-            left = total - len(ended)
+            left = total - len(ended) - sum(before)
             eta = (now - self.start) / len(ended) * left if ended else float("nan")
-            print(f"[{name}] {len(ended) - failed}/{total} done, {failed} failed, {running} running, "
+            done, failed = len(ended) - failed + before[0], failed + before[1]
+            print(f"[{name}] {done}/{total} done, {failed} failed, {running} running, "
                   f"{left - running} pending; {now - self.start:.0f}s so far"
                   + (f", about {eta:.0f}s left" if ended and left else ""), flush=True)
 
@@ -214,7 +216,7 @@ def progress_callback(name: str, total: int, every_seconds: float = 10.0):
     return Progress()
 
 
-def tune_callbacks(name: str, total: int) -> list:
+def tune_callbacks(name: str, total: int, before: tuple[int, int] = (0, 0)) -> list:
     """What every raymem Tune experiment logs: Tune's JSON and CSV results, one progress line.
 
     Tune's default TensorBoard logger keeps every trial's writer until the driver exits
@@ -224,7 +226,7 @@ def tune_callbacks(name: str, total: int) -> list:
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    return [JsonLoggerCallback(), CSVLoggerCallback(), progress_callback(name, total)]
+    return [JsonLoggerCallback(), CSVLoggerCallback(), progress_callback(name, total, before=before)]
 
 
 def trial_resources(config: dict):
@@ -235,14 +237,18 @@ def trial_resources(config: dict):
     return PlacementGroupFactory([{"CPU": runtime.get("cpus", 1), "GPU": runtime.get("gpus", 0)}])
 
 
+# Tune keeps each trial's state (about 60 KiB) until its experiment ends: a long study runs
+# as a series of experiments of at most this many trials, so the driver's memory stays flat.
+TRIALS_PER_EXPERIMENT = 2000
+
+
 def run_sweep(name: str, trials: list[Trial], store: Store, max_failures: int, log=print,
-              run_in_driver: Callable[[Trial], bool] | None = None) -> list[Trial]:
-    """Run the unfinished trials, of any stages, as one Tune experiment: each starts as soon
+              run_in_driver: Callable[[Trial], bool] | None = None,
+              per_experiment: int = TRIALS_PER_EXPERIMENT) -> list[Trial]:
+    """Run the unfinished trials, of any stages, as one flowing sweep: each starts as soon
     as the trials it needs are done, longest chain first (raymem/schedule.py); driver steps
     among them go to `run_in_driver`. Return the trials that failed or never could start."""
-    from ray import tune
-
-    from raymem.schedule import DRIVER_STAGES, ReadyFirst
+    from raymem.schedule import DRIVER_STAGES
 
     done = store.done_ids()
     pending = [t for t in trials if t.trial_id not in done]
@@ -255,32 +261,53 @@ def run_sweep(name: str, trials: list[Trial], store: Store, max_failures: int, l
     if not pending:
         return []
     n_tune = sum(t.stage not in DRIVER_STAGES for t in pending)
-    searcher = ReadyFirst(trials, done, run_in_driver or (lambda trial: False))
-    # Tune holds back new trials while this many wait for resources: enough to keep every
-    # CPU busy (and an autoscaler asking for nodes), few enough that the order holds.
-    import ray
-
-    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(2, int(ray.cluster_resources().get("CPU", 2)))))
-    tuner = tune.Tuner(
-        tune.with_resources(_tune_entry, trial_resources),
-        tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            # one more than it will hand out: the searcher, not the count, ends the experiment,
-            # so driver steps ready after the last trial still run
-            num_samples=n_tune + 1,
-            # One worker process serves trial after trial: no re-import of torch per trial.
-            reuse_actors=True),
-        run_config=tune.RunConfig(
-            name=f"{pending[0].study}-{name}", storage_path=store.local_path("tune"),
-            # Tune's own output prints every trial's configuration; one progress line instead
-            failure_config=tune.FailureConfig(max_failures=max_failures), verbose=0,
-            callbacks=tune_callbacks(name, n_tune)))
-    start = time.time()
-    tuner.fit()
-    done = store.done_ids()
+    start, failed_ids, part = time.time(), set(), 0
+    while True:
+        # a trial that failed in an earlier experiment stays failed: it is left out, so the
+        # trials that need it are never released
+        searcher = _run_experiment(name, part, [t for t in trials if t.trial_id not in failed_ids], store,
+                                   max_failures, run_in_driver, per_experiment, n_tune, len(failed_ids))
+        done = store.done_ids()
+        failed_ids |= searcher.failed
+        if not searcher.capped:
+            break
+        part += 1
     failed = [t for t in pending if t.trial_id not in done]
     blocked = [t for t in searcher.blocked if t.trial_id not in done]
     log(f"[{name}] {len(pending) - len(failed)} trials done, {len(failed) - len(blocked)} failed"
         + (f", {len(blocked)} not started (a trial they need failed)" if blocked else "")
         + f", in {time.time() - start:.0f}s")
     return failed
+
+
+def _run_experiment(name: str, part: int, trials: list[Trial], store: Store, max_failures: int,
+                    run_in_driver, limit: int, n_tune: int, failed_before: int):
+    """One Tune experiment releasing at most `limit` trials; returns its searcher."""
+    import ray
+    from ray import tune
+
+    from raymem.schedule import DRIVER_STAGES, ReadyFirst
+
+    done = store.done_ids()
+    searcher = ReadyFirst(trials, done, run_in_driver or (lambda trial: False), limit)
+    # Tune holds back new trials while this many wait for resources: enough to keep every
+    # CPU busy (and an autoscaler asking for nodes), few enough that the order holds.
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(2, int(ray.cluster_resources().get("CPU", 2)))))
+    left = sum(t.trial_id not in done and t.stage not in DRIVER_STAGES for t in trials)
+    tuner = tune.Tuner(
+        tune.with_resources(_tune_entry, trial_resources),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            # one more than it will hand out: the searcher, not the count, ends the experiment,
+            # so driver steps ready after the last trial still run
+            num_samples=min(limit, n_tune) + 1,
+            # One worker process serves trial after trial: no re-import of torch per trial.
+            reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=f"{trials[0].study}-{name}" + (f"-{part + 1}" if part else ""),
+            storage_path=store.local_path("tune"),
+            # Tune's own output prints every trial's configuration; one progress line instead
+            failure_config=tune.FailureConfig(max_failures=max_failures), verbose=0,
+            callbacks=tune_callbacks(name, n_tune, (n_tune - left - failed_before, failed_before))))
+    tuner.fit()
+    return searcher

@@ -28,7 +28,7 @@ class TrainSettings:
     max_length: int = 512
     warmup: float = 0.1
     clip: float = 1.0
-    weight_decay: float = 0.0
+    weight_decay: float = 0.01  # torch's AdamW default, as the original code
     freeze_embeddings: bool = True
 
 

@@ -60,7 +60,7 @@ class Trial:
         """A short human name: stage and the parameters that tell trials apart."""
         p = self.params
         parts = [p.get(k) for k in ("task", "model", "technique") if p.get(k) is not None]
-        parts += [f"{k}={p[k]}" for k in ("seed", "variant", "index", "pair", "window")
+        parts += [f"{k}={p[k]}" for k in ("seed", "variant", "index", "pair", "start")
                   if p.get(k) not in (None, "")]
         return " ".join([self.stage, *map(str, parts)])
 

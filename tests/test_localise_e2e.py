@@ -19,6 +19,7 @@ import ray
 import yaml
 
 from results_db import assert_same_database, fetch, fetch_frame, table_counts
+import raymem.study
 from raymem.cli import main
 from raymem.config import load_study
 from raymem.localise.summary import m_cog
@@ -71,13 +72,24 @@ def study_run(tiny_mlm, tmp_path_factory):
     path.write_text(yaml.safe_dump(study))
     fresh = root / "fresh.yaml"  # the same study in a results folder of its own
     fresh.write_text(yaml.safe_dump({**study, "results": str(root / "fresh")}))
-    logs, seconds, ray_started, db_mtimes = [], [], [], []
+    logs, seconds, ray_started, db_mtimes, statuses = [], [], [], [], []
     db = root / "results" / "raymem.duckdb"
+    run_in_driver = raymem.study._run_in_driver
+
+    def status_then_run(store, trial, compute, record=True):
+        """`raymem status` while the study runs: from the first run's first summary step."""
+        if trial.stage == "counterfactual-summary" and not statuses:
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                main(["status", str(path)])
+            statuses.append(out.getvalue())
+        return run_in_driver(store, trial, compute, record)
     try:
         for path in (path, path, fresh):  # the second run: every trial is already done
             out = _Tee()
             start = time.time()
-            with contextlib.redirect_stdout(out):
+            with contextlib.redirect_stdout(out), pytest.MonkeyPatch.context() as patch:
+                patch.setattr(raymem.study, "_run_in_driver", status_then_run)
                 code = main(["study", str(path)])
             seconds.append(time.time() - start)
             logs.append((code, out.getvalue()))
@@ -92,11 +104,25 @@ def study_run(tiny_mlm, tmp_path_factory):
     path = root / "study.yaml"
     plan = make_plan(load_study(path), log=lambda *_: None)
     return {"codes": tuple(c for c, _ in logs), "logs": [o for _, o in logs], "db": db,
-            "first": first, "root": root, "plan": plan, "ray_started": ray_started, "db_mtimes": db_mtimes}
+            "first": first, "root": root, "plan": plan, "ray_started": ray_started, "db_mtimes": db_mtimes,
+            "status_during_run": statuses[0]}
 
 
 def test_study_succeeds_twice(study_run):
     assert study_run["codes"] == (0, 0, 0), study_run["logs"]
+
+
+def test_status_while_the_study_runs(study_run):
+    # taken as the counterfactual summary started, in the driver, while the sweep ran on
+    out = study_run["status_during_run"]
+    total = len(study_run["plan"].trials)
+    done = int(out.split(": ")[1].split(" of ")[0])
+    assert 0 < done < total and f" of {total} trials done" in out
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in out.splitlines() if line.startswith("| ") and "stage" not in line}
+    # stage: trials, done, failed, started, pending, median seconds
+    assert rows["counterfactual"][:3] == [str(N_MODELS), str(N_MODELS), "0"]  # its subset models
+    assert rows["counterfactual-summary"][:3] == ["1", "0", "0"]  # this step itself
 
 
 def test_the_same_study_run_again_gives_the_same_tables(study_run):
@@ -116,11 +142,13 @@ def test_every_trial_ran_once_and_ok(study_run):
     assert sorted(r[0] for r in rows) == sorted(expected)
     assert [r for r in rows if r[1] != "ok"] == []
     # 1 precog + 2 finetune + N_MODELS subset models + 2 control models
-    # + 2 pairs x (hidden states, swapping, 3 retraining windows, gradients, probing, centroids)
-    assert len(rows) == 1 + 2 + N_MODELS + 2 + len(PAIRS) * (5 + len(WINDOWS))
+    # + 2 pairs x (hidden states, swapping, 2 retraining trials (one per start layer, 3
+    # windows in all), gradients, probing, centroids)
+    starts = len({s for s, _ in WINDOWS})
+    assert len(rows) == 1 + 2 + N_MODELS + 2 + len(PAIRS) * (5 + starts)
     stages = dict(fetch(db, "SELECT stage, COUNT(*) FROM runs GROUP BY stage"))
     assert stages == {"precog": 1, "finetune": 2, "counterfactual": N_MODELS, "control": 2,
-                      "hidden": len(PAIRS), "localise": len(PAIRS) * (4 + len(WINDOWS))}
+                      "hidden": len(PAIRS), "localise": len(PAIRS) * (4 + starts)}
 
 
 def test_finetune_predictions_per_checkpoint(study_run):
@@ -191,7 +219,7 @@ def test_window_scores_for_swapping_and_retraining(study_run):
                           noisy_acc BETWEEN 0 AND 1 AND clean_acc BETWEEN 0 AND 1
                           AND abs(error - (1 - noisy_acc)) < 1e-9)""")[0][0]
     assert bad == 0
-    # retraining: one trial per window; errors normalised by window (1, L), whose error is 1
+    # retraining: one row per window; errors normalised by window (1, L), whose error is 1
     # (NaN throughout when retraining all layers forgot nothing)
     assert study_run["first"]["retrain_windows"] == len(PAIRS) * len(WINDOWS)
     joined = fetch(db, """SELECT w.pair, w.window_start, w.window_end, w.noisy_acc, r.noisy_acc, w.error
@@ -256,12 +284,14 @@ def test_centroid_events(study_run):
     rows = fetch(study_run["db"], """
         SELECT pair, technique, event, class_from, class_to, layer FROM events ORDER BY ALL""")
     per_pair = 2 * N_LABELS * (N_LABELS - 1)  # crossing and initiation per ordered class pair
-    assert len(rows) == len(PAIRS) * per_pair
+    assert len(rows) == len(PAIRS) * (per_pair + 2)  # and the two pooled events
     assert {r[0] for r in rows} == set(PAIRS) and {r[1] for r in rows} == {"centroids"}
     assert {r[2] for r in rows} == {"crossing", "initiation"}
+    pooled = [r for r in rows if r[3] is None]
+    assert sorted((r[0], r[2]) for r in pooled) == [(p, e) for p in sorted(PAIRS) for e in ("crossing", "initiation")]
     for *_, c_from, c_to, layer in rows:
-        assert c_from != c_to and {c_from, c_to} <= set(range(N_LABELS))
-        assert layer is None or 0 <= layer <= L
+        assert (c_from is None and c_to is None) or (c_from != c_to and {c_from, c_to} <= set(range(N_LABELS)))
+        assert layer is None or 1 <= layer <= L  # the model's layers, not the embeddings
 
 
 def test_every_query_runs(study_run):
@@ -322,3 +352,26 @@ def test_rerun_adds_no_rows_and_skips_everything(study_run):
     assert not any(f"[{step}]" in second for step in ("precog", "finetune", "hidden", "ingest", "charts"))
     assert study_run["db_mtimes"][1] == study_run["db_mtimes"][0]
     assert "Accuracy by PreCog bin" in second  # the headline tables still print
+
+
+def test_the_report_opens_offline_in_headless_chromium(study_run, tmp_path):
+    from browser import open_page
+
+    from raymem.charts import available_charts
+
+    report = study_run["root"] / "results" / "charts" / "report.html"
+    assert report.is_file()  # the study wrote it
+    assert main(["report", "--db", str(study_run["db"]), "--out", str(tmp_path), "--title", "e2e"]) == 0
+    page = open_page(tmp_path / "report.html")
+    assert page["errors"] == [] and page["requests"] == []
+    charts = available_charts(study_run["db"])
+    assert {"precog_accuracy_by_bin", "localisation", "windows", "mcog"} <= set(charts)
+    # every chart rendered as an image, and each has its PNG beside the page
+    assert [alt for alt, _ in page["images"]] == charts
+    assert all(width > 300 for _, width in page["images"])
+    assert all((tmp_path / f"{name}.png").is_file() for name in charts)
+    assert page["headings"][0] == "e2e"
+    assert "Memorisation centre of gravity (M-CoG) per task and technique" in page["headings"]
+    assert "Control setup: does each technique find the planted layers?" in page["headings"]
+    html = (tmp_path / "report.html").read_text()
+    assert "<script" not in html and "FROM layer_scores" in html  # the queries are on the page

@@ -311,7 +311,7 @@ def test_control_accuracy(tmp_path):
     df = query("control_accuracy", make_db(tmp_path / "r.duckdb", control_accuracy=rows))
     assert df.columns == ["model", "technique", "n_runs", "accuracy_at_1", "accuracy_at_2",
                           "chance_at_1", "chance_at_2", "times_chance_at_2", "pair_on_top",
-                          "chance_pair_on_top"]
+                          "chance_pair_on_top", "at_1_low", "at_1_high", "at_2_low", "at_2_high"]
     got = {(r["model"], r["technique"]): r for r in df.iter_rows(named=True)}
     # best at accuracy@2 first, ties by name
     assert list(got) == [("m", "swapping"), ("m", "probing"), ("m", "gradients"),
@@ -347,8 +347,9 @@ def _windows(n_layers):
 
 @pytest.fixture(scope="module")
 def window_frames():
-    """window_scores as the two techniques write it: swapping with clean_acc, retraining
-    with normalised_acc (the ingested table has both columns, NULL where not written)."""
+    """window_scores as the two techniques write it: both with clean_acc (swapping: the clean
+    training examples under the swap; retraining: held-out clean examples), retraining with
+    normalised_acc (NULL for swapping in the ingested table)."""
     rng = np.random.default_rng(2)
     n_layers, frames = 3, []
     for seed in (1, 2, 3):
@@ -363,7 +364,7 @@ def window_frames():
         acc_all = acc[1, n_layers]
         frames.append(pl.DataFrame({
             "window_start": [w[0] for w in acc], "window_end": [w[1] for w in acc],
-            "noisy_acc": list(acc.values()),
+            "noisy_acc": list(acc.values()), "clean_acc": [float(rng.random()) for _ in acc],
             "normalised_acc": [(a - acc_all) / (1 - acc_all) for a in acc.values()],
             "error": [1 - (a - acc_all) / (1 - acc_all) for a in acc.values()]}).with_columns(
             pl.lit("A").alias("task"), pl.lit("m").alias("model"), pl.lit(seed).alias("seed"),
@@ -378,7 +379,7 @@ def test_window_heatmap(tmp_path, window_frames):
     real, table = window_frames
     df = query("window_heatmap", make_db(tmp_path / "r.duckdb", window_scores=table))
     assert df.columns == ["task", "model", "technique", "window_start", "window_size", "error",
-                          "noisy_acc", "n_seeds"]
+                          "noisy_acc", "clean_acc", "n_seeds"]
     # the axes: every (start, size) of a 3-layer model once per technique, sizes then starts
     cells = [(s, e - s + 1) for s, e in _windows(3)]
     order = sorted(cells, key=lambda c: (c[1], c[0]))
@@ -393,6 +394,23 @@ def test_window_heatmap(tmp_path, window_frames):
         assert runs.height == 3
         assert r["error"] == pytest.approx(runs["error"].mean(), abs=5.1e-5)
         assert r["noisy_acc"] == pytest.approx(runs["noisy_acc"].mean(), abs=5.1e-5)
+        assert r["clean_acc"] == pytest.approx(runs["clean_acc"].mean(), abs=5.1e-5)
     # retraining all layers is the reference: its error is 1 at every seed
     full = df.filter((pl.col("technique") == "retraining") & (pl.col("window_size") == 3))
     assert full["error"].to_list() == [1.0]
+
+
+def test_control_accuracy_has_wilson_intervals(tmp_path):
+    from scipy.stats import binomtest
+
+    # 3 runs of one technique: the top layer in the pair twice; top-two shares 1, 0.5, 0
+    rows = [_control_row("m", 4, "probing", (1, 2), [4, 3, 0, 0]),
+            _control_row("m", 4, "probing", (2, 3), [0, 4, 0, 3]),
+            _control_row("m", 4, "probing", (3, 4), [4, 3, 0, 0])]
+    (r,) = query("control_accuracy", make_db(tmp_path / "r.duckdb", control_accuracy=rows)).iter_rows(named=True)
+    assert (r["accuracy_at_1"], r["accuracy_at_2"]) == (0.667, 0.5)
+    at_1 = binomtest(2, 3).proportion_ci(0.95, method="wilson")  # top layer in the pair in runs 1 and 2
+    at_2 = binomtest(3, 6).proportion_ci(0.95, method="wilson")  # 3 of the 6 top-two places
+    assert (r["at_1_low"], r["at_1_high"]) == (round(at_1.low, 3), round(at_1.high, 3))
+    assert (r["at_2_low"], r["at_2_high"]) == (round(at_2.low, 3), round(at_2.high, 3))
+    assert r["at_2_low"] < 0.5 < r["at_2_high"]  # three runs cannot tell this from chance

@@ -39,9 +39,9 @@ def test_the_published_grid_is_counted_as_the_planner_counts_it():
     trials = {stage: row["trials"] for stage, row in plan["stages"].items()}
     # 12 tasks x 4 models x 3 seeds x 2 variants; x 30 subset models per task and model;
     # 11 tasks (not the auxiliary sst2) x 4 models x 3 seeds x 3 planted pairs x 2 variants;
-    # 540 pairs of 78 retraining windows and 4 other techniques
+    # 540 pairs of 12 retraining trials (one per start layer: 78 windows) and 4 other techniques
     assert trials["finetune"] == 288 and trials["counterfactual"] == 1440 and trials["control"] == 792
-    assert trials["localise"] == 44280 and plan["total"]["trials"] == 47976
+    assert trials["localise"] == 8640 and plan["total"]["trials"] == 12336
     assert plan["models"]["bert-base-cased"]["layers"] == 12
     assert plan["examples"]["sst2"]["train"] == 60614
 

@@ -29,12 +29,14 @@ def test_trials_on_the_longest_chain_go_first():
     clean = _trial("finetune", "clean", settings={"epochs": 20})
     subsets = [_trial("counterfactual", f"subset{i}", settings={"epochs": 20}) for i in range(3)]
     control = _trial("control", "control", settings={"epochs": 12})
-    windows = [_trial("localise", f"window{i}", (noisy, clean), retrain={"epochs": 2}) for i in range(5)]
+    # retraining of a 2-layer model: the trial of start layer 1 retrains two windows
+    windows = [_trial("localise", f"start{start}", (noisy, clean), retrain={"epochs": 2}, start=start, n_layers=2)
+               for start in (1, 2)]
     probing = _trial("localise", "probing", (noisy, clean))
     trials = [*subsets, control, noisy, clean, *windows, probing]
     lengths = chain_lengths(trials)
     # a fine-tune's chain: itself and the longest trial of its pair's localisation after it
-    assert lengths[noisy.trial_id] == 20 + 1 and lengths[windows[0].trial_id] == 1
+    assert lengths[noisy.trial_id] == 20 + 2 and lengths[windows[0].trial_id] == 2
     assert lengths[control.trial_id] == 2 * 12 and lengths[subsets[0].trial_id] == 10
     searcher = ReadyFirst(trials, set(), lambda t: True)
     first = [searcher.suggest(f"tune{i}")["trial"]["spec"] for i in range(5)]
@@ -123,3 +125,30 @@ def test_a_trial_starts_before_an_unrelated_slow_trial_of_an_earlier_stage_ends(
     # no barrier: the localisation trial and the summary waited for their input, not for `slow`
     assert times["fast"][1] <= times["after_fast"][0] < times["slow"][1]
     assert times["after_fast"][1] <= summarised["at"] < times["slow"][1]
+
+
+@pytest.mark.ray
+def test_a_sweep_larger_than_one_experiment_runs_on_in_the_next(tmp_path, monkeypatch, capsys):
+    # Tune keeps each trial's state until its experiment ends: the sweep caps an experiment's
+    # trials and goes on in a new one, where a trial that failed earlier stays failed
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    monkeypatch.setattr(sweep, "_tune_entry", _timed_entry)
+    results = str(tmp_path)
+    broken = _trial("finetune", "broken", results=results, seconds=0, fail=True)
+    chain = [_trial("finetune", "a", results=results, seconds=0)]
+    for name in ("b", "c", "d"):
+        chain.append(_trial("localise", name, (chain[-1],), results=results, seconds=0))
+    after_broken = _trial("localise", "after_broken", (broken,), results=results, seconds=0)
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        failed = sweep.run_sweep("study", [broken, *chain, after_broken], Store(results), 0,
+                                 log=lambda *_: None, per_experiment=2)
+    finally:
+        ray.shutdown()
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert {p.stem for p in tmp_path.glob("*.json")} == {"broken", "a", "b", "c", "d"}  # each ran once
+    assert _names(failed) == ["broken", "after_broken"]
+    assert Store(results).done_ids() == {t.trial_id for t in chain}
+    # three experiments (2 + 2 + 1 trials); the progress line counts the whole sweep
+    assert len(list((tmp_path / "tune").iterdir())) == 3
+    assert "[study] 4/6 done, 1 failed" in capsys.readouterr().out

@@ -1,7 +1,9 @@
 """Trial ids are the contract with results already on disk: a rerun finds finished work by
-them. These are the ids planned for studies/demo_localise.yaml; they equal those of the
-code before the trial runtime, except the five centroids trials (probing's settings no
-longer enter their ids) and the five pair summaries that list them."""
+them. These are the ids planned for studies/demo_localise.yaml. Every one changed when the
+definitions were aligned with the original code: AdamW weight decay 0.01 (every training
+trial and all that reads it), each localisation trial naming the noisy checkpoint it
+compares, and retraining (one trial per start layer, warm-up 10%). A change here is a
+change of what a finished study's results mean: make it on purpose."""
 
 import json
 from collections import Counter

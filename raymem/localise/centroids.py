@@ -2,8 +2,8 @@
 
 Input: pooled hidden states computed once, an array (L+1, N, H) with index 0 the
 embedding output (`pooled_hidden_state_array` below), each example's current (training)
-label, its original label and its noisy flag. Layers in the output use the same index:
-0 = embeddings, 1..L = the model's layers.
+label, its original label and its noisy flag. Layers in the output use the same index;
+as the original code, the events are searched in the model's layers 1..L only.
 
 Per layer and ordered class pair (c1, c2): p1, p2 are the centroids of the *clean*
 examples of c1 and c2 (for clean examples current = original label). Every example is
@@ -11,16 +11,25 @@ projected on the line p1 -> p2, scaled so p1 = 0 and p2 = 1:
 
     t(x) = (x - p1) . (p2 - p1) / |p2 - p1|^2
 
-- crossing: the noisy examples now labelled c1 but originally c2 start on the c2 side;
-  the first layer where their mean t falls below 0.5. None if it never does, or if the
-  pair has no such noisy examples.
-- initiation: 'class c1' and 'class c2' are the clean examples of each class; the first
-  layer from which the 87.5th percentile of t over clean c1 stays below the 12.5th
-  percentile of t over clean c2 at every later layer too. None if the last layer is not
-  separated. (Since t on c2 -> c1 is 1 - t on c1 -> c2, this event is symmetric in the pair.)
+As the original (src/centroid_analysis.py and its notebook's `get_events`), the
+projections of all ordered pairs are pooled, and on the pooled sets:
+
+- crossing: the noisy examples (labelled c1, originally c2) start on the c2 side; the
+  *last* layer where their mean t falls from above 0.5 to below it (from layer 1, which
+  counts as a fall when it is already below). None if it never does.
+- initiation: the first layer from which the 87.5th percentile of t over the clean c1
+  examples stays below the 12.5th percentile of t over the clean c2 examples at every
+  later layer too. None if the last layer is not separated.
+
+Why pooled: in a layer with no class signal, the noisy examples of one pair sit near
+n2 / (n1 + n2) on its line (n the classes' clean counts), so a pair whose noisy examples
+come from the smaller class "crosses" wherever there is no signal. Pooled over both
+directions, weighted by their noisy counts, that bias sits at or above 0.5.
 
 Output rows: class_from = c2 (the noisy examples' original class), class_to = c1 (their
-noisy label), event, layer. Every ordered pair of distinct classes gets both events.
+noisy label), event, layer, for every ordered pair (the same rules on that pair alone,
+for drill-down), and the pooled events with class_from and class_to null. The layer
+scores mark the pooled crossing layer.
 
 The fast path needs one pass of the model and, per class, one einsum over layers and
 partner classes. `centroid_events_recomputed` is the naive reference that recomputes
@@ -59,6 +68,16 @@ def _first_layer(condition: np.ndarray) -> np.ndarray:
     return np.where(condition.any(0), condition.argmax(0), -1)
 
 
+def _last_fall(mean: np.ndarray) -> np.ndarray:
+    """Last index along axis 0 where `mean` falls from >= the threshold to below it (index 0
+    falls when it starts below); -1 where it never does. NaN never falls."""
+    below = mean < CROSSING_THRESHOLD
+    above_before = np.concatenate([np.ones_like(below[:1]), mean[:-1] >= CROSSING_THRESHOLD], 0)
+    falls = below & above_before
+    last = falls.shape[0] - 1 - np.flip(falls, 0).argmax(0)
+    return np.where(falls.any(0), last, -1)
+
+
 def _first_layer_from_which(condition: np.ndarray) -> np.ndarray:
     """First index along axis 0 from which `condition` holds up to the end, -1 if the last fails."""
     holds_to_end = np.flip(np.logical_and.accumulate(np.flip(condition, 0), axis=0), 0)
@@ -74,9 +93,14 @@ def _positions_from(hidden: np.ndarray, centroids: np.ndarray, rows: np.ndarray,
         return np.einsum("lnh,lkh->lnk", hidden[:, rows] - origin, directions) / squared_length[:, None]
 
 
-def _event_frame(crossing: np.ndarray, initiation: np.ndarray) -> pl.DataFrame:
-    """Rows from (K, K) arrays indexed [c1, c2] with -1 for never."""
+def _event_frame(crossing: np.ndarray, initiation: np.ndarray, pooled: tuple[int, int] | None = None
+                 ) -> pl.DataFrame:
+    """Rows from (K, K) arrays indexed [c1, c2] and the pooled (crossing, initiation),
+    layers 1-based with -1 for never."""
     rows = []
+    if pooled is not None:
+        rows += [{"class_from": None, "class_to": None, "event": event, "layer": None if layer < 0 else int(layer)}
+                 for event, layer in zip(("crossing", "initiation"), pooled)]
     n_classes = crossing.shape[0]
     for c1 in range(n_classes):
         for c2 in range(n_classes):
@@ -100,8 +124,9 @@ def _check_inputs(hidden, labels, original_labels, noisy):
 
 def centroid_events(hidden: np.ndarray, labels: np.ndarray, original_labels: np.ndarray, noisy: np.ndarray,
                     n_classes: int | None = None) -> pl.DataFrame:
-    """Crossing and initiation layers for every ordered class pair, from hidden states computed once."""
+    """Crossing and initiation layers, pooled and per ordered class pair, from hidden states computed once."""
     hidden, labels, original_labels, noisy = _check_inputs(hidden, labels, original_labels, noisy)
+    hidden = hidden[1:]  # the model's layers 1..L: the embeddings are not searched
     n_classes = n_classes or int(max(labels.max(), original_labels.max())) + 1
     n_layers = hidden.shape[0]
     clean = ~noisy
@@ -117,24 +142,39 @@ def centroid_events(hidden: np.ndarray, labels: np.ndarray, original_labels: np.
     lower_c2 = np.full((n_layers, n_classes, n_classes), np.nan)
     noisy_sum = np.zeros((n_layers, n_classes, n_classes))
     noisy_count = np.zeros((n_classes, n_classes))
+    pooled_c1, pooled_c2 = [], []  # (L, ...) t of the clean examples of every pair's c1 and c2
     for c in range(n_classes):
         members = np.flatnonzero(clean & (labels == c))
         if len(members):
             t_from_c = _positions_from(hidden, centroids, members, c)  # c is c1, every k a c2
             upper_c1[:, c, :] = np.percentile(t_from_c, UPPER_PERCENTILE, axis=1)
             lower_c2[:, :, c] = np.percentile(1 - t_from_c, LOWER_PERCENTILE, axis=1)  # c is c2: t_kc = 1 - t_ck
+            partners = [k for k in range(n_classes) if k != c]
+            pooled_c1.append(t_from_c[:, :, partners].reshape(n_layers, -1))
+            pooled_c2.append(1 - t_from_c[:, :, partners].reshape(n_layers, -1))
         moved = np.flatnonzero(noisy & (original_labels == c))  # c is c2, their label the c1
         if len(moved):
             t_from_c = _positions_from(hidden, centroids, moved, c)
-            t_on_own_pair = 1 - t_from_c[:, np.arange(len(moved)), labels[moved]]  # (L+1, moved)
+            t_on_own_pair = 1 - t_from_c[:, np.arange(len(moved)), labels[moved]]  # (L, moved)
             np.add.at(noisy_sum, (slice(None), labels[moved], c), t_on_own_pair)  # (layer, c1, c2)
             np.add.at(noisy_count, (labels[moved], c), 1)
 
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_noisy = noisy_sum / noisy_count
-    crossing = _first_layer(mean_noisy < CROSSING_THRESHOLD)  # NaN (no examples) compares False
+        pooled_noisy = noisy_sum.sum((1, 2)) / noisy_count.sum()  # weighted by each pair's noisy count
+    crossing = _last_fall(mean_noisy)  # NaN (no examples) never falls
     initiation = _first_layer_from_which(upper_c1 < lower_c2)
-    return _event_frame(crossing, initiation)
+    pooled = (int(_last_fall(pooled_noisy)), -1)
+    if pooled_c1 and pooled_c2:  # pairs whose partner has no clean examples give NaN: left out
+        upper = np.nanpercentile(np.concatenate(pooled_c1, 1), UPPER_PERCENTILE, axis=1)
+        lower = np.nanpercentile(np.concatenate(pooled_c2, 1), LOWER_PERCENTILE, axis=1)
+        pooled = (pooled[0], int(_first_layer_from_which(upper < lower)))
+    return _event_frame(_one_based(crossing), _one_based(initiation), tuple(_one_based(np.array(pooled))))
+
+
+def _one_based(index: np.ndarray) -> np.ndarray:
+    """Indices into layers 1..L to layer numbers, -1 (never) kept."""
+    return np.where(index < 0, -1, index + 1)
 
 
 def pair_events(hidden: np.ndarray, labels: np.ndarray, original_labels: np.ndarray, noisy: np.ndarray,
@@ -143,8 +183,8 @@ def pair_events(hidden: np.ndarray, labels: np.ndarray, original_labels: np.ndar
     hidden, labels, original_labels, noisy = _check_inputs(hidden, labels, original_labels, noisy)
     clean_c1, clean_c2 = ~noisy & (labels == c1), ~noisy & (labels == c2)
     moved = noisy & (labels == c1) & (original_labels == c2)
-    crossing, separated = None, []
-    for layer in range(hidden.shape[0]):
+    crossing, separated, before = None, [], np.inf
+    for layer in range(1, hidden.shape[0]):  # the model's layers, not the embeddings
         if not clean_c1.any() or not clean_c2.any():
             separated.append(False)
             continue
@@ -155,13 +195,16 @@ def pair_events(hidden: np.ndarray, labels: np.ndarray, original_labels: np.ndar
             with np.errstate(invalid="ignore", divide="ignore"):  # equal centroids: NaN, never an event
                 return (hidden[layer, rows] - p1) @ direction / (direction @ direction)
 
-        if crossing is None and moved.any() and position(moved).mean() < CROSSING_THRESHOLD:
-            crossing = layer
+        if moved.any():
+            mean = position(moved).mean()
+            if before >= CROSSING_THRESHOLD and mean < CROSSING_THRESHOLD:
+                crossing = layer  # the last fall below the threshold counts
+            before = mean
         separated.append(np.percentile(position(clean_c1), UPPER_PERCENTILE)
                          < np.percentile(position(clean_c2), LOWER_PERCENTILE))
     initiation = None
-    for layer in range(len(separated) - 1, -1, -1):  # walk back while the separation holds
-        if not separated[layer]:
+    for layer in range(len(separated), 0, -1):  # walk back while the separation holds
+        if not separated[layer - 1]:
             break
         initiation = layer
     return crossing, initiation
@@ -179,7 +222,7 @@ def centroid_events_recomputed(model, data: Encoded, labels: np.ndarray, origina
     noisy = np.asarray(noisy, dtype=bool)
     n_classes = n_classes or int(max(labels.max(), original_labels.max())) + 1
     crossing = np.full((n_classes, n_classes), -1)
-    initiation = np.full((n_classes, n_classes), -1)
+    initiation = np.full((n_classes, n_classes), -1)  # per pair only: the reference for drill-down
     for c1 in range(n_classes):
         for c2 in range(n_classes):
             if c1 == c2:
@@ -194,12 +237,13 @@ def centroid_events_recomputed(model, data: Encoded, labels: np.ndarray, origina
     return _event_frame(crossing, initiation)
 
 
-def crossing_shares(events: pl.DataFrame, n_layers: int) -> np.ndarray:
-    """Centroid layer scores: the share of class pairs whose noisy examples cross at each layer."""
-    layers = events.filter((pl.col("event") == "crossing") & pl.col("layer").is_not_null()
-                           & (pl.col("layer") >= 1))["layer"].to_numpy()
-    counts = np.bincount(layers, minlength=n_layers + 1)[1:n_layers + 1].astype(float)
-    return counts / counts.sum() if counts.sum() else counts
+def crossing_scores(events: pl.DataFrame, n_layers: int) -> np.ndarray:
+    """Centroid layer scores: 1 at the pooled crossing layer, 0 elsewhere (all 0 if none)."""
+    pooled = events.filter(pl.col("class_from").is_null() & (pl.col("event") == "crossing"))["layer"]
+    scores = np.zeros(n_layers)
+    if pooled.len() and pooled[0] is not None:
+        scores[pooled[0] - 1] = 1.0
+    return scores
 
 
 class Centroids(Technique):
@@ -212,4 +256,4 @@ class Centroids(Technique):
         events = centroid_events(hidden, pair.labels, pair.train["original_label"].to_numpy(), pair.noisy,
                                  p["n_labels"])
         return {"events": with_keys(p, events, self.name),
-                "layer_scores": layer_rows(p, self.name, crossing_shares(events, hidden.shape[0] - 1))}
+                "layer_scores": layer_rows(p, self.name, crossing_scores(events, hidden.shape[0] - 1))}

@@ -284,6 +284,7 @@ class Gradients(Technique):
     model that the trial trains itself (pre-trained body frozen, the same labels)."""
     name = "gradients"
     uses = frozenset({"pair", "pretrained"})
+    noisy_checkpoint = "memorised"  # as the original: the gradients of the memorised model
 
     # the published measure; a variant's setting enters the trial id only when it differs
     DEFAULTS = {"gradient_norm": "l1", "gradient_subtract_clean": True, "gradient_control": True}

@@ -2,20 +2,33 @@
 
 Input: pooled hidden states, an array (L+1, N, H) with index 0 the embedding output (as
 `layers.pooled_hidden_states` gives them), and the noisy flag of each example. Per layer
-an MLP probe (H -> 128 -> 128 -> 2, GELU, dropout 0.1) predicts noisy vs clean with a
-class-weighted cross-entropy. The split is 70/10/20, stratified on the noisy flag; the
-10% validation picks the epoch and the metric is the F1 of the noisy class on the 20%
-test. This is repeated for several probe seeds, the F1 averaged over seeds, and
+an MLP probe (H -> 128 -> 128 -> 2, GELU) predicts noisy vs clean; the split is 70/10/20,
+the validation F1 picks the epoch and the metric is the F1 of the noisy class on the test
+part. This is repeated for several probe seeds, the F1 averaged over seeds, and
 
     score_l = max(0, F1_l - F1_{l-1})   for l = 1..L.
 
+Defaults are the original's (src/probing.py), each a setting (`ProbeSettings`, and the
+`localise.probe_*` keys): dropout 0.1 on the probe's input; NLL with class weights 0.33
+(clean) and 0.67 (noisy); AdamW at lr 2e-4 with weight decay 1e-5; batches of 32; 100
+epochs; the model of the best validation F1 from epoch 26 on (the original's `epoch > 25`,
+counting from 0), else the last epoch's; a random (not stratified) split; 5 seeds; raw
+hidden states. Alternatives: dropout after the hidden layers, balanced class weights, a
+stratified split, inputs standardised per layer with training statistics.
+
+Degenerate in the original and kept: for an encoder the pooled state is the [CLS] position,
+and at the embeddings (layer 0) that vector is the same for every example, so layer 0's
+probe can only predict one class and F1_0 is a constant-predictor baseline; layer 1's score
+is its gain over that baseline.
+
 The probe width follows H (the original hard-coded 768). All L+1 probes of a seed train
 at once as one batched MLP (their parameters stacked on a leading layer axis), which is
-exactly independent training: each probe's loss touches only its own parameters and Adam
+exactly independent training: each probe's loss touches only its own parameters and AdamW
 is per parameter. Within a seed every layer's probe shares the split, the initial weights,
 the batch order and the dropout masks, so F1_l - F1_{l-1} reflects the representations,
-not the luck of the probe. Inputs are standardised per layer with training-split
-statistics (an affine change the first linear layer could absorb; it only eases Adam).
+not the luck of the probe. One difference from the original: its batches were fixed
+chunks of a once-shuffled set, visited in a new order each epoch; here the examples are
+reshuffled each epoch.
 """
 
 from __future__ import annotations
@@ -31,15 +44,32 @@ from raymem.runtime import Runtime
 from raymem.trial import Tables
 
 
+ORIGINAL_CLASS_WEIGHTS = (0.33, 0.67)  # clean, noisy: the original up-weights the ~15% noisy
+
+
 @dataclass(frozen=True)
 class ProbeSettings:
     width: int = 128
     dropout: float = 0.1
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float = 1e-3
-    seeds: tuple[int, ...] = (1, 2, 3)
+    dropout_on: str = "input"  # "input" (the original) | "hidden" (after each hidden layer)
+    epochs: int = 100
+    batch_size: int = 32
+    lr: float = 2e-4
+    weight_decay: float = 1e-5  # AdamW
+    class_weights: str = "original"  # "original" (0.33, 0.67) | "balanced" (each class half)
+    select_after: int = 26  # the validation F1 picks among epochs from this one on (1-based)
+    standardise: bool = False
+    split_by: str = "random"  # "random" (the original) | "stratified" (on the noisy flag)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     split: tuple[float, float, float] = (0.7, 0.1, 0.2)
+
+
+def random_split(n: int, seed: int, fractions=(0.7, 0.1, 0.2)):
+    """(train, validation, test) index arrays of a seeded shuffle of 0..n-1, as the original."""
+    order = np.random.default_rng(seed).permutation(n)
+    # the original's int(n * 0.7), int(n * 0.8); round() keeps 0.7 + 0.1 from landing below 0.8
+    cut_train, cut_val = int(n * fractions[0]), int(n * round(fractions[0] + fractions[1], 9))
+    return tuple(np.sort(part) for part in np.split(order, [cut_train, cut_val]))
 
 
 def stratified_split(noisy: np.ndarray, seed: int, fractions=(0.7, 0.1, 0.2)):
@@ -80,6 +110,8 @@ class _StackedProbes:
                        + _linear(s.width, 2, layers, generator, device))
         self.dropout, self.generator = s.dropout, generator
 
+        self.on_input = s.dropout_on == "input"
+
     def _drop(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         if not train or self.dropout == 0:
             return x
@@ -88,6 +120,9 @@ class _StackedProbes:
 
     def __call__(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         w1, b1, w2, b2, w3, b3 = self.params
+        if self.on_input:  # the original: dropout on the probe's input only
+            x = self._drop(x, train)
+            return torch.baddbmm(b3, F.gelu(torch.baddbmm(b2, F.gelu(torch.baddbmm(b1, x, w1)), w2)), w3)
         x = self._drop(F.gelu(torch.baddbmm(b1, x, w1)), train)
         x = self._drop(F.gelu(torch.baddbmm(b2, x, w2)), train)
         return torch.baddbmm(b3, x, w3)
@@ -102,22 +137,24 @@ def probe_f1(hidden: np.ndarray, noisy: np.ndarray, seed: int, s: ProbeSettings 
     if x_all.ndim != 3 or x_all.shape[1] != len(truth):
         raise ValueError(f"hidden must be (L+1, N, H) with N={len(truth)}, got {tuple(x_all.shape)}")
     n_layers, _, width = x_all.shape
-    train, val, test = (torch.as_tensor(i, device=device)
-                        for i in stratified_split(truth.cpu().numpy(), seed, s.split))
+    split = (stratified_split(truth.cpu().numpy(), seed, s.split) if s.split_by == "stratified"
+             else random_split(len(truth), seed, s.split))
+    train, val, test = (torch.as_tensor(i, device=device) for i in split)
     if truth[train].all() or not truth[train].any():
         raise ValueError("probing needs noisy and clean examples in the training split")
-    mean, std = x_all[:, train].mean(1, keepdim=True), x_all[:, train].std(1, keepdim=True)
-    x_all = (x_all - mean) / (std + 1e-6)
+    if s.standardise:
+        mean, std = x_all[:, train].mean(1, keepdim=True), x_all[:, train].std(1, keepdim=True)
+        x_all = (x_all - mean) / (std + 1e-6)
 
     generator = torch.Generator().manual_seed(seed)
     probes = _StackedProbes(n_layers, width, s, generator, device)
-    optimiser = torch.optim.Adam(probes.params, lr=s.lr)
+    # decoupled weight decay scales with lr, per parameter: stacking the probes keeps them independent
+    optimiser = torch.optim.AdamW(probes.params, lr=s.lr, weight_decay=s.weight_decay)
     y = truth.long()
-    counts = torch.bincount(y[train], minlength=2).float()
-    class_weight = counts.sum() / (2 * counts)  # balanced: each class weighs half
-    best_val = torch.full((n_layers,), -1.0, device=device)
-    test_at_best = torch.zeros(n_layers, device=device)
-    for _ in range(s.epochs):
+    class_weight = probe_class_weights(s.class_weights, y[train]).to(device)
+    best_val = torch.zeros(n_layers, device=device)  # the original keeps an epoch only above F1 0
+    test_at_best = torch.full((n_layers,), float("nan"), device=device)
+    for epoch in range(1, s.epochs + 1):
         order = train[torch.randperm(len(train), generator=generator).to(device)]
         for start in range(0, len(order), s.batch_size):
             rows = order[start:start + s.batch_size]
@@ -130,11 +167,23 @@ def probe_f1(hidden: np.ndarray, noisy: np.ndarray, seed: int, s: ProbeSettings 
             optimiser.step()
         with torch.no_grad():
             predicted = probes(x_all, train=False).argmax(-1).bool()
-            val_f1 = noisy_f1(predicted[:, val], truth[val])
-            improved = val_f1 > best_val  # strict: the earliest best epoch wins
-            best_val = torch.where(improved, val_f1, best_val)
-            test_at_best = torch.where(improved, noisy_f1(predicted[:, test], truth[test]), test_at_best)
+            test_f1 = noisy_f1(predicted[:, test], truth[test])
+            if epoch >= min(s.select_after, s.epochs):  # a run shorter than that: its last epoch
+                val_f1 = noisy_f1(predicted[:, val], truth[val])
+                improved = val_f1 > best_val  # strict: the earliest best epoch wins
+                best_val = torch.where(improved, val_f1, best_val)
+                test_at_best = torch.where(improved, test_f1, test_at_best)
+    # a probe whose validation F1 never rose above 0 is kept as it ended, as the original
+    test_at_best = torch.where(test_at_best.isnan(), test_f1, test_at_best)
     return test_at_best.cpu().numpy()
+
+
+def probe_class_weights(kind: str, labels: torch.Tensor) -> torch.Tensor:
+    """(clean, noisy) loss weights: the original's fixed 0.33 / 0.67, or balanced on `labels`."""
+    if kind == "original":
+        return torch.tensor(ORIGINAL_CLASS_WEIGHTS)
+    counts = torch.bincount(labels.cpu(), minlength=2).float()
+    return counts.sum() / (2 * counts)  # balanced: each class weighs half
 
 
 def probe_f1_by_seed(hidden: np.ndarray, noisy: np.ndarray, s: ProbeSettings = ProbeSettings(),
@@ -163,9 +212,16 @@ class Probing(Technique):
     uses = frozenset({"hidden"})
 
     def settings(self, cfg) -> dict:
-        return {"probe_seeds": cfg.probe_seeds, "probe_epochs": cfg.probe_epochs}
+        return {"probe": {key: getattr(cfg, f"probe_{key}") for key in PROBE_KEYS}}
 
     def run(self, p: dict, pair: PairInputs, runtime: Runtime) -> Tables:
-        settings = ProbeSettings(seeds=tuple(p["probe_seeds"]), epochs=p["probe_epochs"])
+        probe = p["probe"]
+        settings = ProbeSettings(**{**{k: v for k, v in probe.items() if k != "seeds"},
+                                    "seeds": tuple(probe["seeds"])})
         return {"layer_scores": layer_rows(p, self.name, probing_scores(pair.hidden(), pair.noisy, settings,
                                                                         runtime.device))}
+
+
+# the study's `localise.probe_<key>` settings, as ProbeSettings fields
+PROBE_KEYS = ("seeds", "epochs", "lr", "weight_decay", "batch_size", "dropout", "dropout_on", "class_weights",
+              "select_after", "standardise", "split_by")

@@ -2,8 +2,12 @@
 
 For every window [a, b] of the body layers 1..L, the memorised model's layers a..b are
 reset to their pre-trained weights and retrained on clean examples only, every other
-layer frozen (the head, i.e. classifier, BERT pooler, decoder final norm, stays
-trainable). The accuracy on the noisy examples against their noisy labels afterwards,
+layer frozen. As the original (src/layer_retraining.py, `find_freeze`): the classifier
+and a decoder's final norm stay trainable, BERT's pooler is frozen, and the learning
+rate warms up over the first 10% of the steps. A held-out set of clean training examples,
+as large as the noisy set and never trained on, gives the clean accuracy after retraining
+(`clean_acc`): a window whose retraining broke the task shows there. The accuracy on the
+noisy examples against their noisy labels afterwards,
 normalised by the accuracy after retraining all layers, `(acc - acc_all) / (1 - acc_all)`,
 says how much memorisation lives outside the window; the window error is 1 minus that
 (NaN when acc_all is 1, as nothing was forgotten to compare with).
@@ -42,7 +46,7 @@ from raymem.stages import search
 from raymem.train import Encoded, TrainSettings, fine_tune, predict
 from raymem.trial import Tables, Trial
 
-RETRAIN_SETTINGS = TrainSettings(epochs=5, lr=3e-5, batch_size=8)
+RETRAIN_SETTINGS = TrainSettings(epochs=5, lr=3e-5, batch_size=8, warmup=0.1)
 WINDOW_SCHEMA = {"window_start": pl.Int64, "window_end": pl.Int64, "noisy_acc": pl.Float64,
                  "normalised_acc": pl.Float64, "error": pl.Float64}
 
@@ -50,12 +54,13 @@ WINDOW_SCHEMA = {"window_start": pl.Int64, "window_end": pl.Int64, "noisy_acc": 
 _AFTER_BODY = ("pooler", "final_layer_norm", "ln_f", "norm", "project_out")
 
 
-def head_modules(model) -> list[torch.nn.Module]:
-    """The modules after the last body layer: classifier, BERT's pooler, a decoder's final norm."""
+def head_modules(model, pooler: bool = True) -> list[torch.nn.Module]:
+    """The modules after the last body layer: classifier, BERT's pooler (unless `pooler` is
+    False: retraining keeps it frozen, as the original), a decoder's final norm."""
     base = model.base_model
     modules = [m for m in model.children() if m is not base]
     for owner in (base, getattr(base, "decoder", None)):
-        for name in _AFTER_BODY:
+        for name in _AFTER_BODY if pooler else [n for n in _AFTER_BODY if n != "pooler"]:
             module = getattr(owner, name, None)
             if isinstance(module, torch.nn.Module):
                 modules.append(module)
@@ -73,25 +78,40 @@ def retraining_windows(memorised, pretrained, clean_data: Encoded, noisy_data: E
     Returns window_start, window_end, noisy_acc, normalised_acc, error per window.
     """
     n_layers = num_layers(memorised)
+    wanted = sorted(set(windows or all_windows(n_layers)) | {(1, n_layers)})  # (1, L) normalises
+    accuracy = {window: acc for window, acc, _ in window_accuracies(
+        memorised, pretrained, clean_data, noisy_data, wanted, settings, seed, reuse, batch_size)}
+    return window_errors(accuracy, n_layers)
+
+
+def window_accuracies(memorised, pretrained, clean_data: Encoded, noisy_data: Encoded,
+                      windows: list[tuple[int, int]], settings: TrainSettings = RETRAIN_SETTINGS,
+                      seed: int = 0, reuse: bool = True, batch_size: int = 64, held_out: Encoded | None = None):
+    """Yield ((start, end), noisy accuracy, held-out clean accuracy or None) per window
+    retrained, in (start, end) order.
+
+    Every window trains from the memorised model with the same seed, so a window's result
+    does not depend on which others were retrained before it in the same call.
+    """
+    n_layers = num_layers(memorised)
     if num_layers(pretrained) != n_layers:
         raise ValueError(f"memorised model has {n_layers} layers, the pre-trained one {num_layers(pretrained)}")
     if len(clean_data) == 0 or len(noisy_data) == 0:
         raise ValueError("layer retraining needs clean examples to train on and noisy ones to score")
-    wanted = sorted(set(windows or all_windows(n_layers)) | {(1, n_layers)})  # (1, L) normalises
-    for start, end in wanted:
+    for start, end in windows:
         _check_window(start, end, n_layers)
     working = _working_copy(memorised)
-    datasets = [clean_data, noisy_data]
+    datasets = [clean_data, noisy_data, *([held_out] if held_out is not None and len(held_out) else [])]
     inputs = None  # cached inputs of the current start layer; None while starting at layer 1
-    accuracy = {}
-    for start, end in wanted:  # by start: each start's cache is built from the previous one
+    for start, end in sorted(windows):  # by start: each start's cache is built from the previous one
         while reuse and (inputs.layer if inputs else 1) < start:
             inputs = _next_layer_inputs(working, inputs, datasets, batch_size)
         _retrain(working, pretrained, start, end, inputs, datasets, settings, seed)
-        with _below_replayed(working, inputs, datasets) as (_, noisy):
-            accuracy[start, end] = _accuracy(working, noisy, batch_size)
+        with _below_replayed(working, inputs, datasets) as (_, noisy, *held):
+            accuracy = _accuracy(working, noisy, batch_size)
+            clean_accuracy = _accuracy(working, held[0], batch_size) if held else None
         _restore(working, memorised, start, end)
-    return window_errors(accuracy, n_layers)
+        yield (start, end), accuracy, clean_accuracy
 
 
 def window_errors(noisy_acc: dict[tuple[int, int], float], n_layers: int) -> pl.DataFrame:
@@ -157,7 +177,7 @@ def _retrain(working, pretrained, start: int, end: int, inputs: _LayerInputs | N
     for i in range(start - 1, end):
         layers[i].load_state_dict(copy_from[i].state_dict())
     working.requires_grad_(False)
-    for module in [*layers[start - 1:end], *head_modules(working)]:
+    for module in [*layers[start - 1:end], *head_modules(working, pooler=False)]:
         module.requires_grad_(True)
     with _below_replayed(working, inputs, datasets) as (train, *_):
         # embeddings are frozen above already; fine_tune's own freezing needs the bare model
@@ -308,38 +328,55 @@ def clean_split(noisy: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Retraining(Technique):
-    """One trial per window (they are the expensive part); the pair's summary normalises
-    their noisy accuracies into window errors and layer scores."""
+    """One trial per start layer: its windows share the loaded checkpoints and the frozen
+    layers' outputs below the start. Each finished window is kept in the store, so a
+    restarted trial retrains only the rest. The pair's summary normalises the windows'
+    noisy accuracies into window errors and layer scores."""
     name = "retraining"
     uses = frozenset({"pair", "pretrained"})
 
     def settings(self, cfg) -> dict:
         return {"epochs": cfg.retrain_epochs, "lr": cfg.retrain_lr, "batch_size": cfg.retrain_batch_size,
-                "warmup": 0.0, "freeze_embeddings": True}
+                "warmup": 0.1, "freeze_embeddings": True}
 
     def trials(self, base: dict, n_layers: int, cfg) -> list[dict]:
         retrain = {**self.settings(cfg), "max_length": base["max_length"]}
         if base.get("search_trial"):  # the searched learning rate and batch size; the windows' own epochs
             retrain = search.deferred(retrain, base["search_trial"], keep=("epochs",))
-        return [{**base, "technique": self.name, "retrain": retrain, "window": list(w)}
-                for w in all_windows(n_layers)]
+        return [{**base, "technique": self.name, "retrain": retrain, "start": start, "n_layers": n_layers}
+                for start in range(1, n_layers + 1)]
 
     def run(self, p: dict, pair: PairInputs, runtime: Runtime) -> Tables:
-        clean_train, _ = clean_split(pair.noisy, p["seed"])
-        start, end = p["window"]
-        noisy_index = np.flatnonzero(pair.noisy)
-        with runtime.autocast():
-            model = retrain_window(pair.memorised, pair.pretrained(), start, end, pair.data.subset(clean_train),
-                                   TrainSettings(**search.resolve(p["retrain"], runtime.store)), seed=p["seed"])
-            noisy_acc = _accuracy(model, pair.data.subset(noisy_index), 64)
+        clean_train, held_out = clean_split(pair.noisy, p["seed"])
+        start, n_layers = p["start"], p["n_layers"]
+        kept = runtime.kept_parts()
+        scores = {(start, end): kept[f"{start}-{end}"] for end in range(start, n_layers + 1)
+                  if f"{start}-{end}" in kept}
+        todo = [(start, end) for end in range(start, n_layers + 1) if (start, end) not in scores]
+        if todo:
+            settings = TrainSettings(**search.resolve(p["retrain"], runtime.store))
+            with runtime.autocast():
+                for window, noisy_acc, clean_acc in window_accuracies(
+                        pair.memorised, pair.pretrained(), pair.data.subset(clean_train),
+                        pair.data.subset(np.flatnonzero(pair.noisy)), todo, settings, seed=p["seed"],
+                        held_out=pair.data.subset(held_out)):
+                    scores[window] = {"noisy_acc": noisy_acc, "clean_acc": clean_acc}
+                    runtime.keep_part(f"{window[0]}-{window[1]}", scores[window])
+                    runtime.report(windows_done=len(scores))
+        runtime.finish_training()
+        windows = sorted(scores)
         return {"retrain_windows": with_keys(p, pl.DataFrame(
-            {"window_start": [start], "window_end": [end], "noisy_acc": [noisy_acc]}), self.name)}
+            {"window_start": [w[0] for w in windows], "window_end": [w[1] for w in windows],
+             "noisy_acc": [scores[w]["noisy_acc"] for w in windows],
+             "clean_acc": [scores[w]["clean_acc"] for w in windows]},
+            schema_overrides={"clean_acc": pl.Float64}), self.name)}
 
     def reduce(self, store, trials: list[Trial], keys: dict) -> tuple[np.ndarray, Tables]:
         rows = pl.concat([store.read_shard("retrain_windows", STAGE, t.trial_id) for t in trials])
         n_layers = int(rows["window_end"].max())
         accuracy = {(r["window_start"], r["window_end"]): r["noisy_acc"] for r in rows.iter_rows(named=True)}
-        windows = window_errors(accuracy, n_layers)
+        windows = window_errors(accuracy, n_layers).join(
+            rows.select("window_start", "window_end", "clean_acc"), on=["window_start", "window_end"])
         scores = np.nan_to_num(layer_scores_from_windows(windows, n_layers))
         return scores, {"window_scores": with_keys(keys, windows, self.name),
                         "layer_scores": layer_rows(keys, self.name, scores)}

@@ -5,6 +5,9 @@ raymem/localise/registry.py. A technique says:
 
 - `name`: its registry key and the `technique` column of its rows;
 - `uses`: what its trials read, out of USES (a scheduler and `raymem plan` read it);
+- `noisy_checkpoint`: which checkpoint of the noisy model it compares with the clean
+  twin's final one: "final" (like with like, as the original for swapping, retraining,
+  probing and centroids) or "memorised" (forgetting gradients, as the original);
 - `settings(cfg)`: its own settings from the study's `localise` block: these alone, with
   the pair, enter its trial ids, so changing one technique's settings re-runs no other;
 - `trials(base, n_layers, cfg)`: the parameters of its trials: one, or one per window;
@@ -25,14 +28,18 @@ from raymem.stages.common import encode_split, train_split
 from raymem.trial import Tables, Trial
 
 STAGE = "localise"
-# pair: the memorised model and its clean twin; pretrained: the weights fine-tuning started
-# from; hidden: pooled hidden states of the memorised checkpoint (one Ray Data job per model)
+# pair: the noisy model and its clean twin; pretrained: the weights fine-tuning started
+# from; hidden: pooled hidden states of the noisy model's final checkpoint (one trial per pair)
 USES = ("pair", "pretrained", "hidden")
+# the checkpoints of the noisy model a trial may load, first found first: a noisy model that
+# never reached the memorised checkpoint is compared at its final one
+CHECKPOINTS = {"final": ("final",), "memorised": ("memorised", "final")}
 
 
 class Technique:
     name: str = ""
     uses: frozenset[str] = frozenset({"pair"})
+    noisy_checkpoint: str = "final"
 
     def settings(self, cfg) -> dict:
         return {}
@@ -79,8 +86,8 @@ class PairInputs:
 
     @cached_property
     def memorised(self):
-        """The noisy model at its memorised checkpoint (its final one if it never got there)."""
-        return self.runtime.load_checkpoint(self.p["memorised_trial"], ("memorised", "final"))
+        """The noisy model at the checkpoint the trial's technique compares (`checkpoint`)."""
+        return self.runtime.load_checkpoint(self.p["memorised_trial"], CHECKPOINTS[self.p["checkpoint"]])
 
     @cached_property
     def clean(self):

@@ -1,8 +1,9 @@
 """The control setup (Dankers & Titov, 2024): memorisation planted in a known pair of layers.
 
-A model learns two tasks at once: the noisy task through its own head, where only the
-planted layer pair (and the head) may change from that task's loss, and a clean
-auxiliary task through a second head that updates every layer. The clean twin is
+A model learns two tasks at once, as the original's regime: the noisy task through its
+own head, where only the planted layer pair (and the head) may change from that task's
+loss, and a clean auxiliary task through a second head that updates every layer; their
+batches alternate in a shuffled order, each task with its own AdamW optimiser. The clean twin is
 trained the same way on the clean labels. A localisation technique then finds the
 planted pair or not: hit@1 when its top layer is in the pair (chance 2/L), hit@2 the
 share of its top two layers in the pair (chance 2/L), as published; `pair_on_top`, both
@@ -11,8 +12,8 @@ planted layers above all others (chance 1/C(L,2)), is the stricter extra.
 
 from __future__ import annotations
 
-import itertools
 import math
+from dataclasses import replace
 
 import numpy as np
 import polars as pl
@@ -25,7 +26,7 @@ from raymem.models import embedding_parameters
 from raymem.runtime import Runtime, TrainingState
 from raymem.stages import search
 from raymem.stages.common import encode_split, runtime_options, train_split
-from raymem.train import TrainSettings, make_optimiser
+from raymem.train import Encoded, TrainSettings, make_optimiser
 from raymem.trial import PlanContext, Tables, Trial
 
 STAGE = "control"
@@ -38,9 +39,7 @@ def default_pairs(n_layers: int) -> list[tuple[int, int]]:
 
 
 def run(trial: Trial, runtime: Runtime) -> Tables:
-    """Train the two-task model. Its loop is not train.fine_tune's: each step takes a batch
-    of both tasks, and between their backward passes the noisy task's gradient is removed
-    from the body layers outside the planted pair."""
+    """Train the noisy (or clean) control model of a planted pair; keep its final checkpoint."""
     p = trial.params
     s = TrainSettings(**search.resolve(p["settings"], runtime.store))
     tokenizer = runtime.load_tokenizer(p["model"], s.max_length)
@@ -52,48 +51,63 @@ def run(trial: Trial, runtime: Runtime) -> Tables:
     generator = runtime.seed(p["seed"])
     model = runtime.load_classifier(p["model"], p["n_labels"], tokenizer.pad_token_id)
     aux_head = runtime.on_device(torch.nn.Linear(model.config.hidden_size, p["auxiliary_n_labels"]))
-    for q in embedding_parameters(model):
-        q.requires_grad_(False)
-    start, end = p["pair"]
-    planted = {id(q) for layer in body_layers(model)[start - 1:end] for q in layer.parameters()}
-    # body layers outside the pair: the noisy task's gradient is removed from them
-    outside = [q for layer in body_layers(model) for q in layer.parameters() if id(q) not in planted]
-    params = [q for q in model.parameters() if q.requires_grad] + list(aux_head.parameters())
-    steps_per_epoch = math.ceil(len(task) / s.batch_size)
-    optimiser, schedule = make_optimiser(params, s, s.epochs * steps_per_epoch)
-    scaler = runtime.grad_scaler()
-    state = TrainingState({"model": model, "aux_head": aux_head, "optimiser": optimiser,
-                           "schedule": schedule, "scaler": scaler}, generator)
-    decoder = is_decoder_model(model)
-    for epoch in range(runtime.resume(state), s.epochs + 1):
-        model.train()
-        aux_batches = itertools.cycle(list(auxiliary.batches(s.batch_size, generator)))
-        for batch in task.batches(s.batch_size, generator):
-            batch = runtime.to_device(batch)
-            labels = batch.pop("labels")
-            with runtime.autocast():
-                logits = model(**batch).logits
-            scaler.scale(F.cross_entropy(logits.float(), labels)).backward()
-            for q in outside:
-                q.grad = None
-            aux = runtime.to_device(next(aux_batches))
-            aux_labels = aux.pop("labels")
-            with runtime.autocast():
-                hidden = model.base_model(**aux).last_hidden_state
-                aux_logits = aux_head(pool(hidden, aux["attention_mask"], decoder))
-            scaler.scale(F.cross_entropy(aux_logits.float(), aux_labels)).backward()
-            scaler.unscale_(optimiser)
-            torch.nn.utils.clip_grad_norm_(params, s.clip)
-            scaler.step(optimiser)
-            scaler.update()
-            schedule.step()
-            optimiser.zero_grad(set_to_none=True)
-        runtime.report(epoch=epoch)
-        runtime.save_progress(state, epoch)
-    model.eval()
+    train_two_tasks(model, aux_head, task, auxiliary, tuple(p["pair"]), s, p["auxiliary_lr"], generator, runtime)
     runtime.save_checkpoint(model, "final")
     runtime.finish_training()
     return {}
+
+
+def train_two_tasks(model, aux_head, task: Encoded, auxiliary: Encoded, pair: tuple[int, int],
+                    s: TrainSettings, auxiliary_lr: float, generator: torch.Generator, runtime: Runtime) -> None:
+    """Train in place as the original (src/main.py `train`): each epoch, the task's batches
+    and one pass over the auxiliary task's, shuffled together; each batch steps its own
+    AdamW. The task's optimiser holds the planted pair, the head and the modules after the
+    body (the layers outside the pair and the embeddings never change from its loss); the
+    auxiliary task's holds everything but the embeddings, at `auxiliary_lr` with its own
+    schedule. Gradients are clipped over every parameter, as the original. Not
+    train.fine_tune's loop: two tasks, two optimisers."""
+    for q in embedding_parameters(model):
+        q.requires_grad_(False)
+    start, end = pair
+    outside = {id(q) for i, layer in enumerate(body_layers(model)) if not start - 1 <= i < end
+               for q in layer.parameters()}
+    trainable = [q for q in model.parameters() if q.requires_grad]
+    main_params = [q for q in trainable if id(q) not in outside]
+    every = trainable + list(aux_head.parameters())
+    main_steps, aux_steps = math.ceil(len(task) / s.batch_size), math.ceil(len(auxiliary) / s.batch_size)
+    optimiser, schedule = make_optimiser(main_params, s, s.epochs * main_steps)
+    aux_optimiser, aux_schedule = make_optimiser(every, replace(s, lr=auxiliary_lr), s.epochs * aux_steps)
+    scaler = runtime.grad_scaler()
+    state = TrainingState({"model": model, "aux_head": aux_head, "optimiser": optimiser, "schedule": schedule,
+                           "aux_optimiser": aux_optimiser, "aux_schedule": aux_schedule, "scaler": scaler},
+                          generator)
+    decoder = is_decoder_model(model)
+    for epoch in range(runtime.resume(state), s.epochs + 1):
+        model.train()
+        batches = ([(True, b) for b in task.batches(s.batch_size, generator)]
+                   + [(False, b) for b in auxiliary.batches(s.batch_size, generator)])
+        for i in torch.randperm(len(batches), generator=generator).tolist():
+            is_main, batch = batches[i]
+            batch = runtime.to_device(batch)
+            labels = batch.pop("labels")
+            with runtime.autocast():
+                if is_main:
+                    logits = model(**batch).logits
+                else:
+                    hidden = model.base_model(**batch).last_hidden_state
+                    logits = aux_head(pool(hidden, batch["attention_mask"], decoder))
+            scaler.scale(F.cross_entropy(logits.float(), labels)).backward()
+            for each in (optimiser, aux_optimiser):
+                scaler.unscale_(each)
+            torch.nn.utils.clip_grad_norm_(every, s.clip)
+            scaler.step(optimiser if is_main else aux_optimiser)
+            scaler.update()
+            (schedule if is_main else aux_schedule).step()
+            for each in (optimiser, aux_optimiser):
+                each.zero_grad(set_to_none=True)
+        runtime.report(epoch=epoch)
+        runtime.save_progress(state, epoch)
+    model.eval()
 
 
 def accuracy_rows(layer_scores: pl.DataFrame, pair: tuple[int, int], n_layers: int) -> pl.DataFrame:
@@ -151,7 +165,8 @@ def plan(study, context: PlanContext) -> list[Trial]:
                     "task": task, "model": model, "seed": seed, "variant": variant, "pair": list(pair),
                     "n_labels": context.n_labels[task], "examples_trial": examples.trial_id,
                     "auxiliary_examples_trial": auxiliary.trial_id,
-                    "auxiliary_n_labels": auxiliary_n_labels, "settings": settings},
+                    "auxiliary_n_labels": auxiliary_n_labels, "auxiliary_lr": cfg.auxiliary_lr,
+                    "settings": settings},
                     study.study, context.results, (examples.trial_id, auxiliary.trial_id, *searched),
                     runtime_options(ft.resources, ft.checkpoint_every))
                     for variant in ("noisy", "clean")]

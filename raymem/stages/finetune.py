@@ -75,6 +75,11 @@ def run(trial: Trial, runtime: Runtime) -> Tables:
             return predict(model, data)
 
     def after_epoch(epoch: int) -> bool:
+        if kept["memorised_epoch"] is not None and epoch < s.epochs:
+            # the training set's predictions serve to find the memorised checkpoint and to
+            # record the final one: none are needed in between
+            runtime.report(epoch=epoch)
+            return False
         probs = probabilities(train_data)
         f1 = macro_f1(train_labels, probs.argmax(-1), p["n_labels"])
         runtime.report(epoch=epoch, train_macro_f1=f1)

@@ -1,5 +1,6 @@
 """Hidden states, once per localisation pair: the pooled output of the embeddings and of every
-layer of the memorised checkpoint, for each training example, saved as (L+1, N, H).
+layer of the noisy model's final checkpoint (`checkpoint`), for each training example,
+saved as (L+1, N, H).
 
 Planned by the localisation stage (raymem/stages/localise.py, `plan_pair`) for the
 techniques that read them (probing, centroids). A trial of its own, so it starts as soon
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from raymem.localise.layers import pooled_hidden_states
+from raymem.localise.technique import CHECKPOINTS
 from raymem.runtime import Runtime
 from raymem.stages.common import encode_split, train_split
 from raymem.store import Store
@@ -29,7 +31,7 @@ def run(trial: Trial, runtime: Runtime) -> Tables:
     memorised_trial, examples_trial = trial.needs  # as plan_pair lists them
     train = train_split(runtime.store, examples_trial)
     tokenizer = runtime.load_tokenizer(p["model"], p["max_length"])
-    model = runtime.load_checkpoint(memorised_trial, ("memorised", "final"))
+    model = runtime.load_checkpoint(memorised_trial, CHECKPOINTS[p["checkpoint"]])
     data = encode_split(tokenizer, train, np.zeros(train.height, dtype=np.int64), p["max_length"])
     batches = []
     with torch.inference_mode(), runtime.autocast():

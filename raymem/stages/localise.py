@@ -1,8 +1,11 @@
 """Localisation (Dankers & Titov, 2024): in which layers the noisy labels are memorised.
 
-For one (task, model, seed) a "pair" of checkpoints is studied: the memorised model (the
-noisy variant at its memorised checkpoint, or its final one if it never got there) and
-its clean twin (the clean variant, final checkpoint). Per pair, three stages:
+For one (task, model, seed) a "pair" of checkpoints is studied: the noisy variant and its
+clean twin (the clean variant, final checkpoint). As the original, swapping, retraining,
+probing and centroids compare the noisy model's final checkpoint with the twin's (like
+with like: a swapped window carries no difference in training time); forgetting
+gradients reads the noisy model at its memorised checkpoint (its final one if it never
+got there). Per pair, three stages:
 
     hidden            (Ray Tune)  pooled hidden states of every layer, once per pair, for
                                   the techniques that use them (raymem/stages/hidden.py)
@@ -66,15 +69,17 @@ def plan_pair(study, context: PlanContext, memorised: Trial, clean: Trial,
             "max_length": study.finetune.max_length, "control_training": control_training,
             **({"search_trial": searched[0]} if searched else {})}
     uri, name = context.results, study.study
-    hidden = Trial("hidden", {k: base[k] for k in ("task", "model", "seed", "pair", "memorised_trial",
-                                                    "max_length")},
+    # probing and centroids compare final checkpoints (like with like, as the original)
+    hidden = Trial("hidden", {**{k: base[k] for k in ("task", "model", "seed", "pair", "memorised_trial",
+                                                      "max_length")}, "checkpoint": "final"},
                    name, uri, (memorised.trial_id, examples.trial_id), runtime_options(cfg.hidden_resources))
     needs = (memorised.trial_id, clean.trial_id, examples.trial_id)
     techniques, uses_hidden = [], False
     for technique in (TECHNIQUES[t] for t in cfg.techniques):
         reads_hidden = "hidden" in technique.uses
         uses_hidden |= reads_hidden
-        pair_base = {**base, "hidden_trial": hidden.trial_id} if reads_hidden else base
+        pair_base = {**base, "checkpoint": technique.noisy_checkpoint,
+                     **({"hidden_trial": hidden.trial_id} if reads_hidden else {})}
         techniques += [Trial(STAGE, params, name, uri, needs + ((hidden.trial_id,) if reads_hidden else ()),
                              runtime_options(cfg.resources))
                        for params in technique.trials(pair_base, context.n_layers[model], cfg)]

@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers
 
-from raymem.localise.centroids import (centroid_events, centroid_events_recomputed, pair_events,
+from raymem.localise.centroids import (centroid_events, centroid_events_recomputed, crossing_scores, pair_events,
                                        pooled_hidden_state_array)
 from raymem.pretrain import train_tokenizer
 from raymem.train import Encoded
@@ -56,7 +56,7 @@ def event(frame: pl.DataFrame, class_from: int, class_to: int, name: str):
 def test_crossing_and_initiation_at_planted_layers(planted):
     frame = centroid_events(*planted)
     assert frame.columns == ["class_from", "class_to", "event", "layer"]
-    assert frame.height == 3 * 2 * 2  # ordered pairs x events
+    assert frame.height == 3 * 2 * 2 + 2  # ordered pairs x events, and the two pooled events
     # noisy examples originally 1 now labelled 0 (c1 = 0, c2 = 1)
     assert event(frame, 1, 0, "crossing") == MOVES_AT
     assert event(frame, 1, 0, "initiation") == SEPARATES_AT
@@ -107,11 +107,54 @@ def test_recomputation_reference_agrees_on_a_real_model():
     data = Encoded(tokenizer, texts, None, labels, max_length=32)
 
     hidden = pooled_hidden_state_array(model, data, batch_size=16)
-    assert hidden.shape == (4, 60, 32)
-    fast = centroid_events(hidden, labels, original, noisy)
+    assert hidden.shape == (4, 60, 32)  # the embeddings and 3 layers; events search layers 1-3
+    fast = centroid_events(hidden, labels, original, noisy).filter(pl.col("class_from").is_not_null())
     found = fast.filter(pl.col("layer").is_not_null())
     assert set(found["event"]) == {"crossing", "initiation"}  # both kinds occur: a real comparison
     for pair_only in (False, True):
         slow = centroid_events_recomputed(model, data, labels, original, noisy, batch_size=16,
                                           pair_examples_only=pair_only)
         assert slow.equals(fast)
+
+
+def pooled(frame: pl.DataFrame, name: str):
+    row = frame.filter(pl.col("class_from").is_null() & (pl.col("event") == name))
+    assert row.height == 1 and row["class_to"][0] is None
+    return row["layer"][0]
+
+
+def test_pooled_events_at_the_planted_layers(planted):
+    hidden, labels, original, noisy = planted
+    keep = ~(noisy & (labels == 2))  # only the noisy examples that move: 1 -> 0 at MOVES_AT
+    frame = centroid_events(hidden[:, keep], labels[keep], original[keep], noisy[keep])
+    assert pooled(frame, "crossing") == MOVES_AT
+    # four of the six ordered pairs separate at SEPARATES_AT: pooled, so do the percentiles
+    assert pooled(frame, "initiation") == SEPARATES_AT
+    assert crossing_scores(frame, N_LAYERS - 1).tolist() == [float(layer == MOVES_AT) for layer in range(1, N_LAYERS)]
+
+
+def test_the_last_fall_below_the_threshold_is_the_crossing(planted):
+    hidden, labels, original, noisy = planted
+    hidden = hidden.copy()
+    moving = noisy & (labels == 0)
+    # the moved examples go back to class 1 at layer 5, and cross again at layer 6
+    hidden[5, moving] = hidden[5, labels == 1][: moving.sum()]
+    frame = centroid_events(hidden, labels, original, noisy)
+    assert event(frame, 1, 0, "crossing") == 6
+    assert pair_events(hidden, labels, original, noisy, 0, 1)[0] == 6
+
+
+def test_no_class_signal_and_unbalanced_classes_give_no_pooled_crossing():
+    """4:1 classes, every layer noise: per pair, the noisy examples of the small class sit near
+    n_small / (n_small + n_large) on their line, below 0.5, so that pair alone 'crosses' at
+    layer 1; pooled with the other direction, there is nothing to cross."""
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(400, int), np.ones(100, int)]
+    original = labels.copy()
+    flipped = np.r_[rng.choice(400, 60, replace=False), 400 + rng.choice(100, 15, replace=False)]
+    labels[flipped] = 1 - labels[flipped]  # 15% of each class
+    hidden = rng.normal(size=(7, len(labels), 32))
+    frame = centroid_events(hidden, labels, original, labels != original)
+    assert event(frame, 1, 0, "crossing") == 1  # the bias, visible per pair
+    assert pooled(frame, "crossing") is None
+    assert crossing_scores(frame, 6).sum() == 0

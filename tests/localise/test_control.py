@@ -42,3 +42,45 @@ def test_one_row_per_technique_and_the_default_pairs():
     assert rows["b"]["top_layers"] == "1,4" and not rows["b"]["hit_at_1"]
     assert default_pairs(4) == [(1, 2), (2, 3), (3, 4)]
     assert default_pairs(12) == [(1, 2), (6, 7), (11, 12)]
+
+
+def test_control_training_alternates_the_tasks_with_two_optimisers():
+    """As the original: one pass over each task per epoch, each batch stepping its own
+    optimiser; the layers outside the planted pair change only through the auxiliary one."""
+    import numpy as np
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from raymem.localise.layers import body_layers
+    from raymem.pretrain import train_tokenizer
+    from raymem.runtime import Runtime
+    from raymem.stages.control import train_two_tasks
+    from raymem.train import Encoded, TrainSettings
+
+    rng = np.random.default_rng(0)
+    words = "red green blue cat dog fish run jump sit tall small big".split()
+    texts = [" ".join(rng.choice(words, rng.integers(3, 9))) for _ in range(40)]
+    tokenizer = train_tokenizer(texts, 80, 32)
+    task = Encoded(tokenizer, texts[:24], None, rng.integers(0, 2, 24), 32)
+    auxiliary = Encoded(tokenizer, texts[24:], None, rng.integers(0, 3, 16), 32)
+    settings = TrainSettings(epochs=2, lr=1e-2, batch_size=8)
+
+    def trained(auxiliary_lr):
+        torch.manual_seed(0)
+        model = BertForSequenceClassification(BertConfig(
+            vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
+            intermediate_size=32, num_labels=2, pad_token_id=tokenizer.pad_token_id))
+        before = [{k: v.clone() for k, v in layer.state_dict().items()} for layer in body_layers(model)]
+        head = torch.nn.Linear(16, 3)
+        runtime = Runtime("cpu", "fp32")
+        train_two_tasks(model, head, task, auxiliary, (2, 3), settings, auxiliary_lr, torch.Generator().manual_seed(1),
+                        runtime)
+        # beyond float noise: a zero bias stepped at lr 1e-30 is no longer exactly 0
+        moved = [any(not torch.allclose(v, b[k], atol=1e-12, rtol=0) for k, v in layer.state_dict().items())
+                 for layer, b in zip(body_layers(model), before)]
+        return moved
+
+    # an auxiliary learning rate of almost nothing: only the planted pair moves
+    assert trained(1e-30) == [False, True, True, False]
+    # at a real one, the auxiliary task moves every layer
+    assert trained(1e-2) == [True, True, True, True]

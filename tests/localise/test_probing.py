@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from raymem.localise.probing import (ProbeSettings, noisy_f1, probe_f1, probe_f1_by_seed, probing_scores,
-                                     scores_from_f1, stratified_split)
+from raymem.localise.probing import (ProbeSettings, noisy_f1, probe_class_weights, probe_f1, probe_f1_by_seed,
+                                     probing_scores, random_split, scores_from_f1, stratified_split)
 
 SIGNAL_LAYER = 3
 
@@ -23,7 +23,7 @@ def synthetic_hidden(n_layers: int = 6, n: int = 800, width: int = 48, seed: int
 
 def test_signal_layer_scores_highest_and_earlier_layers_about_zero():
     hidden, noisy = synthetic_hidden()
-    f1 = probe_f1_by_seed(hidden, noisy, ProbeSettings(seeds=(1, 2, 3)))
+    f1 = probe_f1_by_seed(hidden, noisy, ProbeSettings(seeds=(1, 2, 3), epochs=40))
     assert f1.shape == (3, 6)
     mean_f1 = f1.mean(0)
     assert mean_f1[SIGNAL_LAYER:].min() > 0.75  # the probe finds the signal
@@ -64,3 +64,35 @@ def test_noisy_f1():
     predicted = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
     truth = torch.tensor([1, 0, 1, 0], dtype=torch.bool)
     assert torch.allclose(noisy_f1(predicted, truth), torch.tensor([0.5, 0.0]))
+
+
+def test_the_defaults_are_the_originals():
+    s = ProbeSettings()
+    # src/probing.py: AdamW(lr=0.0002, weight_decay=1e-5), batches of 32, 100 epochs, the best
+    # validation F1 for epoch > 25 (from 0), NLL weights [0.33, 0.67], dropout on the input,
+    # a shuffled (not stratified) 70/10/20 split, seeds range(5), raw hidden states
+    assert (s.lr, s.weight_decay, s.batch_size, s.epochs, s.select_after) == (2e-4, 1e-5, 32, 100, 26)
+    assert (s.dropout, s.dropout_on, s.class_weights, s.split_by, s.standardise) == (
+        0.1, "input", "original", "random", False)
+    assert s.seeds == (0, 1, 2, 3, 4) and s.split == (0.7, 0.1, 0.2)
+    assert probe_class_weights("original", torch.tensor([0, 0, 0, 1])).tolist() == pytest.approx([0.33, 0.67])
+    assert probe_class_weights("balanced", torch.tensor([0, 0, 0, 1])).tolist() == pytest.approx([2 / 3, 2.0])
+
+
+def test_the_random_split_is_a_seeded_shuffle_not_stratified():
+    train, val, test = random_split(1000, seed=4)
+    assert (len(train), len(val), len(test)) == (700, 100, 200)
+    assert len(np.unique(np.concatenate([train, val, test]))) == 1000
+    noisy = np.zeros(1000, dtype=bool)
+    noisy[::5] = True  # stratified would put exactly 20 noisy examples in validation
+    shares = {noisy[random_split(1000, seed)[1]].sum() for seed in range(5)}
+    assert shares != {20}
+
+
+@pytest.mark.parametrize("variant", [{}, {"dropout_on": "hidden", "class_weights": "balanced",
+                                           "split_by": "stratified", "standardise": True}])
+def test_the_originals_probe_and_the_variants_find_the_signal(variant):
+    hidden, noisy = synthetic_hidden(n_layers=5, n=600)
+    f1 = probe_f1_by_seed(hidden, noisy, ProbeSettings(seeds=(0, 1), epochs=40, **variant)).mean(0)
+    assert f1[SIGNAL_LAYER:].min() > 0.75 and f1[:SIGNAL_LAYER].max() < 0.5
+    assert int(np.argmax(scores_from_f1(f1))) == SIGNAL_LAYER - 1

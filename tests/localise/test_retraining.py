@@ -25,15 +25,21 @@ WORDS = "red green blue cat dog fish run jump sit tall small big river stone tre
 SETTINGS = TrainSettings(epochs=2, lr=1e-3, batch_size=8)
 
 
-@pytest.fixture(scope="module")
-def splits():
-    """(32 clean training examples, 16 noisy ones); label = mentions an animal, flipped if noisy."""
+def corpus():
+    """48 texts; label = mentions an animal, flipped for the last 16 (the noisy ones)."""
     rng = np.random.default_rng(0)
     texts = [" ".join(rng.choice(WORDS, rng.integers(3, 12))) for _ in range(48)]
     labels = np.array([int(any(w in t.split() for w in ("cat", "dog", "fish"))) for t in texts])
-    tokenizer = train_tokenizer(texts, 100, 32)
+    labels[32:] = 1 - labels[32:]
+    return texts, labels, train_tokenizer(texts, 100, 32)
+
+
+@pytest.fixture(scope="module")
+def splits():
+    """(32 clean training examples, 16 noisy ones with their noisy labels)."""
+    texts, labels, tokenizer = corpus()
     return (Encoded(tokenizer, texts[:32], None, labels[:32], 32),
-            Encoded(tokenizer, texts[32:], None, 1 - labels[32:], 32))
+            Encoded(tokenizer, texts[32:], None, labels[32:], 32))
 
 
 def tiny_classifier(kind: str, tokenizer, seed: int):
@@ -220,3 +226,70 @@ def test_train_head_trains_the_head_on_replayed_body_outputs(kind, splits):
     assert any(not torch.equal(after[k], before[k]) for k in head)
     for k in after:
         assert torch.allclose(after[k], reference.state_dict()[k], atol=1e-6), k
+
+
+class _Pair:
+    """What a retraining trial reads of its pair (PairInputs), from in-memory models."""
+
+    def __init__(self, memorised, pretrained):
+        texts, self.labels, tokenizer = corpus()
+        self.memorised, self._pretrained = memorised, pretrained
+        self.data = Encoded(tokenizer, texts, None, self.labels, 32)
+        self.noisy = np.arange(len(texts)) >= 32
+
+    def pretrained(self):
+        return self._pretrained
+
+
+def test_a_start_layers_trial_retrains_its_windows_and_resumes_at_window_granularity(splits, tmp_path,
+                                                                                      monkeypatch):
+    from raymem.localise.retraining import Retraining, clean_split
+    from raymem.runtime import Runtime
+    from raymem.store import Store
+
+    memorised, pretrained = pair("bert", splits[0].tokenizer)
+    inputs = _Pair(memorised, pretrained)
+    params = {"task": "t", "model": "m", "seed": 3, "pair": "", "start": 2, "n_layers": N_LAYERS,
+              "retrain": {"epochs": 2, "lr": 1e-3, "batch_size": 8, "warmup": 0.0}}
+    runtime = Runtime("cpu", "fp32", store=Store(str(tmp_path)), trial_id="trial")
+    rows = Retraining().run(params, inputs, runtime)["retrain_windows"]
+    # the windows of start layer 2, each as retraining that window alone gives it
+    assert rows.select("window_start", "window_end").rows() == [(2, 2), (2, 3), (2, 4)]
+    clean_train, held_out = clean_split(inputs.noisy, 3)
+    noisy_data = inputs.data.subset(np.flatnonzero(inputs.noisy))
+    held_data = inputs.data.subset(held_out)
+    for start, end, acc, clean_acc in rows.select("window_start", "window_end", "noisy_acc", "clean_acc").rows():
+        alone = retrain_window(memorised, pretrained, start, end, inputs.data.subset(clean_train),
+                               replace(SETTINGS, warmup=0.0), seed=3)
+        assert acc == pytest.approx((predict(alone, noisy_data).argmax(-1) == inputs.labels[inputs.noisy]).mean())
+        # the held-out clean examples, never trained on: as many as the noisy ones
+        assert clean_acc == pytest.approx((predict(alone, held_data).argmax(-1) == inputs.labels[held_out]).mean())
+    assert len(held_out) == inputs.noisy.sum() and not set(held_out) & set(clean_train)
+    assert not Store(str(tmp_path)).exists("checkpoints", "trial", "parts")  # kept parts go at the end
+
+    # an attempt that died after its first window: the rerun retrains the other two only
+    runtime.keep_part("2-2", {"noisy_acc": 0.125, "clean_acc": 0.5})
+    retrained = []
+    real = retraining._retrain
+    monkeypatch.setattr(retraining, "_retrain",
+                        lambda working, pre, start, end, *a: retrained.append((start, end)) or real(
+                            working, pre, start, end, *a))
+    resumed = Retraining().run(params, inputs, runtime)["retrain_windows"]
+    assert retrained == [(2, 3), (2, 4)]
+    assert resumed["noisy_acc"].to_list() == [0.125, *rows["noisy_acc"].to_list()[1:]]
+    assert resumed["clean_acc"].to_list() == [0.5, *rows["clean_acc"].to_list()[1:]]
+    assert runtime.info["resumed_parts"] == 1
+
+
+def test_retraining_keeps_the_pooler_frozen_and_warms_up_as_the_original(splits):
+    from raymem.config import LocaliseConfig
+    from raymem.localise.retraining import Retraining
+
+    clean, _ = splits
+    memorised, pretrained = pair("bert", clean.tokenizer)
+    retrained = retrain_window(memorised, pretrained, 2, 3, clean, SETTINGS, seed=3)
+    pooler = memorised.bert.pooler.state_dict()
+    assert all(torch.equal(v, pooler[k]) for k, v in retrained.bert.pooler.state_dict().items())
+    classifier = memorised.classifier.state_dict()  # the classifier trains
+    assert not all(torch.equal(v, classifier[k]) for k, v in retrained.classifier.state_dict().items())
+    assert Retraining().settings(LocaliseConfig())["warmup"] == 0.1
