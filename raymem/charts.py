@@ -11,33 +11,46 @@ from raymem.errors import ConfigError, did_you_mean
 from raymem.queries import query
 
 
+def wilson_interval(successes: pl.Expr, n: pl.Expr, z: float = 1.959964) -> tuple[pl.Expr, pl.Expr]:
+    """95% Wilson interval of a proportion, as polars expressions (low, high)."""
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * (p * (1 - p) / n + z * z / (4 * n * n)).sqrt()
+    return centre - half, centre + half
+
+
 def precog_accuracy_by_bin(db) -> alt.Chart:
+    low, high = wilson_interval(pl.col("accuracy") * pl.col("n_examples"), pl.col("n_examples"))
     data = query("precog_accuracy_by_bin", db).with_columns(
         (pl.col("bin_start") + (pl.col("bin_end") - pl.col("bin_start")) / 2).alias("bin_mid"),
-        ("k=" + pl.col("k").cast(pl.Utf8)).alias("k"))
+        ("k=" + pl.col("k").cast(pl.Utf8)).alias("k"), low.alias("low"), high.alias("high"))
     base = alt.Chart(data).encode(
         x=alt.X("bin_mid:Q", title="PreCog (bin centre)", scale=alt.Scale(domain=[0, 1])),
         color=alt.Color("task:N"))
+    title = "accuracy after fine-tuning (95% Wilson interval)"
     lines = base.mark_line(point=True).encode(
-        y=alt.Y("accuracy:Q", title="accuracy after fine-tuning", scale=alt.Scale(zero=False)),
-        tooltip=["task", "k", "bin_start", "bin_end", "accuracy", "n_examples"])
-    counts = base.mark_text(dy=-10, fontSize=9).encode(y="accuracy:Q", text="n_examples:Q")
-    return (lines + counts).properties(width=260, height=200).facet(
+        y=alt.Y("accuracy:Q", title=title, scale=alt.Scale(zero=False)),
+        tooltip=["task", "k", "bin_start", "bin_end", "accuracy", "low", "high", "n_examples"])
+    # examples per bin are in the tooltip: as text labels they overlapped across tasks
+    bars = base.mark_errorbar().encode(y=alt.Y("low:Q", title=title), y2="high:Q")
+    return (lines + bars).properties(width=260, height=200).facet(
         column=alt.Column("k:N", title=None), row=alt.Row("model:N", title=None)).properties(
-        title="Accuracy by PreCog bin (labels: examples per bin)")
+        title="Accuracy by PreCog bin, with 95% intervals")
 
 
 def precog_planted(db) -> alt.Chart:
     data = query("precog_distribution", db).with_columns(
         ("k=" + pl.col("k").cast(pl.Utf8)).alias("k"),
         pl.col("planted_count").cast(pl.Utf8).alias("planted"))
+    # facets and legend in numeric order (as text, "16" would sort before "4")
+    order = [str(n) for n in sorted(data["planted_count"].unique().to_list())]
     return alt.Chart(data).mark_bar().encode(
         x=alt.X("bin_start:O", title="PreCog bin (start)"),
         y=alt.Y("share:Q", title="share of examples"),
-        color=alt.Color("planted:N", title="times planted"),
+        color=alt.Color("planted:N", title="times planted", sort=order),
         tooltip=["planted", "bin_start", "share", "n_examples"],
     ).properties(width=220, height=160).facet(
-        column=alt.Column("planted:N", title="times planted in pre-training"),
+        column=alt.Column("planted:N", title="times planted in pre-training", sort=order),
         row=alt.Row("k:N", title=None)).properties(
         title="PreCog of planted vs never-planted examples")
 
@@ -67,13 +80,15 @@ def windows(db) -> alt.Chart:
 
 
 def mcog(db) -> alt.Chart:
-    """M-CoG per task by technique (and the mean over techniques)."""
-    data = query("mcog_by_task", db)
-    return alt.Chart(data).mark_point(filled=True, size=80).encode(
-        x=alt.X("mcog:Q", title="M-CoG (layer)"), y=alt.Y("task:N", title=None),
-        color=alt.Color("technique:N"), shape=alt.Shape("model:N"),
-        tooltip=["task", "model", "technique", "mcog", "mcog_sd", "n_seeds"],
-    ).properties(width=360, height=120, title="Memorisation centre of gravity per task")
+    """M-CoG per task by technique (and the mean over techniques), +- one sd over seeds."""
+    data = query("mcog_by_task", db).with_columns(
+        (pl.col("mcog") - pl.col("mcog_sd")).alias("low"), (pl.col("mcog") + pl.col("mcog_sd")).alias("high"))
+    base = alt.Chart(data).encode(y=alt.Y("task:N", title=None), color=alt.Color("technique:N"))
+    points = base.mark_point(filled=True, size=80).encode(
+        x=alt.X("mcog:Q", title="M-CoG (layer), +- one sd over seeds"), shape=alt.Shape("model:N"),
+        tooltip=["task", "model", "technique", "mcog", "mcog_sd", "n_seeds"])
+    spread = base.mark_rule().encode(x="low:Q", x2="high:Q")  # none with one seed (sd null)
+    return (points + spread).properties(width=360, height=120, title="Memorisation centre of gravity per task")
 
 
 # name -> (builder, the result tables it needs, the query its data comes from)

@@ -5,8 +5,8 @@ seed, check_name) with the measured value, the threshold, pass or warn, and for 
 to change. A check whose inputs the study did not produce is left out. The checks:
 
     above_majority       clean accuracy on the evaluation split beats the majority class by a margin
-    memorised_checkpoint the noisy model reached the memorised checkpoint (else localisation
-                         used its final one)
+    memorised_checkpoint the noisy model reached the memorised checkpoint (else forgetting
+                         gradients, which reads it, used the final one)
     fits_noisy_labels    the noisy model fits its relabelled training examples
     counterfactual_auroc mem separates relabelled from clean examples better than chance; a
                          wide confidence interval asks for more subset models
@@ -55,7 +55,7 @@ def memorised_checkpoint(runs: pl.DataFrame) -> list[dict]:
     return [_row(r["task"], r["model"], r["seed"], "memorised_checkpoint",
                  r["memorised_epoch"] is not None, 1, r["memorised_epoch"] is not None,
                  "the noisy model never reached training macro-F1 >= finetune.memorised_f1, so "
-                 "localisation used its final checkpoint; raise finetune.epochs or lr")
+                 "forgetting gradients read its final checkpoint instead; raise finetune.epochs or lr")
             for r in noisy.iter_rows(named=True)]
 
 

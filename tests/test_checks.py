@@ -53,7 +53,7 @@ def test_memorised_checkpoint():
                          "variant": ["noisy", "noisy", "clean"], "status": "ok", "memorised_epoch": [12, None, None]})
     rows = checks.memorised_checkpoint(runs)
     assert [(r["seed"], r["status"]) for r in rows] == [(1, "pass"), (2, "warn")]
-    assert "localisation used its final checkpoint" in rows[1]["message"]
+    assert "forgetting gradients read its final checkpoint instead" in rows[1]["message"]
 
 
 @pytest.mark.parametrize("fitted, status", [(9, "pass"), (5, "warn")])

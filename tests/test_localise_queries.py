@@ -414,3 +414,60 @@ def test_control_accuracy_has_wilson_intervals(tmp_path):
     assert (r["at_1_low"], r["at_1_high"]) == (round(at_1.low, 3), round(at_1.high, 3))
     assert (r["at_2_low"], r["at_2_high"]) == (round(at_2.low, 3), round(at_2.high, 3))
     assert r["at_2_low"] < 0.5 < r["at_2_high"]  # three runs cannot tell this from chance
+
+
+def test_model_agreement_matches_scipy(tmp_path):
+    # per model, task -> (technique -> M-CoG at seed 1); centroids must not count, NaN is left out
+    mcogs = {"m": {"T1": {"swapping": 1.0, "probing": 2.0}, "T2": {"swapping": 3.0, "probing": 3.0},
+                   "T3": {"swapping": 2.0, "probing": 4.0, "centroids": 9.0}, "T4": {"swapping": 4.0}},
+             "n": {"T1": {"retraining": 1.5}, "T2": {"retraining": 2.0}, "T3": {"retraining": 3.5},
+                   "T4": {"retraining": 2.5, "gradients": NAN}},
+             "o": {"T1": {"swapping": 5.0}, "T2": {"swapping": 1.0}}}
+    rows = [_mcog(task, tech, 1, v, model=model) for model, tasks in mcogs.items()
+            for task, techs in tasks.items() for tech, v in techs.items()]
+    df = query("model_agreement", make_db(tmp_path / "r.duckdb", mcog=rows))
+    assert df.columns == ["model_a", "model_b", "n_tasks", "spearman"]
+
+    def mean(techs):
+        return np.nanmean([v for t, v in techs.items() if t != "centroids"])
+    got = {(r["model_a"], r["model_b"]): r for r in df.iter_rows(named=True)}
+    assert list(got) == [("m", "n"), ("m", "o"), ("n", "o")]
+    for (a, b), r in got.items():
+        tasks = sorted(set(mcogs[a]) & set(mcogs[b]))
+        assert r["n_tasks"] == len(tasks)
+        expected = stats.spearmanr([mean(mcogs[a][t]) for t in tasks], [mean(mcogs[b][t]) for t in tasks]).statistic
+        assert r["spearman"] == pytest.approx(expected, abs=5.1e-4)
+    # by hand: m's means 1.5, 3, 3 (centroids left out), 4 rank 1, 2.5, 2.5, 4; n's 1.5, 2, 3.5,
+    # 2.5 (the NaN left out) rank 1, 2, 4, 3: Pearson of the ranks 3 / sqrt(4.5 * 5)
+    assert got["m", "n"]["spearman"] == pytest.approx(3 / np.sqrt(22.5), abs=5.1e-4)
+
+
+def test_generalisation_correlation_matches_scipy(tmp_path):
+    # 4 tasks of model m: clean examples' gen, M-CoG of two techniques (and centroids, not
+    # counted), pooled centroid events (crossing missing on T4: left out)
+    gen = {"T1": [0.9, 0.7], "T2": [0.5, 0.5], "T3": [0.2, 0.4], "T4": [0.6, 0.8]}
+    mcogs = {"T1": (3.0, 3.5), "T2": (2.0, 2.5), "T3": (1.0, 1.0), "T4": (2.5, 4.0)}
+    crossing = {"T1": 3, "T2": 1, "T3": 2, "T4": None}
+    initiation = {"T1": 4, "T2": 3, "T3": 1, "T4": 2}
+    examples, counterfactual, mcog, events = [], [], [], []
+    for task, values in gen.items():
+        for i, g in enumerate(values + [0.0]):  # the last one noisy: not in the score
+            examples.append({"task": task, "model": "m", "example_id": f"{task}{i}", "noisy": i == len(values)})
+            counterfactual.append({"task": task, "model": "m", "example_id": f"{task}{i}", "gen": g, "mem": 0.1})
+        mcog += [_mcog(task, "swapping", 1, mcogs[task][0]), _mcog(task, "probing", 1, mcogs[task][1]),
+                 _mcog(task, "centroids", 1, 9.0)]
+        for event, layers in (("crossing", crossing), ("initiation", initiation)):
+            events.append({"task": task, "model": "m", "seed": 1, "pair": "", "technique": "centroids",
+                           "class_from": None, "class_to": None, "event": event, "layer": layers[task]})
+    schema = {"class_from": pl.Int64, "class_to": pl.Int64, "layer": pl.Int64}
+    db = make_db(tmp_path / "r.duckdb", examples=examples, counterfactual=counterfactual, mcog=mcog,
+                 events=pl.DataFrame(events, schema_overrides=schema))
+    df = query("generalisation_correlation", db)
+    assert df.columns == ["model", "measure", "n_tasks", "spearman_with_gen"]
+    got = {r["measure"]: (r["n_tasks"], r["spearman_with_gen"]) for r in df.iter_rows(named=True)}
+    mean_gen = {t: np.mean(v) for t, v in gen.items()}
+    for measure, values in (("mcog", {t: np.mean(v) for t, v in mcogs.items()}), ("crossing", crossing),
+                            ("initiation", initiation)):
+        tasks = [t for t in sorted(values) if values[t] is not None]
+        expected = stats.spearmanr([values[t] for t in tasks], [mean_gen[t] for t in tasks]).statistic
+        assert got[measure] == (len(tasks), pytest.approx(expected, abs=5.1e-4)), measure

@@ -424,3 +424,45 @@ def test_headline_tables_read_in_80_columns():
     assert "model raymem-mini" in text and "checkpoint final" in text
     assert "| tweet_sentiment |" in text and "| 0.966 " in text
     assert headline_table("One row", df.head(1)).count("raymem-mini") == 1  # one row: nothing moves
+
+
+def test_the_planted_chart_orders_its_facets_and_legend_numerically(monkeypatch):
+    import raymem.charts
+
+    frame = pl.DataFrame({"k": [1] * 4, "planted_count": [16, 0, 4, 1], "bin_start": [0.1] * 4,
+                          "share": [0.25] * 4, "n_examples": [5] * 4})
+    monkeypatch.setattr(raymem.charts, "query", lambda name, db: frame)
+    spec = raymem.charts.precog_planted("unused.duckdb").to_dict()
+    assert spec["facet"]["column"]["sort"] == ["0", "1", "4", "16"]  # not "16" before "4"
+    assert spec["spec"]["encoding"]["color"]["sort"] == ["0", "1", "4", "16"]
+
+
+def test_the_accuracy_by_bin_chart_has_wilson_error_bars(monkeypatch):
+    from scipy.stats import binomtest
+
+    import raymem.charts
+
+    frame = pl.DataFrame({"task": ["t", "t"], "model": ["m", "m"], "k": [1, 1], "bin_start": [0.0, 0.1],
+                          "bin_end": [0.1, 0.2], "accuracy": [0.75, 0.5], "n_examples": [8, 2]})
+    monkeypatch.setattr(raymem.charts, "query", lambda name, db: frame)
+    spec = raymem.charts.precog_accuracy_by_bin("unused.duckdb").to_dict()
+    layers = spec["spec"]["layer"]
+    assert [layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"] for layer in layers] == [
+        "line", "errorbar"]  # no text labels: they overlapped
+    data = list(spec["datasets"].values())[0]
+    for row, (k, n) in zip(data, [(6, 8), (1, 2)]):
+        ci = binomtest(k, n).proportion_ci(0.95, method="wilson")
+        assert (row["low"], row["high"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
+
+
+def test_the_mcog_chart_spreads_one_sd_over_seeds(monkeypatch):
+    import raymem.charts
+
+    frame = pl.DataFrame({"task": ["t", "t"], "model": ["m", "m"], "technique": ["swapping", "mean"],
+                          "mcog": [2.0, 2.5], "mcog_sd": [0.5, None], "n_seeds": [3, 3]})
+    monkeypatch.setattr(raymem.charts, "query", lambda name, db: frame)
+    spec = raymem.charts.mcog("unused.duckdb").to_dict()
+    assert [layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"]
+            for layer in spec["layer"]] == ["point", "rule"]
+    data = list(spec["datasets"].values())[0]
+    assert [(r["low"], r["high"]) for r in data] == [(1.5, 2.5), (None, None)]
