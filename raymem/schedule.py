@@ -70,8 +70,8 @@ class ReadyFirst(Searcher):
     cost hours at the published grid's 48,000 trials).
 
     `limit` caps the Tune trials one experiment releases: Tune keeps every trial's state
-    until its experiment ends (about 60 KiB each), so the sweep runs a long study as a
-    series of experiments of at most `limit` trials (`capped` says this one stopped there)."""
+    until its experiment ends, so the sweep runs a long study as a series of experiments of
+    at most `limit` trials (`capped` says this one stopped there)."""
 
     def __init__(self, trials: list[Trial], done: set[str], run_in_driver: Callable[[Trial], bool],
                  limit: int | None = None):

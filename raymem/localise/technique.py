@@ -10,7 +10,8 @@ raymem/localise/registry.py. A technique says:
   probing and centroids) or "memorised" (forgetting gradients, as the original);
 - `settings(cfg)`: its own settings from the study's `localise` block: these alone, with
   the pair, enter its trial ids, so changing one technique's settings re-runs no other;
-- `trials(base, n_layers, cfg)`: the parameters of its trials: one, or one per window;
+- `trials(base, n_layers, cfg)`: the parameters of its trials: one, or several (retraining:
+  one per start layer);
 - `run(params, pair, runtime)`: one trial on a pair's inputs -> its tables;
 - `reduce(store, trials, keys)`: the pair's layer scores (L,) from its trials, and
   any tables the pair's summary writes (e.g. retraining's window scores).
