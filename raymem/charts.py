@@ -91,12 +91,38 @@ def mcog(db) -> alt.Chart:
     return (points + spread).properties(width=360, height=120, title="Memorisation centre of gravity per task")
 
 
+# accuracy@2 in the control setup as published (Dankers & Titov, 2024; read off the paper's
+# figure, about +-0.02; 12-layer models); centroids was not scored there
+PUBLISHED_ACCURACY_AT_2 = {"swapping": 0.98, "retraining": 0.99, "gradients": 0.57, "probing": 0.49}
+
+
+def control(db) -> alt.Chart:
+    """Control accuracy@2 per technique with its 95% interval, the chance line, and the
+    published value beside it."""
+    data = query("control_accuracy", db).with_columns(
+        pl.col("technique").replace_strict(PUBLISHED_ACCURACY_AT_2, default=None,
+                                           return_dtype=pl.Float64).alias("published"))
+    title = "accuracy@2 (95% Wilson interval)"
+    base = alt.Chart(data).encode(x=alt.X("technique:N", title=None, sort=list(data["technique"])))
+    bars = base.mark_bar(opacity=0.7).encode(
+        y=alt.Y("accuracy_at_2:Q", title=title, scale=alt.Scale(domain=[0, 1])),
+        tooltip=["technique", "n_runs", "accuracy_at_2", "at_2_low", "at_2_high", "chance_at_2", "published"])
+    interval = base.mark_errorbar().encode(y=alt.Y("at_2_low:Q", title=title), y2="at_2_high:Q")
+    published = base.mark_tick(color="black", thickness=3, size=30).encode(y=alt.Y("published:Q", title=title))
+    chance = alt.Chart(data).mark_rule(strokeDash=[4, 4], color="gray").encode(
+        y=alt.Y("mean(chance_at_2):Q", title=title))
+    return (bars + interval + published + chance).properties(width=260, height=200).facet(
+        column=alt.Column("model:N", title=None)).properties(
+        title="Control setup: accuracy@2 per technique (dashed: chance; black tick: published)")
+
+
 # name -> (builder, the result tables it needs, the query its data comes from)
 CHARTS = {"precog_accuracy_by_bin": (precog_accuracy_by_bin, {"precog", "predictions"}, "precog_accuracy_by_bin"),
           "precog_planted": (precog_planted, {"precog", "examples"}, "precog_distribution"),
           "localisation": (localisation, {"layer_scores"}, "layer_profile"),
           "windows": (windows, {"window_scores"}, "window_heatmap"),
-          "mcog": (mcog, {"mcog"}, "mcog_by_task")}
+          "mcog": (mcog, {"mcog"}, "mcog_by_task"),
+          "control": (control, {"control_accuracy"}, "control_accuracy")}
 
 
 def available_charts(db) -> list[str]:

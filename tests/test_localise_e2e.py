@@ -313,7 +313,7 @@ def test_every_query_runs(study_run):
     assert results["control_accuracy"].height == len(TECHNIQUES)
 
 
-@pytest.mark.parametrize("name", ["localisation", "windows", "mcog"])
+@pytest.mark.parametrize("name", ["localisation", "windows", "mcog", "control"])
 def test_localisation_charts(study_run, tmp_path, name, capsys):
     assert main(["chart", name, "--db", str(study_run["db"]), "--out", str(tmp_path)]) == 0
     assert (tmp_path / f"{name}.png").stat().st_size > 1000

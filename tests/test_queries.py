@@ -466,3 +466,20 @@ def test_the_mcog_chart_spreads_one_sd_over_seeds(monkeypatch):
             for layer in spec["layer"]] == ["point", "rule"]
     data = list(spec["datasets"].values())[0]
     assert [(r["low"], r["high"]) for r in data] == [(1.5, 2.5), (None, None)]
+
+
+def test_the_control_chart_shows_intervals_chance_and_the_published_values(monkeypatch):
+    import raymem.charts
+
+    frame = pl.DataFrame({"model": ["m", "m"], "technique": ["swapping", "centroids"], "n_runs": [3, 3],
+                          "accuracy_at_2": [1.0, 0.5], "chance_at_2": [0.5, 0.5],
+                          "at_2_low": [0.61, 0.19], "at_2_high": [1.0, 0.81]})
+    monkeypatch.setattr(raymem.charts, "query", lambda name, db: frame)
+    spec = raymem.charts.control("unused.duckdb").to_dict()
+    marks = [layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"]
+             for layer in spec["spec"]["layer"]]
+    assert marks == ["bar", "errorbar", "tick", "rule"]
+    data = list(spec["datasets"].values())[0]
+    # swapping's published accuracy@2 beside it; centroids was not scored in the paper
+    assert [(r["technique"], r["published"]) for r in data] == [("swapping", 0.98), ("centroids", None)]
+    assert spec["spec"]["layer"][3]["encoding"]["y"]["field"] == "chance_at_2"
