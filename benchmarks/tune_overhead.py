@@ -25,6 +25,7 @@ Usage: .venv/bin/python benchmarks/tune_overhead.py [--sizes 100 400 1600 6400] 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -62,12 +63,9 @@ def trials(results: str, n: int) -> list[Trial]:
     return [Trial("bench", {"i": i}, "tune_overhead", results, runtime={"cpus": 1}) for i in range(n)]
 
 
-PER_EXPERIMENT = raymem.sweep.TRIALS_PER_EXPERIMENT
-
-
-def raymem_sweep(results: str, n: int) -> None:
+def raymem_sweep(results: str, n: int, per_experiment: int = raymem.sweep.TRIALS_PER_EXPERIMENT) -> None:
     failed = raymem.sweep.run_sweep("bench", trials(results, n), Store(results), 0, log=lambda *_: None,
-                                    per_experiment=PER_EXPERIMENT)
+                                    per_experiment=per_experiment)
     assert not failed, failed[:3]
 
 
@@ -85,17 +83,15 @@ def grid_search_sweep(results: str, n: int) -> None:
 
 
 def main() -> None:
-    global PER_EXPERIMENT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 400, 1600, 6400])
     parser.add_argument("--grid-max", type=int, default=1600)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--cpus", type=int, default=2)
-    parser.add_argument("--per-experiment", type=int, default=PER_EXPERIMENT,
+    parser.add_argument("--per-experiment", type=int, default=raymem.sweep.TRIALS_PER_EXPERIMENT,
                         help="Tune trials per experiment in raymem's sweep (a huge value: one experiment)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
-    PER_EXPERIMENT = args.per_experiment
     import ray
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
@@ -104,7 +100,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp, trial_body(_done_entry):
             raymem_sweep(str(Path(tmp) / "warm-up"), 20)  # workers and Tune imported
             for n in args.sizes:
-                for name, sweep in (("raymem", raymem_sweep), ("grid_search", grid_search_sweep)):
+                ours = functools.partial(raymem_sweep, per_experiment=args.per_experiment)
+                for name, sweep in (("raymem", ours), ("grid_search", grid_search_sweep)):
                     if name == "grid_search" and n > args.grid_max:
                         continue
                     runs = [with_peak_rss(lambda: sweep(str(Path(tmp) / f"{name}-{n}-{r}"), n))

@@ -49,20 +49,32 @@ def _print_table(title: str, df: pl.DataFrame, fold: bool = True) -> None:
     print(f"\n{headline_table(title, df, fold)}", flush=True)
 
 
-def _print_headlines(db_path: Path, bin_width: float) -> None:
+def headline_frames(db_path: Path, bin_width: float):
+    """Yield (query name, title, rows) of each headline the database has the tables for
+    (the end of a study and `raymem report` show the same)."""
     from raymem.queries import load_query, query
 
     for name, keep, title in HEADLINES:
         params = {"bin_width": bin_width} if "bin_width" in load_query(name)[1] else {}
         try:
             df = query(name, db_path, **params)
-        except ConfigError:
+        except ConfigError:  # the study did not run the stage this query reads
             continue
         df = df.filter(keep) if keep is not None else df
-        # point estimates in the terminal; their intervals (*_low, *_high) are in the report
-        df = df.drop([c for c in df.columns if c.endswith(("_low", "_high"))])
         if df.height:
-            _print_table(title, df)
+            yield name, title, df
+
+
+def check_location(row: dict) -> str:
+    """Where a check's row applies: task, model and seed, as far as it names them."""
+    return " ".join(str(row[k]) for k in ("task", "model") if row[k]) + (
+        f" seed {row['seed']}" if row["seed"] is not None else "")
+
+
+def _print_headlines(db_path: Path, bin_width: float) -> None:
+    for _, title, df in headline_frames(db_path, bin_width):
+        # point estimates in the terminal; their intervals (*_low, *_high) are in the report
+        _print_table(title, df.drop([c for c in df.columns if c.endswith(("_low", "_high"))]))
     _print_checks(db_path)
 
 
@@ -78,9 +90,7 @@ def _print_checks(db_path: Path) -> None:
     print(f"\nChecks: {checks.height - warnings.height} passed, {warnings.height} warning(s)"
           f"{' (raymem query checks)' if checks.height else ''}")
     for row in warnings.iter_rows(named=True):
-        where = " ".join(str(row[k]) for k in ("task", "model") if row[k]) + (
-            f" seed {row['seed']}" if row["seed"] is not None else "")
-        print(f"  WARN {row['check_name']} [{where}]: {row['message']}")
+        print(f"  WARN {row['check_name']} [{check_location(row)}]: {row['message']}")
 
 
 def _overrides(args) -> dict:

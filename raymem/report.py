@@ -47,23 +47,14 @@ def _query_source(name: str) -> str:
 
 
 def _headline_sections(db_path: Path, bin_width: float) -> list[str]:
-    from raymem.cli import HEADLINES
-    from raymem.queries import load_query, query
+    from raymem.cli import headline_frames
 
-    sections = []
-    for name, keep, title in HEADLINES:
-        params = {"bin_width": bin_width} if "bin_width" in load_query(name)[1] else {}
-        try:
-            df = query(name, db_path, **params)
-        except ConfigError:  # the study did not run the stage this query reads
-            continue
-        df = df.filter(keep) if keep is not None else df
-        if df.height:
-            sections.append(f"<h3>{html.escape(title)}</h3>{html_table(df)}{_query_source(name)}")
-    return sections
+    return [f"<h3>{html.escape(title)}</h3>{html_table(df)}{_query_source(name)}"
+            for name, title, df in headline_frames(db_path, bin_width)]
 
 
 def _checks_section(db_path: Path) -> str:
+    from raymem.cli import check_location
     from raymem.queries import query
 
     try:
@@ -71,8 +62,7 @@ def _checks_section(db_path: Path) -> str:
     except ConfigError:
         return ""
     warnings = checks.filter(pl.col("status") == "warn")
-    items = "".join(f"<li class=\"warn\">{html.escape(r['check_name'])} "
-                    f"[{html.escape(' '.join(str(r[k]) for k in ('task', 'model') if r[k]))}]: "
+    items = "".join(f"<li class=\"warn\">{html.escape(r['check_name'])} [{html.escape(check_location(r))}]: "
                     f"{html.escape(str(r['message']))}</li>" for r in warnings.iter_rows(named=True))
     return (f"<h2>Checks</h2><p>{checks.height - warnings.height} passed, {warnings.height} warning(s)</p>"
             f"<ul>{items}</ul>{html_table(checks)}{_query_source('checks')}")

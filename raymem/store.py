@@ -126,9 +126,7 @@ class Store:
 
     def done_ids(self) -> set[str]:
         """Every finished trial, from one listing of the markers (not one request per trial)."""
-        selector = pafs.FileSelector(self._path(MARKERS), allow_not_found=True)
-        return {i.base_name[:-len(".json")] for i in self.fs.get_file_info(selector)
-                if i.type == pafs.FileType.File and i.base_name.endswith(".json")}
+        return {name[:-len(".json")] for name in self.files(MARKERS) if name.endswith(".json")}
 
     def mark_done(self, trial_id: str, info: dict) -> None:
         # atomic: a marker cut short by a kill would claim an unfinished trial

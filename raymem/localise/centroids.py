@@ -142,7 +142,7 @@ def centroid_events(hidden: np.ndarray, labels: np.ndarray, original_labels: np.
     lower_c2 = np.full((n_layers, n_classes, n_classes), np.nan)
     noisy_sum = np.zeros((n_layers, n_classes, n_classes))
     noisy_count = np.zeros((n_classes, n_classes))
-    pooled_c1, pooled_c2 = [], []  # (L, ...) t of the clean examples of every pair's c1 and c2
+    pooled_c1 = []  # (L, ...) t of the clean examples of every pair's c1 (a pair's c2's: 1 - t)
     for c in range(n_classes):
         members = np.flatnonzero(clean & (labels == c))
         if len(members):
@@ -151,7 +151,6 @@ def centroid_events(hidden: np.ndarray, labels: np.ndarray, original_labels: np.
             lower_c2[:, :, c] = np.percentile(1 - t_from_c, LOWER_PERCENTILE, axis=1)  # c is c2: t_kc = 1 - t_ck
             partners = [k for k in range(n_classes) if k != c]
             pooled_c1.append(t_from_c[:, :, partners].reshape(n_layers, -1))
-            pooled_c2.append(1 - t_from_c[:, :, partners].reshape(n_layers, -1))
         moved = np.flatnonzero(noisy & (original_labels == c))  # c is c2, their label the c1
         if len(moved):
             t_from_c = _positions_from(hidden, centroids, moved, c)
@@ -165,9 +164,11 @@ def centroid_events(hidden: np.ndarray, labels: np.ndarray, original_labels: np.
     crossing = _last_fall(mean_noisy)  # NaN (no examples) never falls
     initiation = _first_layer_from_which(upper_c1 < lower_c2)
     pooled = (int(_last_fall(pooled_noisy)), -1)
-    if pooled_c1 and pooled_c2:  # pairs whose partner has no clean examples give NaN: left out
-        upper = np.nanpercentile(np.concatenate(pooled_c1, 1), UPPER_PERCENTILE, axis=1)
-        lower = np.nanpercentile(np.concatenate(pooled_c2, 1), LOWER_PERCENTILE, axis=1)
+    if pooled_c1:  # pairs whose partner has no clean examples give NaN: left out
+        t_c1 = np.concatenate(pooled_c1, 1)
+        # every pair's c2 examples are some pair's c1 examples seen from the other end: 1 - t
+        upper = np.nanpercentile(t_c1, UPPER_PERCENTILE, axis=1)
+        lower = np.nanpercentile(1 - t_c1, LOWER_PERCENTILE, axis=1)
         pooled = (pooled[0], int(_first_layer_from_which(upper < lower)))
     return _event_frame(_one_based(crossing), _one_based(initiation), tuple(_one_based(np.array(pooled))))
 

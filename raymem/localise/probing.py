@@ -109,22 +109,20 @@ class _StackedProbes:
                        + _linear(s.width, s.width, layers, generator, device)
                        + _linear(s.width, 2, layers, generator, device))
         self.dropout, self.generator = s.dropout, generator
-
         self.on_input = s.dropout_on == "input"
 
-    def _drop(self, x: torch.Tensor, train: bool) -> torch.Tensor:
-        if not train or self.dropout == 0:
+    def _drop(self, x: torch.Tensor, active: bool) -> torch.Tensor:
+        if not active or self.dropout == 0:
             return x
         keep = (torch.rand(1, *x.shape[1:], generator=self.generator) >= self.dropout).to(x.device)  # same for every layer
         return x * keep / (1 - self.dropout)
 
     def __call__(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         w1, b1, w2, b2, w3, b3 = self.params
-        if self.on_input:  # the original: dropout on the probe's input only
-            x = self._drop(x, train)
-            return torch.baddbmm(b3, F.gelu(torch.baddbmm(b2, F.gelu(torch.baddbmm(b1, x, w1)), w2)), w3)
-        x = self._drop(F.gelu(torch.baddbmm(b1, x, w1)), train)
-        x = self._drop(F.gelu(torch.baddbmm(b2, x, w2)), train)
+        on_hidden = train and not self.on_input  # the original drops the probe's input only
+        x = self._drop(x, train and self.on_input)
+        x = self._drop(F.gelu(torch.baddbmm(b1, x, w1)), on_hidden)
+        x = self._drop(F.gelu(torch.baddbmm(b2, x, w2)), on_hidden)
         return torch.baddbmm(b3, x, w3)
 
 
@@ -215,9 +213,7 @@ class Probing(Technique):
         return {"probe": {key: getattr(cfg, f"probe_{key}") for key in PROBE_KEYS}}
 
     def run(self, p: dict, pair: PairInputs, runtime: Runtime) -> Tables:
-        probe = p["probe"]
-        settings = ProbeSettings(**{**{k: v for k, v in probe.items() if k != "seeds"},
-                                    "seeds": tuple(probe["seeds"])})
+        settings = ProbeSettings(**{**p["probe"], "seeds": tuple(p["probe"]["seeds"])})
         return {"layer_scores": layer_rows(p, self.name, probing_scores(pair.hidden(), pair.noisy, settings,
                                                                         runtime.device))}
 
