@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: demo demo-foundation test bench pretrain clean
+.PHONY: demo demo-foundation demo-control test bench pretrain clean
 
 $(STAMP): pyproject.toml requirements.lock
 	python3.11 -m venv .venv
@@ -17,6 +17,10 @@ demo: $(STAMP)
 # the quick path: PreCog and fine-tuning
 demo-foundation: $(STAMP)
 	.venv/bin/raymem study studies/demo.yaml
+
+# the control setup with 12 runs per technique (README: fidelity table)
+demo-control: $(STAMP)
+	.venv/bin/raymem study studies/control.yaml
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
