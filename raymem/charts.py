@@ -91,6 +91,19 @@ def mcog(db) -> alt.Chart:
     return (points + spread).properties(width=360, height=120, title="Memorisation centre of gravity per task")
 
 
+def counterfactual(db) -> alt.Chart:
+    """mem of the noisy vs the clean training examples, per task (the share of each group per bin)."""
+    data = query("counterfactual_distribution", db)
+    return alt.Chart(data).mark_bar(opacity=0.6, binSpacing=0).encode(
+        x=alt.X("bin_start:Q", title="counterfactual memorisation (bin start)", scale=alt.Scale(domain=[-1, 1])),
+        y=alt.Y("share:Q", title="share of the group", stack=None),
+        color=alt.Color("label:N", title="training label", sort=["noisy", "clean"]),
+        tooltip=["task", "model", "label", "bin_start", "share", "n_examples"],
+    ).properties(width=240, height=160).facet(
+        column=alt.Column("task:N", title=None), row=alt.Row("model:N", title=None)).properties(
+        title="Counterfactual memorisation of relabelled vs clean training examples")
+
+
 # accuracy@2 in the control setup as published (Dankers & Titov, 2024; read off the paper's
 # figure, about +-0.02; 12-layer models); centroids was not scored there
 PUBLISHED_ACCURACY_AT_2 = {"swapping": 0.98, "retraining": 0.99, "gradients": 0.57, "probing": 0.49}
@@ -121,6 +134,7 @@ CHARTS = {"precog_accuracy_by_bin": (precog_accuracy_by_bin, {"precog", "predict
           "precog_planted": (precog_planted, {"precog", "examples"}, "precog_distribution"),
           "localisation": (localisation, {"layer_scores"}, "layer_profile"),
           "windows": (windows, {"window_scores"}, "window_heatmap"),
+          "counterfactual": (counterfactual, {"counterfactual", "examples"}, "counterfactual_distribution"),
           "mcog": (mcog, {"mcog"}, "mcog_by_task"),
           "control": (control, {"control_accuracy"}, "control_accuracy")}
 

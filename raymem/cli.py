@@ -22,6 +22,8 @@ from raymem.errors import ConfigError
 HEADLINES = [  # (query, filter, title) printed at the end of a study, where the study has the tables
     ("precog_accuracy_by_bin", pl.col("task") == "ALL", "Accuracy by PreCog bin (all tasks pooled)"),
     ("precog_correlation", None, "PreCog vs correctness"),
+    ("precog_regression", pl.col("term") == "precog",
+     "PreCog's effect on correctness beyond length and rarity (logistic, per SD)"),
     # only where the model had examples planted in its pre-training corpus
     ("precog_planted", (pl.col("k") == pl.col("k").min()) & (pl.col("planted_count").max() > 0),
      "PreCog by times planted in pre-training"),

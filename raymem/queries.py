@@ -72,6 +72,7 @@ PARAM = re.compile(r"(\w+)=([^\s,(\[]*)\s*(?:([(\[])\s*([^,\s]+)\s*,\s*([^\])\s]
 # table -> what a study file needs to produce it (for "this study did not run ...")
 PRODUCED_BY = {
     "precog": "precog: {enabled: true}",
+    "precog_regression": "precog: {enabled: true}` and `finetune: {enabled: true}",
     "predictions": "finetune: {enabled: true}",
     "counterfactual": "counterfactual: {enabled: true}",
     "subset_predictions": "counterfactual: {enabled: true}",

@@ -222,9 +222,10 @@ def ingest(store: Store, db_path: Path, trial_ids: set[str] | None = None) -> di
 
     Builds into a temporary file and renames it over the old one, so readers never see
     a half-built database and a crash leaves the previous one intact. Derived tables are
-    built with it: `checks` (raymem/checks.py).
+    built with it: `checks` (raymem/checks.py) and `precog_regression` (raymem/regression.py).
     """
     from raymem.checks import create_checks_table
+    from raymem.regression import create_precog_regression_table
 
     db_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".duckdb", dir=db_path.parent)
@@ -248,6 +249,9 @@ def ingest(store: Store, db_path: Path, trial_ids: set[str] | None = None) -> di
                 counts[table] = con.execute(f'SELECT COUNT(*) FROM "{table}"').fetchall()[0][0]
             if counts:
                 counts["checks"] = create_checks_table(con)
+                regression = create_precog_regression_table(con)
+                if regression is not None:
+                    counts["precog_regression"] = regression
         finally:
             con.close()
     except BaseException:  # an error or Ctrl-C: no half-built database left beside the results

@@ -313,7 +313,7 @@ def test_every_query_runs(study_run):
     assert results["control_accuracy"].height == len(TECHNIQUES)
 
 
-@pytest.mark.parametrize("name", ["localisation", "windows", "mcog", "control"])
+@pytest.mark.parametrize("name", ["localisation", "windows", "mcog", "control", "counterfactual"])
 def test_localisation_charts(study_run, tmp_path, name, capsys):
     assert main(["chart", name, "--db", str(study_run["db"]), "--out", str(tmp_path)]) == 0
     assert (tmp_path / f"{name}.png").stat().st_size > 1000
@@ -365,7 +365,7 @@ def test_the_report_opens_offline_in_headless_chromium(study_run, tmp_path):
     page = open_page(tmp_path / "report.html")
     assert page["errors"] == [] and page["requests"] == []
     charts = available_charts(study_run["db"])
-    assert {"precog_accuracy_by_bin", "localisation", "windows", "mcog"} <= set(charts)
+    assert {"precog_accuracy_by_bin", "localisation", "windows", "mcog", "counterfactual"} <= set(charts)
     # every chart rendered as an image, and each has its PNG beside the page
     assert [alt for alt, _ in page["images"]] == charts
     assert all(width > 300 for _, width in page["images"])

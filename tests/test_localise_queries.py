@@ -449,6 +449,17 @@ def test_generalisation_correlation_matches_scipy(tmp_path):
     mcogs = {"T1": (3.0, 3.5), "T2": (2.0, 2.5), "T3": (1.0, 1.0), "T4": (2.5, 4.0)}
     crossing = {"T1": 3, "T2": 1, "T3": 2, "T4": None}
     initiation = {"T1": 4, "T2": 3, "T3": 1, "T4": 2}
+    # the noisy models' evaluation labels and correctness, 2 seeds (the clean model's not counted)
+    labels = {"T1": [0, 0, 0, 1], "T2": [0, 1, 1, 2], "T3": [0, 1, 0, 1], "T4": [1, 1, 1, 1]}
+    correct = {"T1": ([1, 1, 0, 1], [1, 1, 1, 1]), "T2": ([1, 0, 1, 0], [0, 0, 1, 0]),
+               "T3": ([1, 1, 1, 0], [1, 0, 1, 1]), "T4": ([1, 1, 0, 0], [1, 0, 0, 0])}
+    predictions = [{"task": t, "model": "m", "seed": s + 1, "variant": v, "checkpoint": c, "split": split,
+                    "example_id": f"{t}e{i}", "label": y, "correct": bool(correct[t][s][i]) if v == "noisy" else True}
+                   for t in labels for s in range(2) for v in ("noisy", "clean") for c in ("final", "memorised")
+                   for split in ("test", "train") for i, y in enumerate(labels[t])
+                   if (c, split) == ("final", "test") or v == "noisy"]
+    for row in predictions:  # other checkpoints and the training split: all wrong, never counted
+        row["correct"] = row["correct"] and (row["checkpoint"], row["split"]) == ("final", "test")
     examples, counterfactual, mcog, events = [], [], [], []
     for task, values in gen.items():
         for i, g in enumerate(values + [0.0]):  # the last one noisy: not in the score
@@ -461,13 +472,19 @@ def test_generalisation_correlation_matches_scipy(tmp_path):
                            "class_from": None, "class_to": None, "event": event, "layer": layers[task]})
     schema = {"class_from": pl.Int64, "class_to": pl.Int64, "layer": pl.Int64}
     db = make_db(tmp_path / "r.duckdb", examples=examples, counterfactual=counterfactual, mcog=mcog,
-                 events=pl.DataFrame(events, schema_overrides=schema))
+                 events=pl.DataFrame(events, schema_overrides=schema), predictions=predictions)
     df = query("generalisation_correlation", db)
-    assert df.columns == ["model", "measure", "n_tasks", "spearman_with_gen"]
+    assert df.columns == ["model", "measure", "n_tasks", "spearman_with_gen", "spearman_with_norm_accuracy"]
     got = {r["measure"]: (r["n_tasks"], r["spearman_with_gen"]) for r in df.iter_rows(named=True)}
     mean_gen = {t: np.mean(v) for t, v in gen.items()}
+    chance = {t: sum((np.array(y) == c).mean() ** 2 for c in set(y)) for t, y in labels.items()}
+    norm = {t: (np.mean(correct[t]) - chance[t]) / (1 - chance[t]) if chance[t] < 1 else None for t in labels}
+    got_norm = {r["measure"]: r["spearman_with_norm_accuracy"] for r in df.iter_rows(named=True)}
     for measure, values in (("mcog", {t: np.mean(v) for t, v in mcogs.items()}), ("crossing", crossing),
                             ("initiation", initiation)):
         tasks = [t for t in sorted(values) if values[t] is not None]
         expected = stats.spearmanr([values[t] for t in tasks], [mean_gen[t] for t in tasks]).statistic
         assert got[measure] == (len(tasks), pytest.approx(expected, abs=5.1e-4)), measure
+        tasks = [t for t in tasks if norm[t] is not None]  # T4: one class, so no chance to beat
+        expected = stats.spearmanr([values[t] for t in tasks], [norm[t] for t in tasks]).statistic
+        assert got_norm[measure] == pytest.approx(expected, abs=5.1e-4), measure

@@ -380,6 +380,17 @@ def test_counterfactual_auroc_matches_scipy_by_annotator_agreement(tmp_path):
         assert got[name]["n_noisy"] == len(pos) and got[name]["n_clean"] == len(neg)
         assert got[name]["auroc_mem"] == pytest.approx(expected, abs=1e-4)
         assert got[name]["mean_mem_noisy"] == pytest.approx(pos.mean(), abs=1e-4)
+    # the same examples binned (0.25 wide): each group's shares are its own histogram
+    binned = query("counterfactual_distribution", db, bin_width=0.25)
+    for label, flag in (("noisy", noisy), ("clean", ~noisy)):
+        values = mem[keep & flag]
+        edges = np.arange(-1, 1.25, 0.25)
+        counts = np.histogram(np.clip(values, -1, 1), bins=edges)[0]  # numpy closes the last bin too
+        got_bins = binned.filter(pl.col("label") == label)
+        assert got_bins["n_examples"].sum() == len(values)
+        assert dict(zip(got_bins["bin_start"], got_bins["n_examples"])) == {
+            float(e): int(c) for e, c in zip(edges[:-1], counts) if c}
+        assert got_bins["share"].sum() == pytest.approx(1.0, abs=1e-3)
 
 
 def test_queries_dir_default_is_the_repo_queries_folder(monkeypatch):
