@@ -199,6 +199,9 @@ class LocaliseConfig(Strict):
                                                        "training statistics (the original does not)")
     probe_split_by: Literal["random", "stratified"] = Field(
         "random", description="probing: the 70/10/20 split, shuffled (the original) or stratified on noisy")
+    probe_label_events: bool = Field(True, description="probing: class probes on the training and the original "
+                                                       "labels, for the consolidation events (probe_memorisation, "
+                                                       "probe_initiation) and `probe_curves`; the studied pair only")
     gradient_norm: Literal["l1", "l2"] = Field("l1", description="forgetting gradients: the norm over a "
                                                                 "layer's parameters (l1 as published)")
     gradient_subtract_clean: bool = Field(True, description="forgetting gradients: the noisy set's mean "

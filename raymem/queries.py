@@ -77,7 +77,7 @@ PRODUCED_BY = {
     "counterfactual": "counterfactual: {enabled: true}",
     "subset_predictions": "counterfactual: {enabled: true}",
     **{t: "localise: {enabled: true}" for t in ("layer_scores", "window_scores", "mcog", "events",
-                                                 "retrain_windows")},
+                                                 "retrain_windows", "probe_curves")},
     "control_accuracy": "localise: {enabled: true, control: {enabled: true}}",
 }
 

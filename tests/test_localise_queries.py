@@ -488,3 +488,31 @@ def test_generalisation_correlation_matches_scipy(tmp_path):
         tasks = [t for t in tasks if norm[t] is not None]  # T4: one class, so no chance to beat
         expected = stats.spearmanr([values[t] for t in tasks], [norm[t] for t in tasks]).statistic
         assert got_norm[measure] == pytest.approx(expected, abs=5.1e-4), measure
+
+
+def test_event_agreement_and_events_by_task(tmp_path):
+    # 4 tasks x 2 seeds; T4's crossing never happens; a control pair's events are not counted
+    layers = {"crossing": {"T1": (3, 3), "T2": (1, 2), "T3": (2, 2), "T4": (None, None)},
+              "initiation": {"T1": (4, 4), "T2": (2, 3), "T3": (1, 1), "T4": (2, 2)},
+              "probe_memorisation": {"T1": (4, 3), "T2": (1, 1), "T3": (2, 3), "T4": (3, 3)},
+              "probe_initiation": {"T1": (1, 1), "T2": (3, 3), "T3": (1, 2), "T4": (2, 1)}}
+    events = [{"task": t, "model": "m", "seed": s + 1, "pair": pair, "class_from": None, "class_to": None,
+               "technique": "probing" if e.startswith("probe") else "centroids", "event": e,
+               "layer": v[s] if pair == "" else 9}
+              for e, per_task in layers.items() for t, v in per_task.items() for s in range(2) for pair in ("", "1-2")]
+    events.append({"task": "T1", "model": "m", "seed": 1, "pair": "", "class_from": 0, "class_to": 1,
+                   "technique": "centroids", "event": "crossing", "layer": 9})  # per class pair: not pooled
+    schema = {"class_from": pl.Int64, "class_to": pl.Int64, "layer": pl.Int64}
+    db = make_db(tmp_path / "r.duckdb", events=pl.DataFrame(events, schema_overrides=schema))
+    mean = {e: {t: np.mean(v) for t, v in per_task.items() if v[0] is not None} for e, per_task in layers.items()}
+    got = {r["events"]: r for r in query("event_agreement", db).iter_rows(named=True)}
+    for probe, centroid in (("probe_memorisation", "crossing"), ("probe_initiation", "initiation")):
+        tasks = sorted(set(mean[probe]) & set(mean[centroid]))
+        expected = stats.spearmanr([mean[probe][t] for t in tasks], [mean[centroid][t] for t in tasks]).statistic
+        row = got[f"{probe} vs {centroid}"]
+        assert row["n_task_models"] == len(tasks) and row["spearman"] == pytest.approx(expected, abs=5.1e-4)
+    by_task = {(r["task"], r["event"]): r for r in query("events_by_task", db).iter_rows(named=True)}
+    assert by_task["T2", "crossing"]["mean_layer"] == 1.5 and by_task["T2", "crossing"]["n_seeds"] == 2
+    assert by_task["T4", "crossing"]["mean_layer"] is None and by_task["T4", "crossing"]["n_never"] == 2
+    assert by_task["T1", "crossing"]["mean_layer"] == 3.0  # the per-class-pair row is not pooled in
+    assert by_task["T1", "probe_memorisation"]["technique"] == "probing"

@@ -2,7 +2,8 @@
 them. These are the ids planned for studies/demo_localise.yaml. Every one changed when the
 definitions were aligned with the original code: AdamW weight decay 0.01 (every training
 trial and all that reads it), each localisation trial naming the noisy checkpoint it
-compares, and retraining (one trial per start layer, warm-up 10%). A change here is a
+compares, and retraining (one trial per start layer, warm-up 10%); probing's changed again
+with its label probes (`probe_label_events`, and the summaries that read it). A change here is a
 change of what a finished study's results mean: make it on purpose."""
 
 import json

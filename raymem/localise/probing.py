@@ -21,6 +21,20 @@ and at the embeddings (layer 0) that vector is the same for every example, so la
 probe can only predict one class and F1_0 is a constant-predictor baseline; layer 1's score
 is its gain over that baseline.
 
+Consolidation events (the original's label probes, its visualise_probing notebook): on the
+studied pair, per layer and probe seed, two more probes predict the class, one trained on
+the training labels (noisy ones for the noisy examples), one on the original labels, each
+scored by macro F1 on the test part's noisy and clean examples apart; the F1 are averaged
+over probe seeds. Two events go to `events` (technique probing, layers 0..L as the original):
+
+    probe_memorisation  the first layer where the noisy-label probe's F1 on the noisy
+                        examples beats the original-label probe's by more than 0.1
+    probe_initiation    the first layer where the original-label probe's F1 on the clean
+                        examples is above 90% of the way from chance (macro F1 of shuffled
+                        labels) to its best layer
+
+and the F1 curves to `probe_curves`. `localise.probe_label_events: false` leaves them out.
+
 The probe width follows H (the original hard-coded 768). All L+1 probes of a seed train
 at once as one batched MLP (their parameters stacked on a leading layer axis), which is
 exactly independent training: each probe's loss touches only its own parameters and AdamW
@@ -36,15 +50,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import polars as pl
 import torch
 import torch.nn.functional as F
 
-from raymem.localise.technique import PairInputs, Technique, layer_rows
+from raymem.localise.centroids import EVENT_SCHEMA
+from raymem.localise.technique import PairInputs, Technique, layer_rows, with_keys
 from raymem.runtime import Runtime
 from raymem.trial import Tables
 
 
 ORIGINAL_CLASS_WEIGHTS = (0.33, 0.67)  # clean, noisy: the original up-weights the ~15% noisy
+MEMORISATION_MARGIN = 0.1  # the noisy-label probe's F1 lead on the noisy examples (the original's)
+INITIATION_SHARE = 0.9  # of the way from chance to the best layer's clean F1 (the original's)
 
 
 @dataclass(frozen=True)
@@ -102,12 +120,13 @@ def _linear(in_features: int, out_features: int, copies: int, generator: torch.G
 
 
 class _StackedProbes:
-    """L+1 independent MLP probes evaluated together: x (layers, batch, H) -> logits (layers, batch, 2)."""
+    """L+1 independent MLP probes evaluated together: x (layers, batch, H) -> logits (layers, batch, classes)."""
 
-    def __init__(self, layers: int, hidden: int, s: ProbeSettings, generator: torch.Generator, device="cpu"):
+    def __init__(self, layers: int, hidden: int, classes: int, s: ProbeSettings, generator: torch.Generator,
+                 device="cpu"):
         self.params = (_linear(hidden, s.width, layers, generator, device)
                        + _linear(s.width, s.width, layers, generator, device)
-                       + _linear(s.width, 2, layers, generator, device))
+                       + _linear(s.width, classes, layers, generator, device))
         self.dropout, self.generator = s.dropout, generator
         self.on_input = s.dropout_on == "input"
 
@@ -126,34 +145,51 @@ class _StackedProbes:
         return torch.baddbmm(b3, x, w3)
 
 
-def probe_f1(hidden: np.ndarray, noisy: np.ndarray, seed: int, s: ProbeSettings = ProbeSettings(),
-             device: torch.device | str = "cpu") -> np.ndarray:
-    """(L+1,): test F1 of the noisy class per layer for one probe seed, trained on `device`
-    (the random draws come from a CPU generator either way, so a GPU draws the same)."""
+def macro_f1(predicted: torch.Tensor, truth: torch.Tensor, classes: int) -> torch.Tensor:
+    """Macro F1 along the last axis, over the classes in the truth or the predictions (as
+    scikit-learn's `f1_score(average="macro")`); 0 for an empty set."""
+    f1_sum = torch.zeros(predicted.shape[:-1], device=predicted.device)
+    present = torch.zeros_like(f1_sum)
+    for c in range(classes):
+        is_pred, is_true = predicted == c, truth == c
+        tp = (is_pred & is_true).sum(-1).float()
+        wrong = (is_pred ^ is_true).sum(-1).float()
+        seen = (tp + wrong) > 0
+        f1_sum += torch.where(seen, 2 * tp / (2 * tp + wrong).clamp(min=1), torch.zeros_like(tp))
+        present += seen.float()
+    return f1_sum / present.clamp(min=1)
+
+
+def _inputs(hidden: np.ndarray, n: int, device) -> torch.Tensor:
     x_all = torch.as_tensor(np.asarray(hidden), dtype=torch.float32).to(device)
-    truth = torch.as_tensor(np.asarray(noisy, dtype=bool)).to(device)
-    if x_all.ndim != 3 or x_all.shape[1] != len(truth):
-        raise ValueError(f"hidden must be (L+1, N, H) with N={len(truth)}, got {tuple(x_all.shape)}")
-    n_layers, _, width = x_all.shape
-    split = (stratified_split(truth.cpu().numpy(), seed, s.split) if s.split_by == "stratified"
-             else random_split(len(truth), seed, s.split))
-    train, val, test = (torch.as_tensor(i, device=device) for i in split)
-    if truth[train].all() or not truth[train].any():
-        raise ValueError("probing needs noisy and clean examples in the training split")
+    if x_all.ndim != 3 or x_all.shape[1] != n:
+        raise ValueError(f"hidden must be (L+1, N, H) with N={n}, got {tuple(x_all.shape)}")
+    return x_all
+
+
+def _split(noisy: np.ndarray, seed: int, s: ProbeSettings, device):
+    split = (stratified_split(noisy, seed, s.split) if s.split_by == "stratified"
+             else random_split(len(noisy), seed, s.split))
+    return tuple(torch.as_tensor(i, device=device) for i in split)
+
+
+def selected_predictions(x_all: torch.Tensor, y: torch.Tensor, classes: int, split, seed: int, s: ProbeSettings,
+                         class_weight: torch.Tensor, score) -> torch.Tensor:
+    """(L+1, N): each layer's probe's predictions for every example at the epoch its
+    validation `score` (predicted, truth) -> (L+1,) picked, trained on `split`'s first part."""
+    train, val, _ = split
     if s.standardise:
         mean, std = x_all[:, train].mean(1, keepdim=True), x_all[:, train].std(1, keepdim=True)
         x_all = (x_all - mean) / (std + 1e-6)
-
+    n_layers, _, width = x_all.shape
     generator = torch.Generator().manual_seed(seed)
-    probes = _StackedProbes(n_layers, width, s, generator, device)
+    probes = _StackedProbes(n_layers, width, classes, s, generator, x_all.device)
     # decoupled weight decay scales with lr, per parameter: stacking the probes keeps them independent
     optimiser = torch.optim.AdamW(probes.params, lr=s.lr, weight_decay=s.weight_decay)
-    y = truth.long()
-    class_weight = probe_class_weights(s.class_weights, y[train]).to(device)
-    best_val = torch.zeros(n_layers, device=device)  # the original keeps an epoch only above F1 0
-    test_at_best = torch.full((n_layers,), float("nan"), device=device)
+    best_val = torch.zeros(n_layers, device=x_all.device)  # the original keeps an epoch only above F1 0
+    at_best = torch.full((n_layers, len(y)), -1, dtype=torch.long, device=x_all.device)
     for epoch in range(1, s.epochs + 1):
-        order = train[torch.randperm(len(train), generator=generator).to(device)]
+        order = train[torch.randperm(len(train), generator=generator).to(x_all.device)]
         for start in range(0, len(order), s.batch_size):
             rows = order[start:start + s.batch_size]
             log_probs = torch.log_softmax(probes(x_all[:, rows], train=True), -1)
@@ -164,16 +200,89 @@ def probe_f1(hidden: np.ndarray, noisy: np.ndarray, seed: int, s: ProbeSettings 
             loss.backward()
             optimiser.step()
         with torch.no_grad():
-            predicted = probes(x_all, train=False).argmax(-1).bool()
-            test_f1 = noisy_f1(predicted[:, test], truth[test])
+            predicted = probes(x_all, train=False).argmax(-1)
             if epoch >= min(s.select_after, s.epochs):  # a run shorter than that: its last epoch
-                val_f1 = noisy_f1(predicted[:, val], truth[val])
-                improved = val_f1 > best_val  # strict: the earliest best epoch wins
-                best_val = torch.where(improved, val_f1, best_val)
-                test_at_best = torch.where(improved, test_f1, test_at_best)
+                val_score = score(predicted[:, val], y[val])
+                improved = val_score > best_val  # strict: the earliest best epoch wins
+                best_val = torch.where(improved, val_score, best_val)
+                at_best = torch.where(improved[:, None], predicted, at_best)
     # a probe whose validation F1 never rose above 0 is kept as it ended, as the original
-    test_at_best = torch.where(test_at_best.isnan(), test_f1, test_at_best)
-    return test_at_best.cpu().numpy()
+    return torch.where(at_best < 0, predicted, at_best)
+
+
+def probe_f1(hidden: np.ndarray, noisy: np.ndarray, seed: int, s: ProbeSettings = ProbeSettings(),
+             device: torch.device | str = "cpu") -> np.ndarray:
+    """(L+1,): test F1 of the noisy class per layer for one probe seed, trained on `device`
+    (the random draws come from a CPU generator either way, so a GPU draws the same)."""
+    x_all = _inputs(hidden, len(noisy), device)
+    truth = torch.as_tensor(np.asarray(noisy, dtype=bool)).to(device)
+    split = _split(truth.cpu().numpy(), seed, s, device)
+    if truth[split[0]].all() or not truth[split[0]].any():
+        raise ValueError("probing needs noisy and clean examples in the training split")
+    y = truth.long()
+    class_weight = probe_class_weights(s.class_weights, y[split[0]]).to(device)
+    predicted = selected_predictions(x_all, y, 2, split, seed, s, class_weight,
+                                     lambda pred, true: noisy_f1(pred.bool(), true.bool()))
+    test = split[2]
+    return noisy_f1(predicted[:, test].bool(), truth[test]).cpu().numpy()
+
+
+def probe_f1_by_seed(hidden: np.ndarray, noisy: np.ndarray, s: ProbeSettings = ProbeSettings(),
+                     device: torch.device | str = "cpu") -> np.ndarray:
+    """(seeds, L+1): test F1 of the noisy class per probe seed and layer."""
+    return np.stack([probe_f1(hidden, noisy, seed, s, device) for seed in s.seeds])
+
+
+def label_probe_f1(hidden: np.ndarray, targets: np.ndarray, noisy: np.ndarray, classes: int, seed: int,
+                   s: ProbeSettings = ProbeSettings(), device: torch.device | str = "cpu") -> np.ndarray:
+    """(2, L+1): a class probe trained on `targets`, its test macro F1 on the noisy examples
+    (row 0) and the clean ones (row 1). The split is the noise probe's of the same seed; no
+    class weights (the original weights only the noise probe's classes)."""
+    x_all = _inputs(hidden, len(noisy), device)
+    y = torch.as_tensor(np.asarray(targets), dtype=torch.long, device=device)
+    split = _split(np.asarray(noisy, dtype=bool), seed, s, device)
+    predicted = selected_predictions(x_all, y, classes, split, seed, s, torch.ones(classes, device=device),
+                                     lambda pred, true: macro_f1(pred, true, classes))
+    test, is_noisy = split[2], torch.as_tensor(np.asarray(noisy, dtype=bool), device=device)
+    parts = (test[is_noisy[test]], test[~is_noisy[test]])
+    return torch.stack([macro_f1(predicted[:, part], y[part], classes) for part in parts]).cpu().numpy()
+
+
+def label_probe_curves(hidden: np.ndarray, labels: np.ndarray, original_labels: np.ndarray, noisy: np.ndarray,
+                       classes: int, s: ProbeSettings = ProbeSettings(),
+                       device: torch.device | str = "cpu") -> pl.DataFrame:
+    """Seed-averaged test F1 per (probe: noisy_label | original_label, examples: noisy |
+    clean, layer 0..L)."""
+    rows = []
+    for probe, targets in (("noisy_label", labels), ("original_label", original_labels)):
+        f1 = np.mean([label_probe_f1(hidden, targets, noisy, classes, seed, s, device) for seed in s.seeds], 0)
+        for part, examples in enumerate(("noisy", "clean")):
+            rows += [{"probe": probe, "examples": examples, "layer": layer, "f1": float(value)}
+                     for layer, value in enumerate(f1[part])]
+    return pl.DataFrame(rows, schema={"probe": pl.Utf8, "examples": pl.Utf8, "layer": pl.Int64, "f1": pl.Float64})
+
+
+def shuffled_labels_f1(labels: np.ndarray, classes: int, seed: int = 0) -> float:
+    """Chance: the macro F1 of the labels against a seeded shuffle of themselves (the original's
+    `random_performance`, which shuffled the training labels once)."""
+    truth = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    shuffled = truth[torch.as_tensor(np.random.default_rng(seed).permutation(len(truth)))]
+    return float(macro_f1(shuffled, truth, classes))
+
+
+def probe_events(curves: pl.DataFrame, chance: float) -> pl.DataFrame:
+    """The pooled probe_memorisation and probe_initiation layers (null: never) from the curves."""
+    def f1(probe, examples):
+        return curves.filter((pl.col("probe") == probe) & (pl.col("examples") == examples)).sort("layer")["f1"].to_numpy()
+
+    memorised = f1("noisy_label", "noisy") > f1("original_label", "noisy") + MEMORISATION_MARGIN
+    clean = f1("original_label", "clean")
+    span = clean.max() - chance
+    learnt = (clean - chance) / span > INITIATION_SHARE if span > 0 else np.zeros(len(clean), bool)
+    first = lambda flags: int(np.argmax(flags)) if flags.any() else None  # noqa: E731
+    return pl.DataFrame([{"class_from": None, "class_to": None, "event": "probe_memorisation", "layer": first(memorised)},
+                         {"class_from": None, "class_to": None, "event": "probe_initiation", "layer": first(learnt)}],
+                        schema=EVENT_SCHEMA)
 
 
 def probe_class_weights(kind: str, labels: torch.Tensor) -> torch.Tensor:
@@ -182,12 +291,6 @@ def probe_class_weights(kind: str, labels: torch.Tensor) -> torch.Tensor:
         return torch.tensor(ORIGINAL_CLASS_WEIGHTS)
     counts = torch.bincount(labels.cpu(), minlength=2).float()
     return counts.sum() / (2 * counts)  # balanced: each class weighs half
-
-
-def probe_f1_by_seed(hidden: np.ndarray, noisy: np.ndarray, s: ProbeSettings = ProbeSettings(),
-                     device: torch.device | str = "cpu") -> np.ndarray:
-    """(seeds, L+1): test F1 of the noisy class per probe seed and layer."""
-    return np.stack([probe_f1(hidden, noisy, seed, s, device) for seed in s.seeds])
 
 
 def scores_from_f1(f1: np.ndarray) -> np.ndarray:
@@ -210,12 +313,20 @@ class Probing(Technique):
     uses = frozenset({"hidden"})
 
     def settings(self, cfg) -> dict:
-        return {"probe": {key: getattr(cfg, f"probe_{key}") for key in PROBE_KEYS}}
+        return {"probe": {key: getattr(cfg, f"probe_{key}") for key in PROBE_KEYS},
+                "label_events": cfg.probe_label_events}
 
     def run(self, p: dict, pair: PairInputs, runtime: Runtime) -> Tables:
         settings = ProbeSettings(**{**p["probe"], "seeds": tuple(p["probe"]["seeds"])})
-        return {"layer_scores": layer_rows(p, self.name, probing_scores(pair.hidden(), pair.noisy, settings,
-                                                                        runtime.device))}
+        hidden = pair.hidden()
+        tables = {"layer_scores": layer_rows(p, self.name, probing_scores(hidden, pair.noisy, settings, runtime.device))}
+        if p["label_events"] and p["pair"] == "":  # the studied pair; the control setup scores layers only
+            original = pair.train["original_label"].to_numpy()
+            curves = label_probe_curves(hidden, pair.labels, original, pair.noisy, p["n_labels"], settings,
+                                        runtime.device)
+            events = probe_events(curves, shuffled_labels_f1(original, p["n_labels"]))
+            tables |= {"events": with_keys(p, events, self.name), "probe_curves": with_keys(p, curves, self.name)}
+        return tables
 
 
 # the study's `localise.probe_<key>` settings, as ProbeSettings fields

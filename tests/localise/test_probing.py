@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from raymem.localise.probing import (ProbeSettings, noisy_f1, probe_class_weights, probe_f1, probe_f1_by_seed,
-                                     probing_scores, random_split, scores_from_f1, stratified_split)
+from raymem.localise.probing import (ProbeSettings, label_probe_curves, macro_f1, noisy_f1, probe_class_weights,
+                                     probe_events, probe_f1, probe_f1_by_seed, probing_scores, random_split,
+                                     scores_from_f1, shuffled_labels_f1, stratified_split)
 
 SIGNAL_LAYER = 3
 
@@ -96,3 +97,46 @@ def test_the_originals_probe_and_the_variants_find_the_signal(variant):
     f1 = probe_f1_by_seed(hidden, noisy, ProbeSettings(seeds=(0, 1), epochs=40, **variant)).mean(0)
     assert f1[SIGNAL_LAYER:].min() > 0.75 and f1[:SIGNAL_LAYER].max() < 0.5
     assert int(np.argmax(scores_from_f1(f1))) == SIGNAL_LAYER - 1
+
+
+def labelled_hidden(n_layers: int = 6, n: int = 900, width: int = 32, classes: int = 3, learnt_at: int = 1,
+                    memorised_at: int | None = 4, seed: int = 0):
+    """Class directions from `learnt_at` on; the noisy examples sit at their original class
+    until `memorised_at`, then at their (noisy) training label's."""
+    rng = np.random.default_rng(seed)
+    original = rng.integers(0, classes, n)
+    noisy = rng.random(n) < 0.2
+    labels = np.where(noisy, (original + rng.integers(1, classes, n)) % classes, original)
+    directions = 2.5 * rng.normal(size=(classes, width)) / np.sqrt(width) * 2
+    hidden = rng.normal(size=(n_layers, n, width)).astype(np.float32)
+    for layer in range(learnt_at, n_layers):
+        memorised = memorised_at is not None and layer >= memorised_at
+        hidden[layer] += directions[np.where(memorised, labels, original)]
+    return hidden, labels, original, noisy
+
+
+def test_macro_f1_counts_the_classes_seen_as_scikit_learn_does():
+    predicted = torch.tensor([[0, 1, 1, 2], [0, 0, 0, 0]])
+    truth = torch.tensor([0, 1, 2, 2])
+    # row 0: F1 per class 1, 2/3, 2/3; row 1: class 0 F1 2/5, classes 1 and 2 F1 0 (seen in the truth)
+    assert torch.allclose(macro_f1(predicted, truth, 4), torch.tensor([(1 + 2 / 3 + 2 / 3) / 3, 0.4 / 3]))
+
+
+def test_the_label_probes_find_where_the_noisy_examples_are_memorised_and_the_task_learnt():
+    hidden, labels, original, noisy = labelled_hidden()
+    s = ProbeSettings(seeds=(0, 1), epochs=40, select_after=10)
+    curves = label_probe_curves(hidden, labels, original, noisy, 3, s)
+    assert curves.height == 2 * 2 * 6
+    f1 = {(r["probe"], r["examples"], r["layer"]): r["f1"] for r in curves.iter_rows(named=True)}
+    assert f1["original_label", "clean", 0] < 0.5 < 0.9 < f1["original_label", "clean", 1]
+    assert f1["original_label", "noisy", 3] > 0.8 > 0.3 > f1["noisy_label", "noisy", 3]  # not yet memorised
+    assert f1["noisy_label", "noisy", 4] > 0.8 > 0.3 > f1["original_label", "noisy", 4]  # memorised
+    chance = shuffled_labels_f1(original, 3)
+    assert 0.25 < chance < 0.42
+    events = dict(probe_events(curves, chance).select("event", "layer").iter_rows())
+    assert events == {"probe_memorisation": 4, "probe_initiation": 1}
+    # noisy examples that are never moved to their training label: no memorisation event
+    hidden, labels, original, noisy = labelled_hidden(memorised_at=None)
+    never = dict(probe_events(label_probe_curves(hidden, labels, original, noisy, 3, s), chance)
+                 .select("event", "layer").iter_rows())
+    assert never == {"probe_memorisation": None, "probe_initiation": 1}
