@@ -222,9 +222,11 @@ def ingest(store: Store, db_path: Path, trial_ids: set[str] | None = None) -> di
 
     Builds into a temporary file and renames it over the old one, so readers never see
     a half-built database and a crash leaves the previous one intact. Derived tables are
-    built with it: `checks` (raymem/checks.py) and `precog_regression` (raymem/regression.py).
+    built with it: `checks` (raymem/checks.py), `intervals` (raymem/intervals.py) and
+    `precog_regression` (raymem/regression.py).
     """
     from raymem.checks import create_checks_table
+    from raymem.intervals import create_intervals_table
     from raymem.regression import create_precog_regression_table
 
     db_path.parent.mkdir(parents=True, exist_ok=True)
@@ -249,6 +251,7 @@ def ingest(store: Store, db_path: Path, trial_ids: set[str] | None = None) -> di
                 counts[table] = con.execute(f'SELECT COUNT(*) FROM "{table}"').fetchall()[0][0]
             if counts:
                 counts["checks"] = create_checks_table(con)
+                counts["intervals"] = create_intervals_table(con)
                 regression = create_precog_regression_table(con)
                 if regression is not None:
                     counts["precog_regression"] = regression

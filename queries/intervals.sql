@@ -1,0 +1,10 @@
+-- 95% bootstrap intervals of the headline numbers: counterfactual AUROC, PreCog's Spearman with correctness, and M-CoG per technique.
+-- Built with the database (raymem/intervals.py): 1,000 percentile-bootstrap resamples of the
+-- unit each number averages over (`resampled`: examples, or seeds for M-CoG; a single seed
+-- has no interval). analysis: one of them, or '' for all.
+-- params: analysis=''
+SELECT analysis, task, model, key, ROUND(estimate, 3) AS estimate, ROUND(low, 3) AS low,
+       ROUND(high, 3) AS high, resampled, n_units
+FROM intervals
+WHERE $analysis = '' OR analysis = $analysis
+ORDER BY analysis, task, model, key;
