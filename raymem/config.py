@@ -182,6 +182,10 @@ class LocaliseConfig(Strict):
     retrain_lr: float = Field(3e-5, gt=0, description="layer retraining: learning rate")
     retrain_batch_size: int = Field(8, ge=1, description="layer retraining: batch size")
     # probing: the original's settings by default (raymem/localise/probing.py)
+    checkpoint: Literal["final", "memorised"] = Field(
+        "final", description="the training stage the noisy model and its clean twin are compared at: both final "
+                             "(as the original), or the noisy model's memorised epoch and the clean twin trained "
+                             "to that same epoch (an extra clean trial per pair); the control setup stays final")
     probe_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1,
                                    description="probing: one probe per layer per seed, F1 averaged")
     probe_epochs: int = Field(100, ge=1, description="probing: epochs per probe")

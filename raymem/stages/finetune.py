@@ -4,6 +4,11 @@ The noisy variant trains on the perturbed labels of the `examples` table, the cl
 variant on the original ones. Two checkpoints are kept (Dankers & Titov, 2024): "memorised",
 the first epoch whose training macro-F1 reaches `memorised_f1`, and "final". At each,
 per-example predictions on the training and evaluation splits go to `predictions`.
+
+A clean twin (`clean_twin`, planned by localisation with `localise.checkpoint: memorised`)
+is the clean run again, stopped at the epoch its noisy model reached the memorised
+checkpoint: the same seed and schedule, so it is the clean model as it was at that epoch.
+It keeps that checkpoint as its "final" one and writes no predictions.
 """
 
 from __future__ import annotations
@@ -52,8 +57,39 @@ def prediction_rows(probs: np.ndarray, split: pl.DataFrame, labels: np.ndarray,
         "p_label": probs[np.arange(len(labels)), labels]})
 
 
+def clean_twin(clean: Trial, noisy: Trial) -> Trial:
+    """The clean trial again, to stop at the noisy trial's memorised epoch."""
+    return Trial(STAGE, {**clean.params, "until_epoch_of": noisy.trial_id}, clean.study, clean.results,
+                 (*clean.needs, noisy.trial_id), clean.runtime)
+
+
+def memorised_epoch(store, trial_id: str) -> int | None:
+    """The epoch at which a finished fine-tuning trial kept its memorised checkpoint (None: never)."""
+    rows = store.read_shard("predictions", STAGE, trial_id).filter(pl.col("checkpoint") == "memorised")
+    return int(rows["epoch"][0]) if rows.height else None
+
+
+def run_clean_twin(p: dict, runtime: Runtime) -> Tables:
+    settings = search.resolve(p["settings"], runtime.store)
+    settings.pop("memorised_f1")
+    s = TrainSettings(**settings)
+    stop = memorised_epoch(runtime.store, p["until_epoch_of"]) or s.epochs  # never memorised: its final
+    train = runtime.store.read_shard("examples", "examples", p["examples_trial"]).filter(pl.col("split") == "train")
+    tokenizer = runtime.load_tokenizer(p["model"], s.max_length)
+    runtime.seed(p["seed"])  # the classification head's initialisation, as the clean run's
+    model = runtime.load_classifier(p["model"], p["n_labels"], tokenizer.pad_token_id)
+    data = encode_split(tokenizer, train, train["original_label"].to_numpy(), s.max_length)
+    fine_tune(model, data, s, p["seed"], lambda epoch: epoch >= stop, runtime)
+    runtime.save_checkpoint(model, "final")
+    runtime.finish_training()
+    runtime.info["stopped_at_epoch"] = stop
+    return {}
+
+
 def run(trial: Trial, runtime: Runtime) -> Tables:
     p = trial.params
+    if "until_epoch_of" in p:
+        return run_clean_twin(p, runtime)
     settings = search.resolve(p["settings"], runtime.store)
     memorised_f1 = settings.pop("memorised_f1")
     s = TrainSettings(**settings)

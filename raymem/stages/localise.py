@@ -5,7 +5,9 @@ clean twin (the clean variant, final checkpoint). As the original, swapping, ret
 probing and centroids compare the noisy model's final checkpoint with the twin's (like
 with like: a swapped window carries no difference in training time); forgetting
 gradients reads the noisy model at its memorised checkpoint (its final one if it never
-got there). Per pair, three stages:
+got there). With `localise.checkpoint: memorised`, every technique compares the noisy
+model's memorised checkpoint with a clean twin trained with the same schedule up to that
+same epoch (a fine-tuning trial of its own, `finetune.clean_twin`). Per pair, three stages:
 
     hidden            (Ray Tune)  pooled hidden states of every layer, once per pair, for
                                   the techniques that use them (raymem/stages/hidden.py)
@@ -22,7 +24,7 @@ from raymem.localise.registry import TECHNIQUES
 from raymem.localise.summary import m_cog
 from raymem.localise.technique import PairInputs, layer_rows
 from raymem.runtime import Runtime
-from raymem.stages import control
+from raymem.stages import control, finetune
 from raymem.stages import search
 from raymem.stages.common import runtime_options
 from raymem.store import Store
@@ -69,16 +71,21 @@ def plan_pair(study, context: PlanContext, memorised: Trial, clean: Trial,
             "max_length": study.finetune.max_length, "control_training": control_training,
             **({"search_trial": searched[0]} if searched else {})}
     uri, name = context.results, study.study
-    # probing and centroids compare final checkpoints (like with like, as the original)
+    twins = []
+    if cfg.checkpoint == "memorised" and not planted:  # control models keep only a final checkpoint
+        twins = [finetune.clean_twin(clean, memorised)]
+        base["clean_trial"] = twins[0].trial_id
+    compared = "memorised" if twins else "final"  # by every technique that compares like with like
+    # probing and centroids read the hidden states of the compared checkpoint
     hidden = Trial("hidden", {**{k: base[k] for k in ("task", "model", "seed", "pair", "memorised_trial",
-                                                      "max_length")}, "checkpoint": "final"},
+                                                      "max_length")}, "checkpoint": compared},
                    name, uri, (memorised.trial_id, examples.trial_id), runtime_options(cfg.hidden_resources))
-    needs = (memorised.trial_id, clean.trial_id, examples.trial_id)
+    needs = (memorised.trial_id, base["clean_trial"], examples.trial_id)
     techniques, uses_hidden = [], False
     for technique in (TECHNIQUES[t] for t in cfg.techniques):
         reads_hidden = "hidden" in technique.uses
         uses_hidden |= reads_hidden
-        pair_base = {**base, "checkpoint": technique.noisy_checkpoint,
+        pair_base = {**base, "checkpoint": "memorised" if twins else technique.noisy_checkpoint,
                      **({"hidden_trial": hidden.trial_id} if reads_hidden else {})}
         techniques += [Trial(STAGE, params, name, uri, needs + ((hidden.trial_id,) if reads_hidden else ()),
                              runtime_options(cfg.resources))
@@ -86,7 +93,7 @@ def plan_pair(study, context: PlanContext, memorised: Trial, clean: Trial,
     summary = Trial(SUMMARY, {**{k: base[k] for k in PAIR_KEYS},
                               "trials": sorted(t.trial_id for t in techniques)},
                     name, uri, tuple(t.trial_id for t in techniques))
-    return [*([hidden] if uses_hidden else []), *techniques, summary]
+    return [*twins, *([hidden] if uses_hidden else []), *techniques, summary]
 
 
 # -- one technique trial ------------------------------------------------------------------
