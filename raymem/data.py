@@ -18,7 +18,7 @@ from raymem.config import PrecogConfig, Study
 from raymem.errors import ConfigError
 from raymem.measures.noise import perturb_labels
 from raymem.measures.precog import PrecogScorer, PrecogSettings
-from raymem.models import ModelSpec, load_tokenizer, planted_counts
+from raymem.models import ModelSpec, load_tokenizer, model_inputs, planted_counts
 from raymem.tasks import TaskSpec
 
 
@@ -81,8 +81,7 @@ def prepare_examples(study: Study, spec: TaskSpec, splits: dict[str, pl.DataFram
                                      pl.Series("label", label)))
     examples = pl.concat(parts)
     tokenizer = load_tokenizer(model)
-    pairs = examples["text_pair"].to_list()
-    enc = tokenizer(examples["text"].to_list(), pairs if any(p is not None for p in pairs) else None,
+    enc = tokenizer(*model_inputs(tokenizer, examples["text"].to_list(), examples["text_pair"].to_list()),
                     add_special_tokens=False)
     planted = planted_counts(model)
     return (examples

@@ -16,6 +16,7 @@ import transformers
 from transformers import AutoConfig, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from raymem.errors import ConfigError, did_you_mean
+from raymem.tasks import SEGMENTS
 
 ASSETS = Path(__file__).parent / "assets"
 ENCODER_TYPES = {"bert", "roberta", "distilbert", "electra", "deberta", "deberta-v2"}
@@ -111,13 +112,31 @@ def quiet_transformers() -> None:
 def load_tokenizer(spec: ModelSpec, max_length: int | None = None):
     quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(spec.source)
+    config = AutoConfig.from_pretrained(spec.source)
     if tokenizer.pad_token is None:  # decoders ship without one
         tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.sep_token is None:  # as the original: EOS for OPT, "|" for GPT-Neo and Pythia
+        tokenizer.sep_token = tokenizer.eos_token if config.model_type == "opt" else "|"
     tokenizer.padding_side = "right"
     # Never longer than the model has positions for: a longer input would crash the forward.
-    positions = getattr(AutoConfig.from_pretrained(spec.source), "max_position_embeddings", None)
+    positions = getattr(config, "max_position_embeddings", None)
     tokenizer.model_max_length = min(x for x in (max_length, positions, tokenizer.model_max_length) if x)
     return tokenizer
+
+
+def model_inputs(tokenizer, texts: list[str], pairs: list[str | None] | None):
+    """(texts, pairs) for `tokenizer(texts, pairs)`, formatted as the original code: a text's
+    own segments joined by the tokenizer's separator, and where the tokenizer marks no pair
+    (GPT-Neo, Pythia) each pair joined to its text around the separator (`load_tokenizer`
+    gives decoders one). An encoder, or OPT (its tokenizer puts EOS between a pair), takes
+    the pair as a pair: [CLS] word [SEP] sentence1 [SEP] sentence2 [SEP] for WiC."""
+    if pairs is None or all(p is None for p in pairs):
+        return texts, None
+    separator = f" {tokenizer.sep_token} "
+    pairs = [p if p is None else p.replace(SEGMENTS, separator) for p in pairs]
+    if tokenizer.num_special_tokens_to_add(pair=True) == 0:
+        return [t if p is None else t + separator + p for t, p in zip(texts, pairs)], None
+    return texts, pairs
 
 
 def load_masked_lm(spec: ModelSpec):

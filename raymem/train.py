@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from raymem.models import embedding_parameters
+from raymem.models import embedding_parameters, model_inputs
 from raymem.runtime import Runtime, TrainingState, model_device, seed_everything, to_device
 
 
@@ -37,9 +37,8 @@ class Encoded:
 
     def __init__(self, tokenizer, texts: list[str], pairs: list[str | None] | None,
                  labels: np.ndarray, max_length: int):
-        has_pairs = pairs is not None and any(p is not None for p in pairs)
         max_length = min(max_length, tokenizer.model_max_length)  # the model's position limit
-        enc = tokenizer(texts, pairs if has_pairs else None, truncation=True, max_length=max_length)
+        enc = tokenizer(*model_inputs(tokenizer, texts, pairs), truncation=True, max_length=max_length)
         self.tokenizer = tokenizer
         self.features = [{k: enc[k][i] for k in enc.keys()} for i in range(len(texts))]
         self.labels = torch.tensor(np.array(labels), dtype=torch.long)

@@ -43,7 +43,7 @@ def test_the_published_grid_is_counted_as_the_planner_counts_it():
     assert trials["finetune"] == 288 and trials["counterfactual"] == 1440 and trials["control"] == 792
     assert trials["localise"] == 8640 and plan["total"]["trials"] == 12336
     assert plan["models"]["bert-base-cased"]["layers"] == 12
-    assert plan["examples"]["sst2"]["train"] == 60614
+    assert plan["examples"]["sst2_sentences"]["train"] == 6920  # the sentence-level SST-2, as the original
 
 
 def test_a_local_models_shape_comes_from_its_files():

@@ -202,7 +202,8 @@ HUB = {  # name: (hub id, config, text fields, number of labels)
     "qqp": ("nyu-mll/glue", "qqp", ("question1", "question2"), 2),
     "qnli": ("nyu-mll/glue", "qnli", ("question", "sentence"), 2),
     "rte": ("nyu-mll/glue", "rte", ("sentence1", "sentence2"), 2),
-    "wic": ("aps/super_glue", "wic", ("sentence1", "sentence2"), 2),
+    "wic": ("aps/super_glue", "wic", ("word", "sentence1", "sentence2"), 2),
+    "sst2_sentences": ("yerevann/sst2", None, ("sentence",), 2),
     "boolq": ("aps/super_glue", "boolq", ("question", "passage"), 2),
     "sst5": ("SetFit/sst5", None, ("text",), 5),
     "emotion": ("dair-ai/emotion", None, ("text",), 6),
@@ -226,15 +227,25 @@ def test_hub_tasks_registered(name):
     assert set(spec.splits) == set(SPLITS)
 
 
-@pytest.mark.parametrize("name", ["cola", "sst2", "mrpc", "qqp", "qnli", "rte", "wic", "boolq"])
+@pytest.mark.parametrize("name", ["sst2", "qqp", "qnli"])
 def test_glue_test_labels_are_hidden_so_validation_serves_as_test(name):
     splits = REGISTRY[name].splits
     assert splits["test"] == "validation"
     assert splits["train"] == "train[:90%]" and splits["validation"] == "train[90%:]"
 
 
+@pytest.mark.parametrize("name, evaluation", [
+    *[(n, "validation") for n in ("cola", "mrpc", "rte", "wic", "boolq", "sst2_sentences", "sst5", "emotion")],
+    ("trec", "test"), ("reuters", "test")])
+def test_the_dankers_titov_tasks_train_on_the_whole_training_split_and_halve_the_evaluation_split(name, evaluation):
+    # their src/data.py: all of train; the hub's validation split (else its test split) halved
+    assert REGISTRY[name].splits == {"train": "train", "validation": f"{evaluation}[:50%]",
+                                     "test": f"{evaluation}[50%:]"}
+
+
 # Splits each hub dataset actually publishes (from the dataset cards).
 HUB_SPLITS = {"nyu-mll/glue": {"train", "validation", "test"},
+              "yerevann/sst2": {"train", "validation", "test"},
               "aps/super_glue": {"train", "validation", "test"},
               "SetFit/sst5": {"train", "validation", "test"},
               "dair-ai/emotion": {"train", "validation", "test"},
@@ -268,13 +279,13 @@ def _fake_hub(monkeypatch, tables, features=None):
 
 def test_hub_task_loads_through_datasets(monkeypatch):
     calls = _fake_hub(monkeypatch, {
-        "train[:90%]": {"sentence1": ["a b", "c d"], "sentence2": ["e", "f"], "label": [0, 1],
-                        "idx": [0, 1]},
-        "train[90%:]": {"sentence1": ["g"], "sentence2": ["h"], "label": [1], "idx": [2]},
-        "validation": {"sentence1": ["i"], "sentence2": ["j"], "label": [0], "idx": [3]}})
+        "train": {"sentence1": ["a b", "c d"], "sentence2": ["e", "f"], "label": [0, 1],
+                  "idx": [0, 1]},
+        "validation[:50%]": {"sentence1": ["g"], "sentence2": ["h"], "label": [1], "idx": [2]},
+        "validation[50%:]": {"sentence1": ["i"], "sentence2": ["j"], "label": [0], "idx": [3]}})
     spec, splits = load_task("rte")
     assert sorted(calls) == sorted([("nyu-mll/glue", "rte", s) for s in
-                                    ("train[:90%]", "train[90%:]", "validation")])
+                                    ("train", "validation[:50%]", "validation[50%:]")])
     assert splits["train"]["label"].to_list() == [0, 1]
     assert splits["train"]["text_pair"].to_list() == ["e", "f"]
     assert splits["test"]["example_id"][0] == example_id("i", "j")

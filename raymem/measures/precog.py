@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from raymem.models import ModelSpec, check_masked_lm, load_masked_lm, load_tokenizer, masked_position_logits
+from raymem.models import (ModelSpec, check_masked_lm, load_masked_lm, load_tokenizer, masked_position_logits,
+                           model_inputs)
 from raymem.runtime import Runtime
 
 # Long inputs get fewer copies per forward, so memory stays bounded (512 copies of a
@@ -102,7 +103,7 @@ class PrecogScorer:
                 "precision": np.full(len(texts), self.runtime.precision)}
 
     def encode(self, texts: list[str], pairs: list[str] | None):
-        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length)
+        enc = self.tokenizer(*model_inputs(self.tokenizer, texts, pairs), truncation=True, max_length=self.max_length)
         ids = [torch.tensor(x) for x in enc["input_ids"]]
         types = [torch.tensor(x) for x in enc["token_type_ids"]] if "token_type_ids" in enc else None
         example_units = [units(enc.word_ids(i), enc.sequence_ids(i), self.settings.unit)
