@@ -280,9 +280,22 @@ def test_control_accuracy_for_the_planted_pair(study_run):
         assert (hit1, hit2, on_top) in {(True, 1.0, True), (False, 0.0, False)}
 
 
+def test_probing_consolidation_events_on_the_studied_pair_only(study_run):
+    rows = fetch(study_run["db"], """
+        SELECT pair, event, class_from, layer FROM events WHERE technique = 'probing' ORDER BY ALL""")
+    assert [r[:3] for r in rows] == [("", "probe_initiation", None), ("", "probe_memorisation", None)]
+    assert all(r[3] is None or 0 <= r[3] <= L for r in rows)  # layers 0..L, as the original
+    curves = fetch(study_run["db"], "SELECT pair, probe, examples, COUNT(*), MIN(f1), MAX(f1) FROM probe_curves "
+                                    "GROUP BY ALL ORDER BY ALL")
+    assert [r[:4] for r in curves] == [("", probe, examples, L + 1) for probe in ("noisy_label", "original_label")
+                                       for examples in ("clean", "noisy")]
+    assert all(0 <= low <= high <= 1 for *_, low, high in curves)
+
+
 def test_centroid_events(study_run):
     rows = fetch(study_run["db"], """
-        SELECT pair, technique, event, class_from, class_to, layer FROM events ORDER BY ALL""")
+        SELECT pair, technique, event, class_from, class_to, layer FROM events
+        WHERE technique = 'centroids' ORDER BY ALL""")
     per_pair = 2 * N_LABELS * (N_LABELS - 1)  # crossing and initiation per ordered class pair
     assert len(rows) == len(PAIRS) * (per_pair + 2)  # and the two pooled events
     assert {r[0] for r in rows} == set(PAIRS) and {r[1] for r in rows} == {"centroids"}
