@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import warnings
 
+import duckdb
 import numpy as np
 import polars as pl
 
@@ -96,7 +97,11 @@ def create_precog_regression_table(con) -> int | None:
     present = {name for (name,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
     if not {"precog", "examples", "predictions"} <= present:
         return None
-    frame = regression_rows(con.sql(DATA).pl())
+    try:
+        data = con.sql(DATA).pl()
+    except duckdb.BinderException:  # a table without the columns a study writes: no regression
+        return None
+    frame = regression_rows(data)
     con.register("regression_frame", frame.to_arrow())
     con.execute("CREATE OR REPLACE TABLE precog_regression AS SELECT * FROM regression_frame").fetchall()
     con.unregister("regression_frame")
