@@ -10,6 +10,10 @@ units there were. Each resamples the unit its number is an average over:
                           correctness; examples resampled, each with all its seeds
     mcog                  per (task, model, technique, and 'mean' over the paper's four):
                           mean M-CoG over seeds; seeds resampled (one seed: no interval)
+    model_agreement,      the Spearman correlations across tasks of those queries, per row
+    technique_agreement,  of the query; tasks resampled (fewer than 3 tasks: no interval).
+    generalisation_correlation  Each reads its query's own `paired` step, so the definitions
+                          cannot drift apart.
 
 1,000 resamples from a fixed seed, so a rebuilt database has the same intervals.
 Accuracies get Wilson intervals where they are reported (control_accuracy, the charts).
@@ -17,12 +21,15 @@ Accuracies get Wilson intervals where they are reported (control_accuracy, the c
 
 from __future__ import annotations
 
+import functools
+
 import duckdb
 import numpy as np
 import polars as pl
 from scipy.stats import rankdata
 
 from raymem.checks import auroc
+from raymem.queries import load_query
 
 DRAWS = 1000
 MCOG_TECHNIQUES = ("swapping", "retraining", "gradients", "probing")  # the paper's M-CoG mean
@@ -100,6 +107,33 @@ def mcog_rows(mcog: pl.DataFrame) -> list[dict]:
     return rows
 
 
+# query -> the columns that name one correlation (its row in the query's result)
+TASK_CORRELATIONS = {"model_agreement": ("model_a", "model_b"),
+                     "technique_agreement": ("model", "technique_a", "technique_b"),
+                     "generalisation_correlation": ("model", "measure", "against")}
+
+
+def paired_sql(name: str) -> str:
+    """The query's steps up to its `paired` one (task, x, y per correlation), selected."""
+    sql, _ = load_query(name)
+    return sql[:sql.index("ranked AS (")].rstrip().rstrip(",") + "\nSELECT * FROM paired"
+
+
+def task_correlation_rows(name: str, paired: pl.DataFrame) -> list[dict]:
+    keys = TASK_CORRELATIONS[name]
+    rows = []
+    for values, group in paired.sort(*keys, "task").group_by(*keys, maintain_order=True):
+        x, y = group["x"].to_numpy().astype(float), group["y"].to_numpy().astype(float)
+        rng = np.random.default_rng(0)
+        interval = (None, None) if len(x) < 3 else percentile_interval(
+            [spearman(x[i], y[i]) for i in (rng.integers(0, len(x), len(x)) for _ in range(DRAWS))])
+        named = dict(zip(keys, values))
+        model = named.pop("model", None) or f"{named.pop('model_a')} vs {named.pop('model_b')}"
+        rows.append(_row(name, "", model, " / ".join(str(v) for v in named.values()), spearman(x, y), interval,
+                         "tasks", len(x)))
+    return rows
+
+
 INPUTS = {  # analysis -> (the tables it needs, the SQL of its input, its rows)
     "counterfactual_auroc": ({"counterfactual", "examples"}, """
         SELECT c.task, c.model, c.mem, e.noisy FROM counterfactual c JOIN examples e USING (task, model, example_id)
@@ -112,6 +146,10 @@ INPUTS = {  # analysis -> (the tables it needs, the SQL of its input, its rows)
     "mcog": ({"mcog"}, """
         SELECT task, model, seed, technique, mcog FROM mcog WHERE pair = ''
         ORDER BY task, model, technique, seed""", mcog_rows),
+    **{name: (tables, functools.partial(paired_sql, name), functools.partial(task_correlation_rows, name))
+       for name, tables in (("model_agreement", {"mcog"}), ("technique_agreement", {"mcog"}),
+                            ("generalisation_correlation", {"mcog", "events", "counterfactual", "examples",
+                                                            "predictions"}))},
 }
 
 
@@ -123,7 +161,7 @@ def create_intervals_table(con) -> int:
         if not needs <= present:
             continue
         try:
-            frame = con.sql(sql).pl()
+            frame = con.sql(sql if isinstance(sql, str) else sql()).pl()
         except duckdb.BinderException:  # a table without the columns a study writes: no interval
             continue
         rows += make_rows(frame)

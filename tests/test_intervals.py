@@ -73,3 +73,28 @@ def test_the_table_is_built_from_the_study_tables_and_is_the_same_twice():
     (analysis, _, _, _, estimate, low, high, resampled, units), = first
     assert analysis == "counterfactual_auroc" and resampled == "examples" and units == n
     assert 0.5 < low < estimate < high <= 1.0
+
+
+def test_correlations_across_tasks_resample_tasks_and_match_their_queries(tmp_path):
+    from raymem.queries import query
+
+    rng = np.random.default_rng(4)
+    tasks = [f"T{i}" for i in range(6)]
+    depth = dict(zip(tasks, rng.uniform(1, 4, len(tasks))))
+    rows = [{"task": t, "model": m, "seed": seed, "pair": "", "technique": tech,
+             "mcog": depth[t] + rng.normal(0, 0.3)}
+            for t in tasks for m in ("m1", "m2") for seed in (1, 2) for tech in ("swapping", "probing")]
+    db = tmp_path / "r.duckdb"
+    con = duckdb.connect(str(db))
+    con.register("m", pl.DataFrame(rows).to_arrow())
+    con.execute("CREATE TABLE mcog AS SELECT * FROM m")
+    create_intervals_table(con)
+    got = {(a, model, key): (estimate, low, high, n) for a, model, key, estimate, low, high, n in con.execute(
+        "SELECT analysis, model, key, estimate, low, high, n_units FROM intervals").fetchall()}
+    con.close()
+    (agreement,) = query("model_agreement", db).iter_rows(named=True)
+    estimate, low, high, n = got["model_agreement", "m1 vs m2", ""]
+    assert round(estimate, 3) == agreement["spearman"] and n == 6 and low <= estimate <= high
+    for row in query("technique_agreement", db).iter_rows(named=True):
+        estimate, low, high, n = got["technique_agreement", row["model"], f"{row['technique_a']} / {row['technique_b']}"]
+        assert round(estimate, 3) == row["spearman"] and n == 6 and low <= estimate <= high

@@ -488,6 +488,16 @@ def test_generalisation_correlation_matches_scipy(tmp_path):
         tasks = [t for t in tasks if norm[t] is not None]  # T4: one class, so no chance to beat
         expected = stats.spearmanr([values[t] for t in tasks], [norm[t] for t in tasks]).statistic
         assert got_norm[measure] == pytest.approx(expected, abs=5.1e-4), measure
+    # its bootstrap intervals (raymem/intervals.py) start from the same correlations
+    from raymem.intervals import create_intervals_table
+
+    con = duckdb.connect(str(db))
+    create_intervals_table(con)
+    boot = dict(((key, n), round(estimate, 3)) for key, n, estimate in con.execute(
+        "SELECT key, n_units, estimate FROM intervals WHERE analysis = 'generalisation_correlation'").fetchall())
+    con.close()
+    for r in df.iter_rows(named=True):
+        assert boot[f"{r['measure']} / gen", r["n_tasks"]] == r["spearman_with_gen"]
 
 
 def test_event_agreement_and_events_by_task(tmp_path):
