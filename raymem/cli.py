@@ -196,8 +196,16 @@ def cmd_chart(args) -> int:
 def cmd_report(args) -> int:
     from raymem.report import write_report
 
-    db = Path(args.db)
-    print(write_report(db, args.out or db.parent / "charts", args.title))
+    db, title = Path(args.db), args.title
+    if args.study:  # the study's own database, and its name as the heading
+        from raymem.config import load_study
+        from raymem.store import Store, database_path
+
+        study = load_study(args.study)
+        db, title = database_path(Store(study.results), study.database), title or study.study
+    if not db.is_file():
+        raise ConfigError(f"no results database at {db}; run the study first (raymem study FILE)")
+    print(write_report(db, args.out or db.parent / "charts", title))
     return 0
 
 
@@ -303,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write one self-contained HTML report of a results database "
                                       "(and its charts as PNGs) to results/charts/report.html")
     p.add_argument("--db", default="results/raymem.duckdb")
+    p.add_argument("--study", metavar="STUDY.yaml", help="the study's own database (instead of --db)")
     p.add_argument("--out", help="folder for report.html and the PNGs (default: charts/ beside the database)")
     p.add_argument("--title", default="", help="the report's heading (default: the results folder's name)")
     p.set_defaults(fn=cmd_report)

@@ -388,3 +388,12 @@ def test_the_report_opens_offline_in_headless_chromium(study_run, tmp_path):
     assert "Control setup: does each technique find the planted layers?" in page["headings"]
     html = (tmp_path / "report.html").read_text()
     assert "<script" not in html and "FROM layer_scores" in html  # the queries are on the page
+
+
+def test_the_report_of_a_study_file_uses_its_database_and_name(study_run, tmp_path, capsys):
+    assert main(["report", "--study", str(study_run["root"] / "study.yaml"), "--out", str(tmp_path)]) == 0
+    html = (tmp_path / "report.html").read_text()
+    assert f"<h1>{study_run['plan'].study.study}</h1>" in html  # the study's name heads it
+    assert (tmp_path / "counterfactual.png").is_file() and "FROM counterfactual c" in html
+    assert main(["report", "--db", str(tmp_path / "none.duckdb")]) == 2
+    assert "no results database" in capsys.readouterr().err

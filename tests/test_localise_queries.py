@@ -526,3 +526,26 @@ def test_event_agreement_and_events_by_task(tmp_path):
     assert by_task["T4", "crossing"]["mean_layer"] is None and by_task["T4", "crossing"]["n_never"] == 2
     assert by_task["T1", "crossing"]["mean_layer"] == 3.0  # the per-class-pair row is not pooled in
     assert by_task["T1", "probe_memorisation"]["technique"] == "probing"
+
+
+def test_layer_agreement_is_pearson_over_layers_per_model_and_pooled(tmp_path):
+    rng = np.random.default_rng(5)
+    rows = []
+    for model in ("m1", "m2"):
+        for task in ("T1", "T2"):
+            base = rng.dirichlet(np.ones(4))
+            for technique, noise in (("swapping", 0.0), ("probing", 0.2), ("centroids", 0.5)):
+                scores = np.abs(base + rng.normal(0, noise, 4))
+                rows += _layer_rows(task, technique, 1, scores / scores.sum(), model=model)
+        rows += _layer_rows("T1", "swapping", 1, np.full(4, 9.0), model=model, pair="1-2")  # control: left out
+    db = make_db(tmp_path / "r.duckdb", layer_scores=rows)
+    got = {(r["model"], r["technique_a"], r["technique_b"]): (r["n_layers"], r["pearson"])
+           for r in query("layer_agreement", db).iter_rows(named=True)}
+    frame = pl.DataFrame(rows).filter(pl.col("pair") == "")
+    for model in ("m1", "m2", "ALL"):
+        chosen = frame if model == "ALL" else frame.filter(pl.col("model") == model)
+        score = {t: chosen.filter(pl.col("technique") == t).sort("model", "task", "layer")["score"].to_numpy()
+                 for t in ("swapping", "probing", "centroids")}
+        for a, b in (("centroids", "probing"), ("centroids", "swapping"), ("probing", "swapping")):
+            expected = stats.pearsonr(score[a], score[b]).statistic
+            assert got[model, a, b] == (len(score[a]), pytest.approx(expected, abs=5.1e-4)), (model, a, b)
