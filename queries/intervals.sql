@@ -2,10 +2,10 @@
 -- Built with the database (raymem/intervals.py): 1,000 percentile-bootstrap resamples of the
 -- unit each number is over (`resampled`: examples; seeds for M-CoG; tasks for the
 -- correlations across tasks). One seed, or fewer than 3 tasks, has no interval.
--- analysis: one of them, or '' for all.
--- params: analysis=''
+-- analysis: one of them, or all.
+-- params: analysis=all
 SELECT analysis, task, model, key, ROUND(estimate, 3) AS estimate, ROUND(low, 3) AS low,
        ROUND(high, 3) AS high, resampled, n_units
 FROM intervals
-WHERE $analysis = '' OR analysis = $analysis
+WHERE $analysis = 'all' OR analysis = $analysis
 ORDER BY analysis, task, model, key;

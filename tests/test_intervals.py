@@ -91,10 +91,14 @@ def test_correlations_across_tasks_resample_tasks_and_match_their_queries(tmp_pa
     create_intervals_table(con)
     got = {(a, model, key): (estimate, low, high, n) for a, model, key, estimate, low, high, n in con.execute(
         "SELECT analysis, model, key, estimate, low, high, n_units FROM intervals").fetchall()}
+    (n_rows,), = con.execute("SELECT COUNT(*) FROM intervals").fetchall()
     con.close()
     (agreement,) = query("model_agreement", db).iter_rows(named=True)
     estimate, low, high, n = got["model_agreement", "m1 vs m2", ""]
     assert round(estimate, 3) == agreement["spearman"] and n == 6 and low <= estimate <= high
+    # the query lists them all, or one analysis
+    assert query("intervals", db).height == n_rows
+    assert set(query("intervals", db, analysis="model_agreement")["analysis"]) == {"model_agreement"}
     for row in query("technique_agreement", db).iter_rows(named=True):
         estimate, low, high, n = got["technique_agreement", row["model"], f"{row['technique_a']} / {row['technique_b']}"]
         assert round(estimate, 3) == row["spearman"] and n == 6 and low <= estimate <= high

@@ -386,6 +386,7 @@ def test_the_report_opens_offline_in_headless_chromium(study_run, tmp_path):
     assert page["headings"][0] == "e2e"
     assert "Memorisation centre of gravity (M-CoG) per task and technique" in page["headings"]
     assert "Control setup: does each technique find the planted layers?" in page["headings"]
+    assert "95% bootstrap intervals" in page["headings"]  # the counterfactual AUROC's, at least
     html = (tmp_path / "report.html").read_text()
     assert "<script" not in html and "FROM layer_scores" in html  # the queries are on the page
 
