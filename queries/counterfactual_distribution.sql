@@ -9,6 +9,7 @@ WITH binned AS (
     JOIN examples e USING (task, model, example_id)
     WHERE e.split = 'train' AND c.mem IS NOT NULL
 )
-SELECT task, model, label, ROUND(bin_start, 6) AS bin_start, COUNT(*) AS n_examples,
+SELECT task, model, label, ROUND(bin_start, 6) AS bin_start, ROUND(bin_start + $bin_width, 6) AS bin_end,
+       COUNT(*) AS n_examples,
        ROUND(COUNT(*) / SUM(COUNT(*)) OVER (PARTITION BY task, model, label), 4) AS share
 FROM binned GROUP BY task, model, label, bin_start ORDER BY task, model, label, bin_start;

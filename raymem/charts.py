@@ -94,11 +94,12 @@ def mcog(db) -> alt.Chart:
 def counterfactual(db) -> alt.Chart:
     """mem of the noisy vs the clean training examples, per task (the share of each group per bin)."""
     data = query("counterfactual_distribution", db)
-    return alt.Chart(data).mark_bar(opacity=0.6, binSpacing=0).encode(
-        x=alt.X("bin_start:Q", title="counterfactual memorisation (bin start)", scale=alt.Scale(domain=[-1, 1])),
-        y=alt.Y("share:Q", title="share of the group", stack=None),
+    return alt.Chart(data).mark_rect(opacity=0.55).encode(
+        x=alt.X("bin_start:Q", title="counterfactual memorisation (mem)", scale=alt.Scale(domain=[-1, 1])),
+        x2="bin_end:Q", y2=alt.datum(0),  # each bar spans its bin, from zero
+        y=alt.Y("share:Q", title="share of the group"),
         color=alt.Color("label:N", title="training label", sort=["noisy", "clean"]),
-        tooltip=["task", "model", "label", "bin_start", "share", "n_examples"],
+        tooltip=["task", "model", "label", "bin_start", "bin_end", "share", "n_examples"],
     ).properties(width=240, height=160).facet(
         column=alt.Column("task:N", title=None), row=alt.Row("model:N", title=None)).properties(
         title="Counterfactual memorisation of relabelled vs clean training examples")
