@@ -56,12 +56,16 @@ def precog_planted(db) -> alt.Chart:
 
 
 def localisation(db) -> alt.Chart:
-    """Per-layer profiles: one small multiple per task, a line per technique."""
-    data = query("layer_profile", db)
-    return alt.Chart(data).mark_line(point=True).encode(
-        x=alt.X("layer:O", title="layer"), y=alt.Y("score:Q", title="share of memorisation score"),
-        color=alt.Color("technique:N"), tooltip=["task", "technique", "layer", "score"],
-    ).properties(width=220, height=160).facet(
+    """Per-layer profiles: one small multiple per task, a line per technique, a band of one
+    sd over seeds (none with one seed)."""
+    data = query("layer_profile", db).with_columns(
+        (pl.col("score") - pl.col("score_sd")).alias("low"), (pl.col("score") + pl.col("score_sd")).alias("high"))
+    title = "share of memorisation score (+- one sd over seeds)"
+    base = alt.Chart(data).encode(x=alt.X("layer:O", title="layer"), color=alt.Color("technique:N"))
+    lines = base.mark_line(point=True).encode(
+        y=alt.Y("score:Q", title=title), tooltip=["task", "technique", "layer", "score", "score_sd", "n_seeds"])
+    band = base.mark_errorband(opacity=0.2).encode(y=alt.Y("low:Q", title=title), y2="high:Q")
+    return (lines + band).properties(width=220, height=160).facet(
         column=alt.Column("task:N", title=None), row=alt.Row("model:N", title=None)).properties(
         title="Where memorisation sits, by technique")
 

@@ -123,7 +123,7 @@ def test_layer_profile_normalises_each_seed_before_averaging(tmp_path):
             + _layer_rows("A", "swapping", 1, [9, 0, 0, 0], pair="1-2")
             + _layer_rows("A", "swapping", 3, [9, 0, 0, 0], pair="3-4"))
     df = query("layer_profile", make_db(tmp_path / "r.duckdb", layer_scores=rows))
-    assert df.columns == ["task", "model", "technique", "layer", "score", "n_seeds"]
+    assert df.columns == ["task", "model", "technique", "layer", "score", "score_sd", "n_seeds"]
     assert df.select("task", "technique").unique(maintain_order=True).rows() == [
         ("A", "centroids"), ("A", "swapping"), ("B", "probing")]
     prof = {(r["task"], r["technique"]): [] for r in df.iter_rows(named=True)}
@@ -138,6 +138,9 @@ def test_layer_profile_normalises_each_seed_before_averaging(tmp_path):
     assert [x[0] for x in prof["B", "probing"]] == [1, 2, 3, 4, 5]
     assert [x[1] for x in prof["B", "probing"]] == pytest.approx(expected, abs=5.1e-5)
     assert [x[2] for x in prof["B", "probing"]] == [3] * 5
+    spread = np.std([s / s.sum() for s in probing.values()], axis=0, ddof=1)  # over seeds, for the band
+    assert df.filter(pl.col("task") == "B")["score_sd"].to_list() == pytest.approx(spread, abs=5.1e-5)
+    assert df.filter(pl.col("technique") == "centroids")["score_sd"].null_count() == 4  # one seed: none
     for key, layers in prof.items():
         assert sum(x[1] for x in layers) == pytest.approx(1.0, abs=5e-4)
 

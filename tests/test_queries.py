@@ -494,3 +494,16 @@ def test_the_control_chart_shows_intervals_chance_and_the_published_values(monke
     # swapping's published accuracy@2 beside it; centroids was not scored in the paper
     assert [(r["technique"], r["published"]) for r in data] == [("swapping", 0.98), ("centroids", None)]
     assert spec["spec"]["layer"][3]["encoding"]["y"]["field"] == "chance_at_2"
+
+
+def test_the_localisation_chart_bands_one_sd_over_seeds(monkeypatch):
+    import raymem.charts
+
+    frame = pl.DataFrame({"task": ["t", "t"], "model": ["m", "m"], "technique": ["swapping", "swapping"],
+                          "layer": [1, 2], "score": [0.25, 0.75], "score_sd": [0.05, None], "n_seeds": [3, 1]})
+    monkeypatch.setattr(raymem.charts, "query", lambda name, db: frame)
+    spec = raymem.charts.localisation("unused.duckdb").to_dict()
+    assert [layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"]
+            for layer in spec["spec"]["layer"]] == ["line", "errorband"]
+    data = list(spec["datasets"].values())[0]
+    assert [(r["low"], r["high"]) for r in data] == [(pytest.approx(0.2), pytest.approx(0.3)), (None, None)]
