@@ -61,7 +61,7 @@ def _sleep_entry(config):
 
     from raymem.store import Store
 
-    trial = config["trial"]["spec"]
+    trial = Trial.from_config(config["trial"]["spec"])
     start = time.time()
     time.sleep(trial.params["seconds"])
     Path(trial.results, "times", f"{trial.trial_id}.json").write_text(json.dumps([start, time.time()]))

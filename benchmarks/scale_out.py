@@ -87,7 +87,7 @@ def _sleep_entry(config: dict) -> None:
 
     from raymem.store import Store
 
-    trial = config["trial"]["spec"]  # a raymem.trial.Trial, as run_sweep hands it
+    trial = Trial.from_config(config["trial"]["spec"])  # as run_sweep hands it
     time.sleep(trial.params["seconds"])
     Store(trial.results).mark_done(trial.trial_id, trial.params)
     tune.report({"done": True, "status": "ok"})

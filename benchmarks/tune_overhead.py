@@ -47,7 +47,7 @@ def _done_entry(config):
 
     from raymem.store import Store
 
-    trial = config["trial"]["spec"]
+    trial = Trial.from_config(config["trial"]["spec"])
     Store(trial.results).mark_done(trial.trial_id, trial.params)
     tune.report({"done": True, "status": "ok"})
 
@@ -74,7 +74,7 @@ def grid_search_sweep(results: str, n: int) -> None:
 
     tuner = tune.Tuner(
         tune.with_resources(_done_entry, {"cpu": 1}),
-        param_space={"trial": tune.grid_search([{"trial_id": t.trial_id, "label": t.label(), "spec": t}
+        param_space={"trial": tune.grid_search([{"trial_id": t.trial_id, "label": t.label(), "spec": t.to_config()}
                                                 for t in trials(results, n)])},
         tune_config=tune.TuneConfig(reuse_actors=True),
         run_config=tune.RunConfig(storage_path=str(Path(results) / "tune"), verbose=0,

@@ -126,7 +126,7 @@ class ReadyFirst(Searcher):
             return None if self.running else Searcher.FINISHED
         self.running[trial_id] = trial
         self.released += 1
-        return {"trial": {"trial_id": trial.trial_id, "label": trial.label(), "spec": trial}}
+        return {"trial": {"trial_id": trial.trial_id, "label": trial.label(), "spec": trial.to_config()}}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         trial = self.running.pop(trial_id)

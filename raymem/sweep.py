@@ -146,7 +146,7 @@ def run_trial(trial: Trial, report=None, sleep=time.sleep) -> dict:
 def _tune_entry(config: dict) -> None:
     from ray import tune
 
-    result = run_trial(config["trial"]["spec"], report=lambda **metrics: tune.report(metrics))
+    result = run_trial(Trial.from_config(config["trial"]["spec"]), report=lambda **metrics: tune.report(metrics))
     tune.report({"done": True, **{k: v for k, v in result.items() if k in ("status", "error", "error_kind")}})
 
 
@@ -233,7 +233,7 @@ def trial_resources(config: dict):
     """A Tune trial's placement: the CPUs and GPUs its raymem trial asks for."""
     from ray.tune import PlacementGroupFactory
 
-    runtime = config["trial"]["spec"].runtime
+    runtime = config["trial"]["spec"]["runtime"]
     return PlacementGroupFactory([{"CPU": runtime.get("cpus", 1), "GPU": runtime.get("gpus", 0)}])
 
 

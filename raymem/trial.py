@@ -56,6 +56,18 @@ class Trial:
     def __hash__(self) -> int:
         return hash(self.trial_id)
 
+    def to_config(self) -> dict[str, Any]:
+        """The trial as plain data, for a Tune trial's config: Tune saves every config with
+        its experiment, and an object there would be cloudpickled at each save (and its text
+        kept in Ray's log-once set, growing with the sweep)."""
+        return {"stage": self.stage, "params": self.params, "study": self.study, "results": self.results,
+                "needs": list(self.needs), "runtime": self.runtime}
+
+    @staticmethod
+    def from_config(config: dict[str, Any]) -> "Trial":
+        return Trial(config["stage"], config["params"], config["study"], config["results"],
+                     tuple(config["needs"]), config["runtime"])
+
     def label(self) -> str:
         """A short human name: stage and the parameters that tell trials apart."""
         p = self.params

@@ -19,6 +19,11 @@ def _trial(stage, name, needs=(), results="/r", **params):
                  {"cpus": 1, "gpus": 0})
 
 
+def released(searcher, tune_id):
+    """The raymem trial the searcher hands Tune next, from its plain-data config."""
+    return Trial.from_config(searcher.suggest(tune_id)["trial"]["spec"])
+
+
 def _names(trials):
     return [t.params["name"] for t in trials]
 
@@ -39,7 +44,7 @@ def test_trials_on_the_longest_chain_go_first():
     assert lengths[noisy.trial_id] == 20 + 2 and lengths[windows[0].trial_id] == 2
     assert lengths[control.trial_id] == 2 * 12 and lengths[subsets[0].trial_id] == 10
     searcher = ReadyFirst(trials, set(), lambda t: True)
-    first = [searcher.suggest(f"tune{i}")["trial"]["spec"] for i in range(5)]
+    first = [released(searcher, f"tune{i}") for i in range(5)]
     assert _names(first) == ["control", "noisy", "clean", "subset0", "subset1"]
     assert all(t.stage != "localise" for t in first)  # not before both of its models are done
 
@@ -51,12 +56,11 @@ def test_a_trial_is_released_when_its_needs_are_done_and_blocked_when_one_failed
     summary = _trial("localise-summary", "summary", (after_a,))
     ran = []
     searcher = ReadyFirst([a, b, after_a, after_b, summary], set(), lambda t: ran.append(t) or True)
-    assert {searcher.suggest("1")["trial"]["spec"].params["name"],
-            searcher.suggest("2")["trial"]["spec"].params["name"]} == {"a", "b"}
+    assert {released(searcher, "1").params["name"], released(searcher, "2").params["name"]} == {"a", "b"}
     assert searcher.suggest("3") is None  # both out, nothing else ready: wait
     tune_ids = {t.params["name"]: i for i, t in searcher.running.items()}
     searcher.on_trial_complete(tune_ids["a"], {"status": "ok"})
-    assert searcher.suggest("4")["trial"]["spec"] == after_a
+    assert released(searcher, "4") == after_a
     searcher.on_trial_complete(tune_ids["b"], {"status": "failed"})
     assert searcher.suggest("5") is None  # after_a still runs
     searcher.on_trial_complete("4", {"status": "ok"})
@@ -68,7 +72,7 @@ def test_trials_done_before_the_sweep_are_not_released_again():
     a = _trial("finetune", "a")
     after = _trial("localise", "after", (a,))
     searcher = ReadyFirst([a, after], {a.trial_id}, lambda t: True)
-    assert searcher.suggest("1")["trial"]["spec"] == after
+    assert released(searcher, "1") == after
     searcher.on_trial_complete("1", {"status": "ok"})
     assert searcher.suggest("2") == ReadyFirst.FINISHED
 
@@ -84,7 +88,7 @@ def _timed_entry(config):
 
     from raymem.store import Store
 
-    trial = config["trial"]["spec"]
+    trial = Trial.from_config(config["trial"]["spec"])
     start = time.time()
     time.sleep(trial.params["seconds"])
     ok = not trial.params.get("fail")

@@ -80,3 +80,13 @@ def test_an_unknown_auxiliary_task_is_named(tiny_mlm, tmp_path):
     with pytest.raises(ConfigError, match=r"localise.control.auxiliary_task: unknown task 'tweet_polarty' "
                                           r"\(did you mean 'tweet_polarity'\?\)"):
         make_plan(load_study(path), log=lambda *_: None)
+
+
+def test_a_trial_travels_to_tune_as_plain_data_and_comes_back_the_same():
+    plan = make_plan(load_study(REPO / "studies" / "demo_localise.yaml"), log=lambda *_: None)
+    for trial in plan.trials:
+        config = trial.to_config()
+        json.dumps(config)  # plain data: Tune saves it without pickling an object
+        back = Trial.from_config(json.loads(json.dumps(config)))
+        assert back == trial and back.trial_id == trial.trial_id and back.needs == trial.needs
+        assert back.runtime == trial.runtime and back.label() == trial.label()
