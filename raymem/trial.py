@@ -57,9 +57,8 @@ class Trial:
         return hash(self.trial_id)
 
     def to_config(self) -> dict[str, Any]:
-        """The trial as plain data, for a Tune trial's config: Tune saves every config with
-        its experiment, and an object there would be cloudpickled at each save (and its text
-        kept in Ray's log-once set, growing with the sweep)."""
+        """The trial as plain data, for a Tune trial's config: Tune saves every config with its
+        experiment as JSON, where an object would go in as a cloudpickled hex blob."""
         return {"stage": self.stage, "params": self.params, "study": self.study, "results": self.results,
                 "needs": list(self.needs), "runtime": self.runtime}
 
