@@ -148,9 +148,11 @@ def available_charts(db) -> list[str]:
     """The charts whose tables the database holds (the stages the study ran)."""
     import duckdb
 
+    from raymem.store import table_names
+
     con = duckdb.connect(str(db), read_only=True)
     try:
-        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        tables = table_names(con)
     finally:
         con.close()
     return [name for name, (_, needs, _) in CHARTS.items() if needs <= tables]

@@ -20,6 +20,8 @@ import duckdb
 import numpy as np
 import polars as pl
 
+from raymem.store import table_names, write_derived
+
 ABOVE_MAJORITY_MARGIN = 0.05
 FITS_NOISY = 0.9
 AUROC_CHANCE, AUROC_CI_WIDTH = 0.5, 0.2
@@ -175,7 +177,7 @@ def checks(frames: dict[str, pl.DataFrame]) -> pl.DataFrame:
 
 def create_checks_table(con) -> int:
     """Build `checks` in an open DuckDB database from its tables; return its row count."""
-    present = {name for (name,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    present = table_names(con)
     frames = {}
     for reads, needs in INPUTS.values():
         if not needs <= present:
@@ -186,8 +188,4 @@ def create_checks_table(con) -> int:
                     frames[name] = con.sql(DERIVED.get(name, f'SELECT * FROM "{name}"')).pl()
         except duckdb.BinderException:  # a table without the columns a study writes: no check
             continue
-    frame = checks(frames)
-    con.register("checks_frame", frame.to_arrow())
-    con.execute("CREATE OR REPLACE TABLE checks AS SELECT * FROM checks_frame").fetchall()
-    con.unregister("checks_frame")
-    return frame.height
+    return write_derived(con, "checks", checks(frames))

@@ -28,8 +28,9 @@ import numpy as np
 import polars as pl
 from scipy.stats import rankdata
 
-from raymem.checks import auroc
+from raymem.checks import auroc, auroc_interval
 from raymem.queries import load_query
+from raymem.store import table_names, write_derived
 
 DRAWS = 1000
 MCOG_TECHNIQUES = ("swapping", "retraining", "gradients", "probing")  # the paper's M-CoG mean
@@ -58,11 +59,8 @@ def auroc_rows(scored: pl.DataFrame) -> list[dict]:
         negative = group.filter(~pl.col("noisy"))["mem"].to_numpy()
         if not len(positive) or not len(negative):
             continue
-        rng = np.random.default_rng(0)
-        draws = [auroc(rng.choice(positive, len(positive)), rng.choice(negative, len(negative)))
-                 for _ in range(DRAWS)]
         rows.append(_row("counterfactual_auroc", task, model, "", auroc(positive, negative),
-                         percentile_interval(draws), "examples", len(positive) + len(negative)))
+                         auroc_interval(positive, negative, DRAWS), "examples", len(positive) + len(negative)))
     return rows
 
 
@@ -155,7 +153,7 @@ INPUTS = {  # analysis -> (the tables it needs, the SQL of its input, its rows)
 
 def create_intervals_table(con) -> int:
     """Build `intervals` in an open DuckDB database from the tables it has; return its rows."""
-    present = {name for (name,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    present = table_names(con)
     rows = []
     for needs, sql, make_rows in INPUTS.values():
         if not needs <= present:
@@ -165,8 +163,4 @@ def create_intervals_table(con) -> int:
         except duckdb.BinderException:  # a table without the columns a study writes: no interval
             continue
         rows += make_rows(frame)
-    frame = pl.DataFrame(rows, schema=SCHEMA)
-    con.register("intervals_frame", frame.to_arrow())
-    con.execute("CREATE OR REPLACE TABLE intervals AS SELECT * FROM intervals_frame").fetchall()
-    con.unregister("intervals_frame")
-    return frame.height
+    return write_derived(con, "intervals", pl.DataFrame(rows, schema=SCHEMA))

@@ -21,6 +21,8 @@ import duckdb
 import numpy as np
 import polars as pl
 
+from raymem.store import table_names, write_derived
+
 TERMS = ("precog", "log_tokens", "rarity")
 MIN_EXAMPLES = 20
 SCHEMA = {"task": pl.Utf8, "model": pl.Utf8, "k": pl.Int64, "term": pl.Utf8, "n": pl.Int64,
@@ -94,15 +96,10 @@ def regression_rows(data: pl.DataFrame) -> pl.DataFrame:
 
 def create_precog_regression_table(con) -> int | None:
     """Build `precog_regression` in an open DuckDB database; None when it lacks the inputs."""
-    present = {name for (name,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-    if not {"precog", "examples", "predictions"} <= present:
+    if not {"precog", "examples", "predictions"} <= table_names(con):
         return None
     try:
         data = con.sql(DATA).pl()
     except duckdb.BinderException:  # a table without the columns a study writes: no regression
         return None
-    frame = regression_rows(data)
-    con.register("regression_frame", frame.to_arrow())
-    con.execute("CREATE OR REPLACE TABLE precog_regression AS SELECT * FROM regression_frame").fetchall()
-    con.unregister("regression_frame")
-    return frame.height
+    return write_derived(con, "precog_regression", regression_rows(data))

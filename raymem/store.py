@@ -201,6 +201,20 @@ def database_path(store: Store, database: str | None) -> Path:
     return Path(store.root) / "raymem.duckdb"
 
 
+def table_names(con) -> set[str]:
+    """The tables of an open DuckDB connection."""
+    return {name for (name,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+
+
+def write_derived(con, table: str, frame: pl.DataFrame) -> int:
+    """Write a table that ingest derives in Python (checks, intervals, the PreCog
+    regression) into the open database, replacing it; return its row count."""
+    con.register(f"{table}_frame", frame.to_arrow())
+    con.execute(f'CREATE OR REPLACE TABLE "{table}" AS SELECT * FROM "{table}_frame"').fetchall()
+    con.unregister(f"{table}_frame")
+    return frame.height
+
+
 def ingested_path(db_path: Path) -> Path:
     """Beside the database: a hash of the trial ids it was built from."""
     return db_path.with_name(db_path.name + ".trials")
