@@ -69,17 +69,11 @@ def memorised_epoch(store, trial_id: str) -> int | None:
     return int(rows["epoch"][0]) if rows.height else None
 
 
-def run_clean_twin(p: dict, runtime: Runtime) -> Tables:
-    settings = search.resolve(p["settings"], runtime.store)
-    settings.pop("memorised_f1")
-    s = TrainSettings(**settings)
-    stop = memorised_epoch(runtime.store, p["until_epoch_of"]) or s.epochs  # never memorised: its final
-    train = runtime.store.read_shard("examples", "examples", p["examples_trial"]).filter(pl.col("split") == "train")
-    tokenizer = runtime.load_tokenizer(p["model"], s.max_length)
-    runtime.seed(p["seed"])  # the classification head's initialisation, as the clean run's
-    model = runtime.load_classifier(p["model"], p["n_labels"], tokenizer.pad_token_id)
-    data = encode_split(tokenizer, train, train["original_label"].to_numpy(), s.max_length)
-    fine_tune(model, data, s, p["seed"], lambda epoch: epoch >= stop, runtime)
+def run_clean_twin(p: dict, model, train_data, s: TrainSettings, runtime: Runtime) -> Tables:
+    """The clean run's training, stopped at the noisy trial's memorised epoch (its final
+    one if it never got there); that checkpoint kept as this trial's final one."""
+    stop = memorised_epoch(runtime.store, p["until_epoch_of"]) or s.epochs
+    fine_tune(model, train_data, s, p["seed"], lambda epoch: epoch >= stop, runtime)
     runtime.save_checkpoint(model, "final")
     runtime.finish_training()
     runtime.info["stopped_at_epoch"] = stop
@@ -88,8 +82,6 @@ def run_clean_twin(p: dict, runtime: Runtime) -> Tables:
 
 def run(trial: Trial, runtime: Runtime) -> Tables:
     p = trial.params
-    if "until_epoch_of" in p:
-        return run_clean_twin(p, runtime)
     settings = search.resolve(p["settings"], runtime.store)
     memorised_f1 = settings.pop("memorised_f1")
     s = TrainSettings(**settings)
@@ -102,6 +94,8 @@ def run(trial: Trial, runtime: Runtime) -> Tables:
     runtime.seed(p["seed"])  # the classification head's initialisation
     model = runtime.load_classifier(p["model"], p["n_labels"], tokenizer.pad_token_id)
     train_data = encode_split(tokenizer, train, train_labels, s.max_length)
+    if "until_epoch_of" in p:  # a clean twin (`clean_twin`)
+        return run_clean_twin(p, model, train_data, s, runtime)
     eval_data = encode_split(tokenizer, evaluation, eval_labels, s.max_length)
     # Resumable state: a restarted trial finds its memorised checkpoint's predictions here.
     kept = {"memorised_epoch": None, "memorised": None}
