@@ -2,13 +2,15 @@
 
 AdamW, linear schedule with warm-up, gradient clipping, optional frozen embeddings;
 texts are tokenised once and each batch is padded only to its own longest example.
-Both follow the device of the model they are given and run under whatever autocast
-context the caller's `Runtime` opened; losses and softmax are computed in fp32. With a
-runtime, training resumes from the trial's last progress checkpoint (raymem/runtime.py).
+Both follow the device of the model they are given. Given a `Runtime`, fine_tune runs its
+forwards in the runtime's precision (autocast; fp16 with loss scaling) and resumes from the
+trial's last progress checkpoint (raymem/runtime.py); without one, both run under whatever
+autocast context the caller opened. Losses and softmax are computed in fp32.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -80,9 +82,10 @@ class Encoded:
 
 def make_optimiser(params, s: TrainSettings, steps: int):
     """AdamW with a linear schedule: warm-up over `s.warmup` of the steps, then decay to 0.
-    On a GPU, the fused AdamW kernel (one launch per step, not one per parameter)."""
+    The fused AdamW kernel, on a GPU and on the CPU (one kernel per step, not a dozen ops
+    per parameter: 3.6x less optimiser time for raymem-mini on a core)."""
     params = list(params)
-    fused = bool(params) and all(p.is_cuda for p in params)
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
     optimiser = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay, fused=fused or None)
     warmup = int(s.warmup * steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -106,6 +109,7 @@ def fine_tune(model, data: Encoded, s: TrainSettings, seed: int,
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser, schedule = make_optimiser(params, s, s.epochs * -(-len(data) // s.batch_size))
     scaler = runtime.grad_scaler() if runtime else torch.amp.GradScaler(enabled=False)
+    precision = runtime.autocast if runtime else contextlib.nullcontext
     state = TrainingState({"model": model, "optimiser": optimiser, "schedule": schedule,
                            "scaler": scaler}, generator, extra if extra is not None else {})
     first = runtime.resume(state) if runtime else 1
@@ -116,7 +120,9 @@ def fine_tune(model, data: Encoded, s: TrainSettings, seed: int,
         for batch in data.batches(s.batch_size, generator):
             batch = to_device(batch, device)
             labels = batch.pop("labels")
-            loss = F.cross_entropy(model(**batch).logits.float(), labels)
+            with precision():
+                logits = model(**batch).logits
+            loss = F.cross_entropy(logits.float(), labels)
             scaler.scale(loss).backward()
             scaler.unscale_(optimiser)
             torch.nn.utils.clip_grad_norm_(params, s.clip)

@@ -335,6 +335,24 @@ def classifier(tiny_mlm, tweets):
     return spec, model.eval(), data
 
 
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_fine_tune_trains_in_its_runtimes_precision(tiny_mlm, tweets, tmp_path, precision, dtype):
+    """A fine-tuning, subset or search trial hands fine_tune its runtime: the training
+    forwards run in the study's precision, not only the predictions."""
+    from raymem.models import load_classifier, load_tokenizer, model_spec
+    from raymem.train import Encoded, TrainSettings, fine_tune
+
+    spec = model_spec(str(tiny_mlm))
+    data = Encoded(load_tokenizer(spec, 64), tweets["text"].to_list()[:16], None, tweets["label"].to_numpy()[:16], 64)
+    model = load_classifier(spec, 3)
+    seen = []
+    model.classifier.register_forward_hook(lambda module, args, out: seen.append((module.training, out.dtype)))
+    runtime = Runtime("cpu", precision, store=Store(str(tmp_path / "results")), trial_id="t-1")
+    losses = fine_tune(model, data, TrainSettings(epochs=1, lr=1e-3, batch_size=8), seed=0, runtime=runtime)
+    assert seen and all(training for training, _ in seen) and {d for _, d in seen} == {dtype}
+    assert np.isfinite(losses).all()
+
+
 def test_predictions_bf16_agree_with_fp32_95_percent_argmax_0_02_probability(classifier):
     from raymem.train import predict
 

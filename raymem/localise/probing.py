@@ -35,19 +35,21 @@ over probe seeds. Two events go to `events` (technique probing, layers 0..L as t
 
 and the F1 curves to `probe_curves`. `localise.probe_label_events: false` leaves them out.
 
-The probe width follows H (the original hard-coded 768). All L+1 probes of a seed train
-at once as one batched MLP (their parameters stacked on a leading layer axis), which is
-exactly independent training: each probe's loss touches only its own parameters and AdamW
-is per parameter. Within a seed every layer's probe shares the split, the initial weights,
-the batch order and the dropout masks, so F1_l - F1_{l-1} reflects the representations,
-not the luck of the probe. One difference from the original: its batches were fixed
+The probe width follows H (the original hard-coded 768). All L+1 probes of every seed (and
+both label probes) train at once as one batched MLP, their parameters stacked on a leading
+axis (`test_predictions`): exactly independent training, since each probe's loss
+touches only its own parameters and AdamW is per parameter, and each seed draws from its
+own generator as it would alone; one loop instead of one per seed and probe cuts the
+per-step overhead that dominates probes this small. Within a seed every layer's probe
+shares the split, the initial weights, the batch order and the dropout masks, so
+F1_l - F1_{l-1} reflects the representations, not the luck of the probe. One difference from the original: its batches were fixed
 chunks of a once-shuffled set, visited in a new order each epoch; here the examples are
 reshuffled each epoch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
@@ -110,31 +112,36 @@ def noisy_f1(predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     return torch.where(tp > 0, 2 * tp / (2 * tp + fp_fn), torch.zeros_like(tp))
 
 
-def _linear(in_features: int, out_features: int, copies: int, generator: torch.Generator, device="cpu"):
-    """nn.Linear's default initialisation, one draw shared by all `copies` (layers)."""
+def _linear(in_features: int, out_features: int, generators: list[torch.Generator], layers: int, device="cpu"):
+    """nn.Linear's default initialisation per group, one draw from the group's generator
+    shared by its `layers` probes: (groups x layers, in, out) weights, (groups x layers, 1, out) biases."""
     bound = in_features ** -0.5
-    weight = (torch.rand(1, in_features, out_features, generator=generator) * 2 - 1) * bound
-    bias = (torch.rand(1, 1, out_features, generator=generator) * 2 - 1) * bound
-    return [weight.repeat(copies, 1, 1).to(device).requires_grad_(),
-            bias.repeat(copies, 1, 1).to(device).requires_grad_()]
+    weights, biases = [], []
+    for generator in generators:
+        weights.append((torch.rand(1, in_features, out_features, generator=generator) * 2 - 1) * bound)
+        biases.append((torch.rand(1, 1, out_features, generator=generator) * 2 - 1) * bound)
+    return [torch.cat(weights).repeat_interleave(layers, 0).to(device).requires_grad_(),
+            torch.cat(biases).repeat_interleave(layers, 0).to(device).requires_grad_()]
 
 
 class _StackedProbes:
-    """L+1 independent MLP probes evaluated together: x (layers, batch, H) -> logits (layers, batch, classes)."""
+    """G groups of L+1 independent MLP probes evaluated together: x (G x (L+1), batch, H) ->
+    logits (G x (L+1), batch, classes). Each group draws from its own generator."""
 
-    def __init__(self, layers: int, hidden: int, classes: int, s: ProbeSettings, generator: torch.Generator,
-                 device="cpu"):
-        self.params = (_linear(hidden, s.width, layers, generator, device)
-                       + _linear(s.width, s.width, layers, generator, device)
-                       + _linear(s.width, classes, layers, generator, device))
-        self.dropout, self.generator = s.dropout, generator
+    def __init__(self, layers: int, hidden: int, classes: int, s: ProbeSettings,
+                 generators: list[torch.Generator], device="cpu"):
+        self.params = []
+        for generator_draws in ((hidden, s.width), (s.width, s.width), (s.width, classes)):
+            self.params += _linear(*generator_draws, generators, layers, device)
+        self.dropout, self.generators, self.layers = s.dropout, generators, layers
         self.on_input = s.dropout_on == "input"
 
     def _drop(self, x: torch.Tensor, active: bool) -> torch.Tensor:
         if not active or self.dropout == 0:
             return x
-        keep = (torch.rand(1, *x.shape[1:], generator=self.generator) >= self.dropout).to(x.device)  # same for every layer
-        return x * keep / (1 - self.dropout)
+        # one mask per group, the same for each of its layers
+        keep = torch.cat([torch.rand(1, *x.shape[1:], generator=g) >= self.dropout for g in self.generators])
+        return x * keep.repeat_interleave(self.layers, 0).to(x.device) / (1 - self.dropout)
 
     def __call__(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         w1, b1, w2, b2, w3, b3 = self.params
@@ -173,92 +180,137 @@ def _split(noisy: np.ndarray, seed: int, s: ProbeSettings, device):
     return tuple(torch.as_tensor(i, device=device) for i in split)
 
 
-def selected_predictions(x_all: torch.Tensor, y: torch.Tensor, classes: int, split, seed: int, s: ProbeSettings,
-                         class_weight: torch.Tensor, score) -> torch.Tensor:
-    """(L+1, N): each layer's probe's predictions for every example at the epoch its
-    validation `score` (predicted, truth) -> (L+1,) picked, trained on `split`'s first part."""
-    train, val, _ = split
-    if s.standardise:
-        mean, std = x_all[:, train].mean(1, keepdim=True), x_all[:, train].std(1, keepdim=True)
-        x_all = (x_all - mean) / (std + 1e-6)
-    n_layers, _, width = x_all.shape
-    generator = torch.Generator().manual_seed(seed)
-    probes = _StackedProbes(n_layers, width, classes, s, generator, x_all.device)
-    # decoupled weight decay scales with lr, per parameter: stacking the probes keeps them independent
-    optimiser = torch.optim.AdamW(probes.params, lr=s.lr, weight_decay=s.weight_decay)
-    best_val = torch.zeros(n_layers, device=x_all.device)  # the original keeps an epoch only above F1 0
-    at_best = torch.full((n_layers, len(y)), -1, dtype=torch.long, device=x_all.device)
+@dataclass(frozen=True)
+class ProbeGroup:
+    """One probe per layer, trained on `targets` (N,) over `split`'s first part, drawing its
+    initial weights, batch order and dropout masks from a generator seeded with `seed`."""
+    seed: int
+    split: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    targets: torch.Tensor
+    class_weight: torch.Tensor
+
+
+EVAL_ROWS = 8192  # examples per evaluation pass: bounds the stacked activations' memory
+
+
+def test_predictions(x_all: torch.Tensor, groups: list[ProbeGroup], classes: int, s: ProbeSettings,
+                     score) -> torch.Tensor:
+    """(G, L+1, test part): each group's per-layer predictions for its test part, at the
+    epoch its validation `score` (predicted, truth) -> (L+1,) picked.
+
+    All G x (L+1) probes train at once as one batched MLP, which is exactly independent
+    training: each probe's loss touches only its own parameters, AdamW is per parameter, and
+    each group draws from its own generator as it would alone. The groups' parts must be of
+    one size each (seeded splits of the same examples are)."""
+    for part in range(3):
+        if len({len(g.split[part]) for g in groups}) != 1:
+            raise ValueError("stacked probe groups need splits of one size")
+    if s.standardise:  # per group, with its own training part's statistics
+        inputs = []
+        for g in groups:
+            mean, std = x_all[:, g.split[0]].mean(1, keepdim=True), x_all[:, g.split[0]].std(1, keepdim=True)
+            inputs.append((x_all - mean) / (std + 1e-6))
+        x_groups = torch.stack(inputs)  # (G, L+1, N, H)
+    else:
+        x_groups = x_all[None].expand(len(groups), *x_all.shape)
+    n_groups, n_layers, _, width = x_groups.shape
+    group_index = torch.arange(n_groups, device=x_all.device)[:, None]
+
+    def stacked(rows: torch.Tensor) -> torch.Tensor:
+        """The inputs of rows (G, R), each group's own: (G x (L+1), R, H)."""
+        return x_groups[group_index, :, rows].transpose(1, 2).reshape(n_groups * n_layers, rows.shape[1], width)
+
+    generators = [torch.Generator().manual_seed(g.seed) for g in groups]
+    probes = _StackedProbes(n_layers, width, classes, s, generators, x_all.device)
+    # decoupled weight decay scales with lr, per parameter: stacking the probes keeps them
+    # independent; the fused kernel, as train.make_optimiser
+    optimiser = torch.optim.AdamW(probes.params, lr=s.lr, weight_decay=s.weight_decay,
+                                  fused=x_all.device.type in ("cpu", "cuda") or None)
+    targets = torch.stack([g.targets for g in groups])  # (G, N)
+    class_weight = torch.stack([g.class_weight for g in groups])  # (G, classes)
+    # only the validation part (to pick the epoch) and the test part (to score) are predicted
+    evaluated = torch.stack([torch.cat(g.split[1:]) for g in groups])  # (G, validation + test)
+    n_val, train_size = len(groups[0].split[1]), len(groups[0].split[0])
+    best_val = torch.zeros(n_groups, n_layers, device=x_all.device)  # the original keeps an epoch only above F1 0
+    at_best = torch.full((n_groups, n_layers, evaluated.shape[1]), -1, dtype=torch.long, device=x_all.device)
     for epoch in range(1, s.epochs + 1):
-        order = train[torch.randperm(len(train), generator=generator).to(x_all.device)]
-        for start in range(0, len(order), s.batch_size):
-            rows = order[start:start + s.batch_size]
-            log_probs = torch.log_softmax(probes(x_all[:, rows], train=True), -1)
-            nll = -log_probs.gather(-1, y[rows].expand(n_layers, -1)[..., None]).squeeze(-1)
-            weights = class_weight[y[rows]]
-            loss = ((nll * weights).sum(1) / weights.sum()).sum()  # each probe's own weighted mean
+        orders = torch.stack([g.split[0][torch.randperm(train_size, generator=generator).to(x_all.device)]
+                              for g, generator in zip(groups, generators)])
+        for start in range(0, train_size, s.batch_size):
+            rows = orders[:, start:start + s.batch_size]  # (G, B)
+            logits = probes(stacked(rows), train=True)
+            log_probs = torch.log_softmax(logits.view(n_groups, n_layers, *logits.shape[1:]), -1)
+            y = targets[group_index, rows]  # (G, B)
+            nll = -log_probs.gather(-1, y[:, None, :, None].expand(-1, n_layers, -1, 1)).squeeze(-1)
+            weights = class_weight[group_index, y]  # (G, B)
+            loss = ((nll * weights[:, None]).sum(-1) / weights.sum(-1, keepdim=True)).sum()  # each probe's own weighted mean
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
         with torch.no_grad():
-            predicted = probes(x_all, train=False).argmax(-1)
+            predicted = torch.cat([
+                probes(stacked(evaluated[:, i:i + EVAL_ROWS]), train=False).argmax(-1)
+                for i in range(0, evaluated.shape[1], EVAL_ROWS)], -1).view(n_groups, n_layers, -1)
             if epoch >= min(s.select_after, s.epochs):  # a run shorter than that: its last epoch
-                val_score = score(predicted[:, val], y[val])
+                val_score = torch.stack([score(predicted[i, :, :n_val], g.targets[g.split[1]])
+                                         for i, g in enumerate(groups)])
                 improved = val_score > best_val  # strict: the earliest best epoch wins
                 best_val = torch.where(improved, val_score, best_val)
-                at_best = torch.where(improved[:, None], predicted, at_best)
+                at_best = torch.where(improved[..., None], predicted, at_best)
     # a probe whose validation F1 never rose above 0 is kept as it ended, as the original
-    return torch.where(at_best < 0, predicted, at_best)
-
-
-def probe_f1(hidden: np.ndarray, noisy: np.ndarray, seed: int, s: ProbeSettings = ProbeSettings(),
-             device: torch.device | str = "cpu") -> np.ndarray:
-    """(L+1,): test F1 of the noisy class per layer for one probe seed, trained on `device`
-    (the random draws come from a CPU generator either way, so a GPU draws the same)."""
-    x_all = _inputs(hidden, len(noisy), device)
-    truth = torch.as_tensor(np.asarray(noisy, dtype=bool)).to(device)
-    split = _split(truth.cpu().numpy(), seed, s, device)
-    if truth[split[0]].all() or not truth[split[0]].any():
-        raise ValueError("probing needs noisy and clean examples in the training split")
-    y = truth.long()
-    class_weight = probe_class_weights(s.class_weights, y[split[0]]).to(device)
-    predicted = selected_predictions(x_all, y, 2, split, seed, s, class_weight,
-                                     lambda pred, true: noisy_f1(pred.bool(), true.bool()))
-    test = split[2]
-    return noisy_f1(predicted[:, test].bool(), truth[test]).cpu().numpy()
+    return torch.where(at_best < 0, predicted, at_best)[..., n_val:]
 
 
 def probe_f1_by_seed(hidden: np.ndarray, noisy: np.ndarray, s: ProbeSettings = ProbeSettings(),
                      device: torch.device | str = "cpu") -> np.ndarray:
-    """(seeds, L+1): test F1 of the noisy class per probe seed and layer."""
-    return np.stack([probe_f1(hidden, noisy, seed, s, device) for seed in s.seeds])
-
-
-def label_probe_f1(hidden: np.ndarray, targets: np.ndarray, noisy: np.ndarray, classes: int, seed: int,
-                   s: ProbeSettings = ProbeSettings(), device: torch.device | str = "cpu") -> np.ndarray:
-    """(2, L+1): a class probe trained on `targets`, its test macro F1 on the noisy examples
-    (row 0) and the clean ones (row 1). The split is the noise probe's of the same seed; no
-    class weights (the original weights only the noise probe's classes)."""
+    """(seeds, L+1): test F1 of the noisy class per probe seed and layer, trained on `device`
+    (the random draws come from CPU generators either way, so a GPU draws the same)."""
     x_all = _inputs(hidden, len(noisy), device)
-    y = torch.as_tensor(np.asarray(targets), dtype=torch.long, device=device)
-    split = _split(np.asarray(noisy, dtype=bool), seed, s, device)
-    predicted = selected_predictions(x_all, y, classes, split, seed, s, torch.ones(classes, device=device),
-                                     lambda pred, true: macro_f1(pred, true, classes))
-    test, is_noisy = split[2], torch.as_tensor(np.asarray(noisy, dtype=bool), device=device)
-    parts = (test[is_noisy[test]], test[~is_noisy[test]])
-    return torch.stack([macro_f1(predicted[:, part], y[part], classes) for part in parts]).cpu().numpy()
+    truth = torch.as_tensor(np.asarray(noisy, dtype=bool)).to(device)
+    y = truth.long()
+    groups = []
+    for seed in s.seeds:
+        split = _split(truth.cpu().numpy(), seed, s, device)
+        if truth[split[0]].all() or not truth[split[0]].any():
+            raise ValueError("probing needs noisy and clean examples in the training split")
+        groups.append(ProbeGroup(seed, split, y, probe_class_weights(s.class_weights, y[split[0]]).to(device)))
+    predicted = test_predictions(x_all, groups, 2, s, lambda pred, true: noisy_f1(pred.bool(), true.bool()))
+    return torch.stack([noisy_f1(predicted[i].bool(), truth[g.split[2]]) for i, g in enumerate(groups)]).cpu().numpy()
+
+
+def probe_f1(hidden: np.ndarray, noisy: np.ndarray, seed: int, s: ProbeSettings = ProbeSettings(),
+             device: torch.device | str = "cpu") -> np.ndarray:
+    """(L+1,): test F1 of the noisy class per layer for one probe seed."""
+    return probe_f1_by_seed(hidden, noisy, replace(s, seeds=(seed,)), device)[0]
 
 
 def label_probe_curves(hidden: np.ndarray, labels: np.ndarray, original_labels: np.ndarray, noisy: np.ndarray,
                        classes: int, s: ProbeSettings = ProbeSettings(),
                        device: torch.device | str = "cpu") -> pl.DataFrame:
     """Seed-averaged test F1 per (probe: noisy_label | original_label, examples: noisy |
-    clean, layer 0..L)."""
+    clean, layer 0..L). Per probe seed, each probe predicts the class, trained on its
+    targets over the noise probe's split of that seed, and is scored by macro F1 on the test
+    part's noisy and clean examples apart; no class weights (the original weights only the
+    noise probe's classes). Both probes of every seed train in one stacked run."""
+    x_all = _inputs(hidden, len(noisy), device)
+    is_noisy = torch.as_tensor(np.asarray(noisy, dtype=bool), device=device)
+    probes = (("noisy_label", labels), ("original_label", original_labels))
+    groups = [ProbeGroup(seed, _split(np.asarray(noisy, dtype=bool), seed, s, device),
+                         torch.as_tensor(np.asarray(targets), dtype=torch.long, device=device),
+                         torch.ones(classes, device=device))
+              for _, targets in probes for seed in s.seeds]
+    predicted = test_predictions(x_all, groups, classes, s, lambda pred, true: macro_f1(pred, true, classes))
+    f1 = np.empty((len(groups), 2, predicted.shape[1]), np.float32)  # (group, noisy | clean examples, layer)
+    for i, g in enumerate(groups):
+        test = g.split[2]
+        for part, among in enumerate((is_noisy[test], ~is_noisy[test])):
+            f1[i, part] = macro_f1(predicted[i][:, among], g.targets[test[among]], classes).cpu().numpy()
     rows = []
-    for probe, targets in (("noisy_label", labels), ("original_label", original_labels)):
-        f1 = np.mean([label_probe_f1(hidden, targets, noisy, classes, seed, s, device) for seed in s.seeds], 0)
+    for k, (probe, _) in enumerate(probes):
+        mean = f1[k * len(s.seeds):(k + 1) * len(s.seeds)].mean(0)
         for part, examples in enumerate(("noisy", "clean")):
             rows += [{"probe": probe, "examples": examples, "layer": layer, "f1": float(value)}
-                     for layer, value in enumerate(f1[part])]
+                     for layer, value in enumerate(mean[part])]
     return pl.DataFrame(rows, schema={"probe": pl.Utf8, "examples": pl.Utf8, "layer": pl.Int64, "f1": pl.Float64})
 
 
