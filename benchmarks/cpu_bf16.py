@@ -1,0 +1,78 @@
+"""bf16 autocast on the CPU against fp32, by the instructions the CPU offers.
+
+Why `precision: auto` stays fp32 on every CPU: bf16 is fast only where the CPU multiplies
+bf16 matrices natively (AMX tiles). One training step of raymem-mini as a classifier
+(batch --batch x --tokens, dropout on, embeddings frozen, one thread), forward in each
+precision and backward, timed in a fresh process per instruction-set cap: oneDNN (the
+matmuls) is held to it with ONEDNN_MAX_CPU_ISA and ATen's own kernels with
+ATEN_CPU_CAPABILITY, as on a CPU that has no more. Caps above what this CPU has change
+nothing. Prints milliseconds per step (medians over --steps) and the bf16/fp32 ratio per
+cap; writes benchmarks/out/cpu_bf16.json.
+
+Usage: .venv/bin/python benchmarks/cpu_bf16.py [--steps 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+OUT = Path(__file__).parent / "out" / "cpu_bf16.json"
+# (label, ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY)
+CAPS = [("this CPU (no cap)", None, None), ("AVX-512 with bf16 dot products", "AVX512_CORE_BF16", "avx512"),
+        ("AVX-512, no bf16", "AVX512_CORE", "avx512"), ("AVX2", "AVX2", "avx2")]
+
+CHILD = r"""
+import contextlib, json, statistics, sys, time
+import torch, torch.nn.functional as F
+from raymem.models import embedding_parameters, load_classifier, model_spec
+steps, batch, tokens = map(int, sys.argv[1:4])
+torch.set_num_threads(1)
+torch.manual_seed(0)
+model = load_classifier(model_spec("raymem-mini"), 3).train()
+for p in embedding_parameters(model):
+    p.requires_grad_(False)
+ids = torch.randint(5, model.config.vocab_size, (batch, tokens))
+labels = torch.randint(0, 3, (batch,))
+out = {"amx": bool(torch.cpu._is_amx_tile_supported())}
+for name, context in (("fp32", contextlib.nullcontext), ("bf16", lambda: torch.autocast("cpu", dtype=torch.bfloat16))):
+    times = []
+    for i in range(steps + 5):  # 5 warm-up steps
+        start = time.perf_counter()
+        with context():
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        F.cross_entropy(logits.float(), labels).backward()
+        model.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    out[name] = 1e3 * statistics.median(times[5:])
+print(json.dumps(out))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=32)
+    args = parser.parse_args()
+    rows = []
+    for label, isa, aten in CAPS:
+        env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")}
+        env |= {"ONEDNN_MAX_CPU_ISA": isa, "ATEN_CPU_CAPABILITY": aten} if isa else {}
+        child = subprocess.run([sys.executable, "-c", CHILD, str(args.steps), str(args.batch), str(args.tokens)],
+                               env=env, capture_output=True, text=True, check=True)
+        rows.append({"cap": label, **json.loads(child.stdout.strip().splitlines()[-1])})
+    print(f"this CPU has AMX: {rows[0]['amx']}")
+    print(f"{'instructions':<32} {'fp32 ms':>8} {'bf16 ms':>8} {'bf16 / fp32':>12}")
+    for r in rows:
+        print(f"{r['cap']:<32} {r['fp32']:>8.1f} {r['bf16']:>8.1f} {r['bf16'] / r['fp32']:>11.2f}x")
+    OUT.parent.mkdir(exist_ok=True)
+    OUT.write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
