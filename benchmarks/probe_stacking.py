@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from raymem.localise.probing import (ProbeGroup, ProbeSettings, _split, macro_f1, noisy_f1, probe_class_weights,
-                                     test_predictions)
+                                     best_epoch_predictions)
 
 OUT = Path(__file__).parent / "out" / "probe_stacking.json"
 
@@ -58,8 +58,8 @@ def main() -> None:
     hidden = torch.as_tensor(np.random.default_rng(1).normal(size=(args.layers, args.examples, args.hidden)),
                              dtype=torch.float32)
     ways = {"one run each": lambda classes, groups, score: torch.cat(
-                [test_predictions(hidden, [g], classes, s, score) for g in groups]),
-            "stacked": lambda classes, groups, score: test_predictions(hidden, groups, classes, s, score)}
+                [best_epoch_predictions(hidden, [g], classes, s, score) for g in groups]),
+            "stacked": lambda classes, groups, score: best_epoch_predictions(hidden, groups, classes, s, score)}
     seconds, predictions = {w: [] for w in ways}, {}
     for _ in range(args.repeats):
         for way, train in ways.items():

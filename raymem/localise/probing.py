@@ -37,14 +37,14 @@ and the F1 curves to `probe_curves`. `localise.probe_label_events: false` leaves
 
 The probe width follows H (the original hard-coded 768). All L+1 probes of every seed (and
 both label probes) train at once as one batched MLP, their parameters stacked on a leading
-axis (`test_predictions`): exactly independent training, since each probe's loss
+axis (`best_epoch_predictions`): exactly independent training, since each probe's loss
 touches only its own parameters and AdamW is per parameter, and each seed draws from its
 own generator as it would alone; one loop instead of one per seed and probe cuts the
 per-step overhead that dominates probes this small. Within a seed every layer's probe
 shares the split, the initial weights, the batch order and the dropout masks, so
-F1_l - F1_{l-1} reflects the representations, not the luck of the probe. One difference from the original: its batches were fixed
-chunks of a once-shuffled set, visited in a new order each epoch; here the examples are
-reshuffled each epoch.
+F1_l - F1_{l-1} reflects the representations, not the luck of the probe. One difference
+from the original: its batches were fixed chunks of a once-shuffled set, visited in a new
+order each epoch; here the examples are reshuffled each epoch.
 """
 
 from __future__ import annotations
@@ -131,8 +131,8 @@ class _StackedProbes:
     def __init__(self, layers: int, hidden: int, classes: int, s: ProbeSettings,
                  generators: list[torch.Generator], device="cpu"):
         self.params = []
-        for generator_draws in ((hidden, s.width), (s.width, s.width), (s.width, classes)):
-            self.params += _linear(*generator_draws, generators, layers, device)
+        for in_features, out_features in ((hidden, s.width), (s.width, s.width), (s.width, classes)):
+            self.params += _linear(in_features, out_features, generators, layers, device)
         self.dropout, self.generators, self.layers = s.dropout, generators, layers
         self.on_input = s.dropout_on == "input"
 
@@ -193,7 +193,7 @@ class ProbeGroup:
 EVAL_ROWS = 8192  # examples per evaluation pass: bounds the stacked activations' memory
 
 
-def test_predictions(x_all: torch.Tensor, groups: list[ProbeGroup], classes: int, s: ProbeSettings,
+def best_epoch_predictions(x_all: torch.Tensor, groups: list[ProbeGroup], classes: int, s: ProbeSettings,
                      score) -> torch.Tensor:
     """(G, L+1, test part): each group's per-layer predictions for its test part, at the
     epoch its validation `score` (predicted, truth) -> (L+1,) picked.
@@ -243,7 +243,8 @@ def test_predictions(x_all: torch.Tensor, groups: list[ProbeGroup], classes: int
             y = targets[group_index, rows]  # (G, B)
             nll = -log_probs.gather(-1, y[:, None, :, None].expand(-1, n_layers, -1, 1)).squeeze(-1)
             weights = class_weight[group_index, y]  # (G, B)
-            loss = ((nll * weights[:, None]).sum(-1) / weights.sum(-1, keepdim=True)).sum()  # each probe's own weighted mean
+            # each probe's own weighted mean, summed: a probe's gradient is its own loss's
+            loss = ((nll * weights[:, None]).sum(-1) / weights.sum(-1, keepdim=True)).sum()
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -274,7 +275,7 @@ def probe_f1_by_seed(hidden: np.ndarray, noisy: np.ndarray, s: ProbeSettings = P
         if truth[split[0]].all() or not truth[split[0]].any():
             raise ValueError("probing needs noisy and clean examples in the training split")
         groups.append(ProbeGroup(seed, split, y, probe_class_weights(s.class_weights, y[split[0]]).to(device)))
-    predicted = test_predictions(x_all, groups, 2, s, lambda pred, true: noisy_f1(pred.bool(), true.bool()))
+    predicted = best_epoch_predictions(x_all, groups, 2, s, lambda pred, true: noisy_f1(pred.bool(), true.bool()))
     return torch.stack([noisy_f1(predicted[i].bool(), truth[g.split[2]]) for i, g in enumerate(groups)]).cpu().numpy()
 
 
@@ -299,7 +300,7 @@ def label_probe_curves(hidden: np.ndarray, labels: np.ndarray, original_labels: 
                          torch.as_tensor(np.asarray(targets), dtype=torch.long, device=device),
                          torch.ones(classes, device=device))
               for _, targets in probes for seed in s.seeds]
-    predicted = test_predictions(x_all, groups, classes, s, lambda pred, true: macro_f1(pred, true, classes))
+    predicted = best_epoch_predictions(x_all, groups, classes, s, lambda pred, true: macro_f1(pred, true, classes))
     f1 = np.empty((len(groups), 2, predicted.shape[1]), np.float32)  # (group, noisy | clean examples, layer)
     for i, g in enumerate(groups):
         test = g.split[2]

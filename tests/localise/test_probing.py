@@ -36,6 +36,16 @@ def test_signal_layer_scores_highest_and_earlier_layers_about_zero():
     assert scores[:SIGNAL_LAYER - 1].max() < 0.15
 
 
+@pytest.mark.parametrize("variant", [{}, {"dropout_on": "hidden", "standardise": True, "split_by": "stratified"}])
+def test_stacked_seeds_train_exactly_as_each_seed_alone(variant):
+    # every seed's probes train in one batched run: each must still get what it would alone
+    hidden, noisy = synthetic_hidden(n=300)
+    s = ProbeSettings(seeds=(1, 2, 3), epochs=6, select_after=3, **variant)
+    alone = np.stack([probe_f1(hidden, noisy, seed, s) for seed in s.seeds])
+    assert np.array_equal(probe_f1_by_seed(hidden, noisy, s), alone)
+    assert len({tuple(row) for row in alone}) > 1  # the seeds differ: a mix-up would show
+
+
 def test_probe_width_follows_hidden_size():
     hidden, noisy = synthetic_hidden(n_layers=4, n=400, width=48)
     scores = probing_scores(hidden, noisy, ProbeSettings(seeds=(1,), epochs=3))
