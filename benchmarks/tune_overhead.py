@@ -16,10 +16,12 @@ grid_search stops at --grid-max trials (it grows about quadratically). Medians o
 
 raymem's sweep runs a long study as a series of Tune experiments of at most
 --per-experiment trials (raymem.sweep.TRIALS_PER_EXPERIMENT): Tune keeps every trial's
-state until its experiment ends. A huge value gives one experiment, as before.
+state until its experiment ends. A huge value gives one experiment, as before. After each
+experiment the sweep hands the freed heap back to the OS (raymem.sweep.return_freed_memory);
+the driver's RSS right after each is recorded, and --no-trim leaves the heap as it is.
 
 Usage: .venv/bin/python benchmarks/tune_overhead.py [--sizes 100 400 1600 6400] [--repeats 1]
-           [--per-experiment 2000] [--out benchmarks/out/tune_overhead.json]
+           [--per-experiment 2000] [--no-trim] [--out benchmarks/out/tune_overhead.json]
 """
 
 from __future__ import annotations
@@ -59,6 +61,17 @@ def with_peak_rss(fn) -> tuple[float, int]:
     return wall, peak - before
 
 
+def recording_rss_after_experiments(trim: bool, record: list) -> None:
+    """Wrap the sweep's end-of-experiment step: trim (or not), then note the RSS in MiB."""
+    original = raymem.sweep.return_freed_memory
+
+    def after_experiment():
+        if trim:
+            original()
+        record.append(round(rss() / 2**20))
+    raymem.sweep.return_freed_memory = after_experiment
+
+
 def trials(results: str, n: int) -> list[Trial]:
     return [Trial("bench", {"i": i}, "tune_overhead", results, runtime={"cpus": 1}) for i in range(n)]
 
@@ -90,8 +103,11 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--per-experiment", type=int, default=raymem.sweep.TRIALS_PER_EXPERIMENT,
                         help="Tune trials per experiment in raymem's sweep (a huge value: one experiment)")
+    parser.add_argument("--no-trim", action="store_true", help="keep the freed heap after each experiment")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
+    rss_after = []
+    recording_rss_after_experiments(not args.no_trim, rss_after)
     import ray
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
@@ -104,13 +120,16 @@ def main() -> None:
                 for name, sweep in (("raymem", ours), ("grid_search", grid_search_sweep)):
                     if name == "grid_search" and n > args.grid_max:
                         continue
+                    rss_after.clear()
                     runs = [with_peak_rss(lambda: sweep(str(Path(tmp) / f"{name}-{n}-{r}"), n))
                             for r in range(args.repeats)]
                     rows.append({"sweep": name, "trials": n,
                                  "ms_per_trial": statistics.median(w for w, _ in runs) / n * 1000,
-                                 "peak_rss_mib": statistics.median(m for _, m in runs) / 2**20})
+                                 "peak_rss_mib": statistics.median(m for _, m in runs) / 2**20,
+                                 "rss_after_experiments_mib": list(rss_after)})
                     print(f"{name:<12} {n:>6} trials: {rows[-1]['ms_per_trial']:.1f} ms/trial, "
-                          f"peak RSS +{rows[-1]['peak_rss_mib']:.0f} MiB", flush=True)
+                          f"peak RSS +{rows[-1]['peak_rss_mib']:.0f} MiB; RSS after each experiment "
+                          f"{rss_after} MiB", flush=True)
     finally:
         ray.shutdown()
     print("\n| trials | raymem ms/trial | grid_search ms/trial | raymem peak RSS | grid_search peak RSS |")
