@@ -194,7 +194,7 @@ EVAL_ROWS = 8192  # examples per evaluation pass: bounds the stacked activations
 
 
 def best_epoch_predictions(x_all: torch.Tensor, groups: list[ProbeGroup], classes: int, s: ProbeSettings,
-                     score) -> torch.Tensor:
+                           score) -> torch.Tensor:
     """(G, L+1, test part): each group's per-layer predictions for its test part, at the
     epoch its validation `score` (predicted, truth) -> (L+1,) picked.
 
@@ -205,20 +205,21 @@ def best_epoch_predictions(x_all: torch.Tensor, groups: list[ProbeGroup], classe
     for part in range(3):
         if len({len(g.split[part]) for g in groups}) != 1:
             raise ValueError("stacked probe groups need splits of one size")
-    if s.standardise:  # per group, with its own training part's statistics
-        inputs = []
-        for g in groups:
-            mean, std = x_all[:, g.split[0]].mean(1, keepdim=True), x_all[:, g.split[0]].std(1, keepdim=True)
-            inputs.append((x_all - mean) / (std + 1e-6))
-        x_groups = torch.stack(inputs)  # (G, L+1, N, H)
+    # the inputs, once (raw) or once per seed (standardised with its training part's statistics)
+    train_parts = {g.seed: g.split[0] for g in groups}  # the groups of a seed share its split
+    if s.standardise:
+        inputs = torch.stack([(x_all - x_all[:, train].mean(1, keepdim=True)) / (x_all[:, train].std(1, keepdim=True) + 1e-6)
+                              for train in train_parts.values()])
+        source = [list(train_parts).index(g.seed) for g in groups]
     else:
-        x_groups = x_all[None].expand(len(groups), *x_all.shape)
-    n_groups, n_layers, _, width = x_groups.shape
+        inputs, source = x_all[None], [0] * len(groups)
+    source = torch.as_tensor(source, device=x_all.device)[:, None]  # (G, 1): each group's inputs
+    n_groups, (n_layers, _, width) = len(groups), x_all.shape
     group_index = torch.arange(n_groups, device=x_all.device)[:, None]
 
     def stacked(rows: torch.Tensor) -> torch.Tensor:
         """The inputs of rows (G, R), each group's own: (G x (L+1), R, H)."""
-        return x_groups[group_index, :, rows].transpose(1, 2).reshape(n_groups * n_layers, rows.shape[1], width)
+        return inputs[source, :, rows].transpose(1, 2).reshape(n_groups * n_layers, rows.shape[1], width)
 
     generators = [torch.Generator().manual_seed(g.seed) for g in groups]
     probes = _StackedProbes(n_layers, width, classes, s, generators, x_all.device)
