@@ -298,7 +298,7 @@ def label_probe_curves(hidden: np.ndarray, labels: np.ndarray, original_labels: 
     is_noisy = torch.as_tensor(np.asarray(noisy, dtype=bool), device=device)
     probes = (("noisy_label", labels), ("original_label", original_labels))
     groups = [ProbeGroup(seed, _split(np.asarray(noisy, dtype=bool), seed, s, device),
-                         torch.as_tensor(np.asarray(targets), dtype=torch.long, device=device),
+                         torch.tensor(np.asarray(targets), dtype=torch.long, device=device),  # a copy: may be read-only
                          torch.ones(classes, device=device))
               for _, targets in probes for seed in s.seeds]
     predicted = best_epoch_predictions(x_all, groups, classes, s, lambda pred, true: macro_f1(pred, true, classes))
