@@ -80,13 +80,19 @@ class Encoded:
             yield self.batch(batches[b])
 
 
-def make_optimiser(params, s: TrainSettings, steps: int):
-    """AdamW with a linear schedule: warm-up over `s.warmup` of the steps, then decay to 0.
-    The fused AdamW kernel, on a GPU and on the CPU (one kernel per step, not a dozen ops
-    per parameter: 3.6x less optimiser time for raymem-mini on a core)."""
+def adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW as the fused kernel, on a GPU and on the CPU (one kernel per step, not a dozen
+    ops per parameter: 2.5x-2.8x less optimiser time for raymem-mini on a core,
+    benchmarks/fused_adamw.py); torch's default elsewhere."""
     params = list(params)
     fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
-    optimiser = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay, fused=fused or None)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
+def make_optimiser(params, s: TrainSettings, steps: int):
+    """AdamW (`adamw`) with a linear schedule: warm-up over `s.warmup` of the steps, then
+    decay to 0."""
+    optimiser = adamw(params, s.lr, s.weight_decay)
     warmup = int(s.warmup * steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda i: (i + 1) / warmup if i < warmup else max(0.0, (steps - i) / max(1, steps - warmup)))

@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from raymem.localise.centroids import EVENT_SCHEMA
 from raymem.localise.technique import PairInputs, Technique, layer_rows, with_keys
 from raymem.runtime import Runtime
+from raymem.train import adamw
 from raymem.trial import Tables
 
 
@@ -210,7 +211,8 @@ def best_epoch_predictions(x_all: torch.Tensor, groups: list[ProbeGroup], classe
     if s.standardise:
         inputs = torch.stack([(x_all - x_all[:, train].mean(1, keepdim=True)) / (x_all[:, train].std(1, keepdim=True) + 1e-6)
                               for train in train_parts.values()])
-        source = [list(train_parts).index(g.seed) for g in groups]
+        position = {seed: i for i, seed in enumerate(train_parts)}
+        source = [position[g.seed] for g in groups]
     else:
         inputs, source = x_all[None], [0] * len(groups)
     source = torch.as_tensor(source, device=x_all.device)[:, None]  # (G, 1): each group's inputs
@@ -223,10 +225,8 @@ def best_epoch_predictions(x_all: torch.Tensor, groups: list[ProbeGroup], classe
 
     generators = [torch.Generator().manual_seed(g.seed) for g in groups]
     probes = _StackedProbes(n_layers, width, classes, s, generators, x_all.device)
-    # decoupled weight decay scales with lr, per parameter: stacking the probes keeps them
-    # independent; the fused kernel, as train.make_optimiser
-    optimiser = torch.optim.AdamW(probes.params, lr=s.lr, weight_decay=s.weight_decay,
-                                  fused=x_all.device.type in ("cpu", "cuda") or None)
+    # decoupled weight decay scales with lr, per parameter: stacking the probes keeps them independent
+    optimiser = adamw(probes.params, s.lr, s.weight_decay)
     targets = torch.stack([g.targets for g in groups])  # (G, N)
     class_weight = torch.stack([g.class_weight for g in groups])  # (G, classes)
     # only the validation part (to pick the epoch) and the test part (to score) are predicted
@@ -268,11 +268,12 @@ def probe_f1_by_seed(hidden: np.ndarray, noisy: np.ndarray, s: ProbeSettings = P
     """(seeds, L+1): test F1 of the noisy class per probe seed and layer, trained on `device`
     (the random draws come from CPU generators either way, so a GPU draws the same)."""
     x_all = _inputs(hidden, len(noisy), device)
-    truth = torch.as_tensor(np.asarray(noisy, dtype=bool)).to(device)
+    flags = np.asarray(noisy, dtype=bool)
+    truth = torch.as_tensor(flags).to(device)
     y = truth.long()
     groups = []
     for seed in s.seeds:
-        split = _split(truth.cpu().numpy(), seed, s, device)
+        split = _split(flags, seed, s, device)
         if truth[split[0]].all() or not truth[split[0]].any():
             raise ValueError("probing needs noisy and clean examples in the training split")
         groups.append(ProbeGroup(seed, split, y, probe_class_weights(s.class_weights, y[split[0]]).to(device)))
@@ -295,9 +296,11 @@ def label_probe_curves(hidden: np.ndarray, labels: np.ndarray, original_labels: 
     part's noisy and clean examples apart; no class weights (the original weights only the
     noise probe's classes). Both probes of every seed train in one stacked run."""
     x_all = _inputs(hidden, len(noisy), device)
-    is_noisy = torch.as_tensor(np.asarray(noisy, dtype=bool), device=device)
+    flags = np.asarray(noisy, dtype=bool)
+    is_noisy = torch.as_tensor(flags, device=device)
+    splits = {seed: _split(flags, seed, s, device) for seed in s.seeds}  # both probes of a seed share it
     probes = (("noisy_label", labels), ("original_label", original_labels))
-    groups = [ProbeGroup(seed, _split(np.asarray(noisy, dtype=bool), seed, s, device),
+    groups = [ProbeGroup(seed, splits[seed],
                          torch.tensor(np.asarray(targets), dtype=torch.long, device=device),  # a copy: may be read-only
                          torch.ones(classes, device=device))
               for _, targets in probes for seed in s.seeds]
