@@ -390,6 +390,7 @@ def test_lost_workers_are_retried(runs, ray_head, tiny_mlm, reference, tmp_path)
     address, env, head_sid = ray_head
     results, log = tmp_path / "results", tmp_path / "study.log"
     study = _write(tmp_path / "study.yaml", _study(tiny_mlm, ray={"address": address}))
+    epochs = yaml.safe_load(study.read_text())["finetune"]["epochs"]
     proc = runs.study(study, results, log, env)
     killed: dict[str, int] = {}  # raymem trial id -> pid of its lost worker
     lost_after: dict[str, int] = {}  # raymem trial id -> the last epoch it kept before
@@ -404,12 +405,13 @@ def test_lost_workers_are_retried(runs, ray_head, tiny_mlm, reference, tmp_path)
         deadline = time.time() + STUDY_TIMEOUT
         while proc.poll() is None and time.time() < deadline and len(killed) < 2:
             # Kill a trial's worker after it kept its first progress checkpoint and before
-            # the trial finished: training is lost half-way. Each trial at most once
-            # (max_failures 2).
+            # its last epoch's: training is lost half-way (after the last one, only the
+            # predictions would be). Each trial at most once (max_failures 2).
             workers = set(_trainable_workers(head_sid).values())
             for trial_id, pid in _training_trials(Path(env["RAY_TMPDIR"])).items():
+                kept = _progress_epoch(results, trial_id)
                 if (len(killed) < 2 and trial_id not in killed and pid in workers
-                        and _progress_epoch(results, trial_id) is not None
+                        and kept is not None and kept < epochs
                         and not (results / "_done" / f"{trial_id}.json").exists()):
                     os.kill(pid, signal.SIGKILL)
                     while _stat(pid) is not None and _stat(pid)["state"] not in "ZX":
@@ -435,7 +437,6 @@ def test_lost_workers_are_retried(runs, ray_head, tiny_mlm, reference, tmp_path)
     _assert_complete(db)
     # each lost trial started again at the epoch after its last checkpoint, trained only the
     # epochs left, and kept no progress checkpoint once finished
-    epochs = yaml.safe_load(study.read_text())["finetune"]["epochs"]
     resumed = {r[0]: r[1:] for r in fetch(db, "SELECT trial_id, resumed_from_epoch, epochs_trained, attempts "
                                               "FROM runs WHERE stage = 'finetune'")}
     for trial_id, epoch in lost_after.items():
