@@ -151,10 +151,16 @@ class Runtime:
         return seed_everything(seed)
 
     def autocast(self):
-        """Mixed precision for the forward passes inside; nothing on fp32."""
+        """Mixed precision for the forward passes inside; nothing on fp32.
+
+        Without torch's cast cache: it keeps each weight's low-precision cast until the
+        outermost autocast exits, and trials change weights in place inside one (retraining
+        reloads and trains windows, the gradients' control model trains its head), so the
+        cache would serve forwards the weights as they were before (tests/test_runtime.py).
+        Casting each weight per forward costs little beside the forward itself."""
         if self.precision == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=DTYPES[self.precision])
+        return torch.autocast(self.device.type, dtype=DTYPES[self.precision], cache_enabled=False)
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         """Loss scaling for fp16 (bf16 has fp32's range and needs none)."""

@@ -142,6 +142,29 @@ def test_bf16_autocast_runs_a_linear_in_bfloat16():
     assert Runtime("cpu", "bf16").info["precision"] == "bf16"
 
 
+def test_weights_changed_inside_one_autocast_are_the_weights_its_forwards_use():
+    """Retraining and the head-only control model train, and reload layers, in place inside
+    one autocast. Torch's autocast keeps each weight's bf16 cast until the outermost autocast
+    exits, so with its cache on every forward would use the weights as they were at the first:
+    the loss would never fall while the optimiser pushed the weights ever further."""
+    torch.manual_seed(0)
+    linear, x = torch.nn.Linear(4, 1), torch.randn(32, 4)
+    target = x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
+    optimiser = torch.optim.SGD(linear.parameters(), lr=0.1)
+    losses = []
+    with Runtime("cpu", "bf16").autocast():
+        for _ in range(30):
+            loss = ((linear(x).float().squeeze(-1) - target) ** 2).mean()
+            loss.backward()
+            optimiser.step()
+            optimiser.zero_grad()
+            losses.append(float(loss))
+        with torch.no_grad():
+            linear.weight.zero_()  # an in-place reload, as a window's reset
+            assert float(linear(x).float().abs().max()) == pytest.approx(float(linear.bias.abs()), abs=0.02)
+    assert losses[-1] < 0.05 * losses[0]
+
+
 # -- resume -----------------------------------------------------------------------------
 STEPS = 3
 
