@@ -2,19 +2,23 @@
 
 `prepare_examples` turns a loaded task into the `examples` table of one (task, model):
 the study's subsample, the perturbed training labels, planted counts and confounders.
-`precog_rows` streams those examples through an actor pool of PrecogScorers.
+`precog_rows` streams those examples through an actor pool of PrecogScorers, in the
+resources `reserve_pool` holds for it.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import ray
+from ray.util.placement_group import PlacementGroup, placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from raymem.config import PrecogConfig, Study
+from raymem.config import ActorPool, PrecogConfig, Study
 from raymem.errors import ConfigError
 from raymem.measures.noise import perturb_labels
 from raymem.measures.precog import PrecogScorer, PrecogSettings
@@ -96,17 +100,41 @@ def prepare_examples(study: Study, spec: TaskSpec, splits: dict[str, pl.DataFram
                     "annotator_confidence"))
 
 
+def reserve_pool(pool: ActorPool) -> PlacementGroup:
+    """A placement group of one bundle per actor of the pool at its largest.
+
+    A Ray Data actor pool reserves nothing of its own: beside a Tune sweep, Tune asks for its
+    next trial the moment one ends and wins every freed CPU, so the pool may wait for the
+    sweep's end. Asked for before the sweep, this group holds the pool's CPUs and GPUs from
+    the start; remove it when the pool is done, and the sweep gets them back."""
+    bundle = {"CPU": pool.cpus, **({"GPU": pool.gpus} if pool.gpus else {})}
+    return placement_group([bundle] * pool.max_size, strategy="PACK", name="raymem-precog")
+
+
 def precog_rows(examples: pl.DataFrame, model: ModelSpec, cfg: PrecogConfig,
-                info: dict | None = None) -> pl.DataFrame:
+                info: dict | None = None, reserved: PlacementGroup | None = None) -> pl.DataFrame:
     """Score every example through a Ray Data actor pool; one row per (example, k).
-    `info` gets the device and precision the actors ran on."""
+    `info` gets the device and precision the actors ran on; `reserved` (`reserve_pool`) is
+    where the pool's actors run."""
     settings = PrecogSettings(ks=tuple(cfg.k), unit=cfg.unit, masking=cfg.masking, draws=cfg.draws,
                               copies_per_batch=cfg.copies_per_batch, max_length=cfg.max_length)
     table = examples.select("example_id", "text", "text_pair").to_arrow()
     # Several blocks, so that every actor of the pool gets work.
     n_blocks = max(1, min(4 * cfg.actors.max_size, math.ceil(table.num_rows / cfg.examples_per_batch)))
     step = math.ceil(table.num_rows / n_blocks)
-    ds = ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)])
+    # from_blocks, not from_arrow: from_arrow reads its blocks' metadata in Ray tasks outside
+    # any placement group, which wait for a CPU as long as the sweep holds them all
+    ds = ray.data.from_blocks([table.slice(i, step) for i in range(0, table.num_rows, step)])
+    if reserved is not None:
+        # This dataset's own context: every task and actor it starts goes into the group,
+        # and Ray Data budgets by the group's bundles, not by the cluster's free resources
+        # (which the group itself has taken). Ray 2.60 marks these fields deprecated with no
+        # replacement yet (ray-project/ray#64090 adds one to map_batches).
+        strategy = PlacementGroupSchedulingStrategy(reserved)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ds.context.scheduling_strategy = strategy
+            ds.context.scheduling_strategy_large_args = strategy
     scored = ds.map_batches(
         PrecogScorer,
         fn_constructor_kwargs={"model": model, "settings": settings,

@@ -22,7 +22,7 @@ from pathlib import Path
 import polars as pl
 
 from raymem.config import Study
-from raymem.data import prepare_examples
+from raymem.data import prepare_examples, reserve_pool
 from raymem.errors import ConfigError
 from raymem.models import ModelSpec, check_masked_lm, check_model, layer_count, model_spec
 from raymem.runtime import Runtime
@@ -179,21 +179,32 @@ def _init_ray(study: Study) -> None:
         ray.init(address="local", num_cpus=study.ray.num_cpus or os.cpu_count())
 
 
-def _check_gpus(study: Study) -> None:
-    """A local Ray on a machine without CUDA can never give a trial a GPU: say so now, not
-    after Tune waits forever for one."""
+def _check_local_resources(study: Study) -> None:
+    """A local Ray has its CPUs and no GPU it cannot see: a trial or PreCog's actor pool asking
+    for more would wait forever, so say so now, before anything starts."""
     import torch
 
-    if study.ray.address or os.environ.get("RAY_ADDRESS") or torch.cuda.is_available():
+    if study.ray.address or os.environ.get("RAY_ADDRESS"):
         return
     asked = {"finetune.resources": study.finetune.resources, "search.resources": study.search.resources,
              "precog.actors": study.precog.actors, "localise.resources": study.localise.resources,
              "localise.hidden_resources": study.localise.hidden_resources}
+    if not torch.cuda.is_available():
+        for where, hardware in asked.items():
+            if hardware.gpus > 0:
+                raise ConfigError(f"{where}.gpus: {hardware.gpus:g} GPU per trial asked for, but this machine "
+                                  f"has no CUDA device and the study runs on a local Ray; set gpus: 0, or "
+                                  f"submit the study to a cluster with GPU nodes (ray.address)")
+    cpus = study.ray.num_cpus or os.cpu_count()
+    pool = study.precog.actors
+    if study.precog.enabled and pool.max_size * pool.cpus > cpus:
+        raise ConfigError(f"precog.actors: max_size {pool.max_size} x {pool.cpus:g} CPUs are held for the "
+                          f"actor pool, more than this local Ray's {cpus} CPUs (ray.num_cpus); lower max_size "
+                          f"or cpus")
     for where, hardware in asked.items():
-        if hardware.gpus > 0:
-            raise ConfigError(f"{where}.gpus: {hardware.gpus:g} GPU per trial asked for, but this machine "
-                              f"has no CUDA device and the study runs on a local Ray; set gpus: 0, or "
-                              f"submit the study to a cluster with GPU nodes (ray.address)")
+        if hardware.cpus > cpus:
+            raise ConfigError(f"{where}.cpus: {hardware.cpus:g} CPUs per trial asked for, more than this "
+                              f"local Ray's {cpus} (ray.num_cpus)")
 
 
 def run_plan(plan: Plan, log=print) -> list[Trial]:
@@ -202,7 +213,7 @@ def run_plan(plan: Plan, log=print) -> list[Trial]:
     Ctrl-C or SIGTERM raises StudyInterrupted: what finished stays finished, and running the
     same study again goes on from there."""
     study, store = plan.study, plan.store
-    _check_gpus(study)
+    _check_local_resources(study)
     store.check_writable()
     done = store.done_ids()
     for trial in plan.of_stage(examples_stage.STAGE):
@@ -219,8 +230,15 @@ def _run_stages(plan: Plan, log) -> list[Trial]:
     study, store = plan.study, plan.store
     failed, done = [], store.done_ids()
     # PreCog feeds no other trial: its Ray Data job runs beside the searches and the sweep,
-    # on the CPUs and GPUs its actors reserve.
-    scoring = _Beside(lambda: _run_precog(plan, done, log))
+    # on the CPUs and GPUs held for its actors from before the sweep asks for any.
+    pending = []
+    for trial in plan.of_stage(precog.STAGE):
+        if trial.trial_id in done:
+            log(f"[precog] {trial.params['task']} / {trial.params['model']}: already done")
+        else:
+            pending.append(trial)
+    reserved = reserve_pool(study.precog.actors) if pending else None
+    scoring = _Beside(lambda: _run_precog(plan, pending, reserved, log))
     for trial in plan.of_stage(search.STAGE):
         _run_search(store, trial, trial.trial_id in done, log)
     # Everything else is one Tune experiment: each trial starts when the trials it needs are
@@ -259,17 +277,40 @@ class _Beside:
             raise self.error
 
 
-def _run_precog(plan: Plan, done: set[str], log) -> None:
-    study, store = plan.study, plan.store
-    for trial in plan.of_stage(precog.STAGE):
-        task, model = trial.params["task"], trial.params["model"]
-        if trial.trial_id in done:
-            log(f"[precog] {task} / {model}: already done")
-            continue
-        examples = plan.examples[task, model]
-        log(f"[precog] {task} / {model}: scoring the {', '.join(study.precog.splits)} split(s) "
-            f"({examples.filter(pl.col('split').is_in(study.precog.splits))['n_tokens'].sum()} "
-            f"masked copies at most)")
-        start = time.time()
-        _run_in_driver(store, trial, lambda info: precog.run(trial, examples, plan.models[model], study, info))
-        log(f"[precog] {task} / {model}: done in {time.time() - start:.1f}s")
+def _run_precog(plan: Plan, pending: list[Trial], reserved, log) -> None:
+    """Score the pending PreCog trials in the placement group `reserved`, then remove it."""
+    import ray
+    from ray.util.placement_group import remove_placement_group
+
+    try:
+        _await_reservation(reserved, plan.study.precog.actors, log)
+        for trial in pending:
+            _run_precog_trial(plan, trial, reserved, log)
+    finally:
+        if reserved is not None and ray.is_initialized():
+            remove_placement_group(reserved)
+
+
+def _await_reservation(reserved, pool, log, every_seconds: float = 60.0) -> None:
+    """Wait until the placement group is placed (at once on a local Ray; on an autoscaling
+    cluster once nodes for it are up), saying so while it waits."""
+    import ray
+
+    if reserved is None:
+        return
+    start = time.time()
+    while not ray.wait([reserved.ready()], timeout=every_seconds)[0]:
+        log(f"[precog] waiting {time.time() - start:.0f}s for the actor pool's {pool.max_size} x "
+            f"({pool.cpus:g} CPU, {pool.gpus:g} GPU) (precog.actors)")
+
+
+def _run_precog_trial(plan: Plan, trial: Trial, reserved, log) -> None:
+    study, task, model = plan.study, trial.params["task"], trial.params["model"]
+    examples = plan.examples[task, model]
+    log(f"[precog] {task} / {model}: scoring the {', '.join(study.precog.splits)} split(s) "
+        f"({examples.filter(pl.col('split').is_in(study.precog.splits))['n_tokens'].sum()} "
+        f"masked copies at most)")
+    start = time.time()
+    _run_in_driver(plan.store, trial,
+                   lambda info: precog.run(trial, examples, plan.models[model], study, info, reserved))
+    log(f"[precog] {task} / {model}: done in {time.time() - start:.1f}s")

@@ -242,7 +242,27 @@ def test_gpus_on_a_local_ray_without_cuda_stop_before_the_study(tmp_path, models
     cluster = load_study(_study(tmp_path, models,
                                 extra="finetune: {resources: {gpus: 0.5}}\nray: {address: 'auto'}\n"))
     with pytest.raises(ConfigError, match=r"finetune\.resources\.gpus: 0.5 GPU .*no CUDA device.*gpus: 0"):
-        study_module._check_gpus(local)
-    study_module._check_gpus(cluster)
+        study_module._check_local_resources(local)
+    study_module._check_local_resources(cluster)
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # a GPU machine: fine too
-    study_module._check_gpus(local)
+    study_module._check_local_resources(local)
+
+
+@pytest.mark.parametrize("extra, message", [
+    # the pool's placement group could never be placed: PreCog would wait forever
+    ("precog: {actors: {cpus: 1, min_size: 1, max_size: 3}}\n",
+     r"precog\.actors: max_size 3 x 1 CPUs .* this local Ray's 2 CPUs \(ray\.num_cpus\)"),
+    ("localise: {resources: {cpus: 4}}\n",
+     r"localise\.resources\.cpus: 4 CPUs per trial asked for, more than this local Ray's 2"),
+])
+def test_more_cpus_than_a_local_ray_has_stop_before_the_study(tmp_path, models, monkeypatch, extra, message):
+    from raymem.config import load_study
+    from raymem.errors import ConfigError
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    local = load_study(_study(tmp_path, models, extra=extra + "ray: {num_cpus: 2}\n"))
+    with pytest.raises(ConfigError, match=message):
+        study_module._check_local_resources(local)
+    # a cluster grows to what its trials ask for
+    study_module._check_local_resources(local.model_copy(update={"ray": local.ray.model_copy(
+        update={"address": "auto"})}))

@@ -194,3 +194,42 @@ def test_word_rarity_is_higher_for_rarer_words():
 def test_rarity_in_the_examples_table(examples):
     assert examples["rarity"].null_count() < examples.height * 0.01
     assert (examples["rarity"].drop_nulls() > 0).all()
+
+
+def test_precog_scores_in_its_reservation_while_the_sweep_holds_every_other_cpu(examples, model):
+    """A Ray Data pool reserves nothing: beside a sweep that holds every free CPU (and has
+    its next trial waiting for one), it would wait for the sweep's end. In the placement
+    group `reserve_pool` asked for first, it scores at once, and the waiting trial starts
+    once the group is removed."""
+    import time
+
+    import ray
+    from ray.util.placement_group import remove_placement_group
+
+    from raymem.config import PrecogConfig
+    from raymem.data import precog_rows, reserve_pool
+
+    cfg = PrecogConfig(k=[1], max_length=16, actors={"cpus": 1, "min_size": 1, "max_size": 1})
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        reserved = reserve_pool(cfg.actors)
+        ray.get(reserved.ready(), timeout=30)
+
+        @ray.remote(num_cpus=1)
+        def trial(seconds):
+            time.sleep(seconds)
+            return time.time()
+
+        running = trial.remote(120)  # the sweep's trial on the other CPU
+        time.sleep(1)
+        waiting = trial.remote(0)  # its next trial, asking for a CPU
+        test = examples.filter(pl.col("split") == "test").head(24)
+        start = time.time()
+        rows = precog_rows(test, model, cfg, reserved=reserved)
+        assert time.time() - start < 60 and rows.height == 24
+        assert ray.wait([waiting], timeout=0)[0] == []  # no CPU was free for it meanwhile
+        remove_placement_group(reserved)
+        assert ray.get(waiting, timeout=30) > start
+        ray.cancel(running, force=True)
+    finally:
+        ray.shutdown()

@@ -21,9 +21,11 @@ def plan(study: Study, context: PlanContext) -> list[Trial]:
             for task in study.task_names() for model in study.models]
 
 
-def run(trial: Trial, examples: pl.DataFrame, model: ModelSpec, study: Study, info: dict) -> Tables:
-    """Score the examples of the study's PreCog splits (from the driver, through Ray Data);
-    `info` gets the device and precision the actors ran on."""
+def run(trial: Trial, examples: pl.DataFrame, model: ModelSpec, study: Study, info: dict,
+        reserved=None) -> Tables:
+    """Score the examples of the study's PreCog splits (from the driver, through Ray Data, in
+    the placement group `reserved` when given); `info` gets the device and precision the
+    actors ran on."""
     examples = examples.filter(pl.col("split").is_in(study.precog.splits))
-    rows = precog_rows(examples, model, study.precog, info).with_columns(pl.lit(trial.params["task"]).alias("task"))
-    return {"precog": rows}
+    rows = precog_rows(examples, model, study.precog, info, reserved)
+    return {"precog": rows.with_columns(pl.lit(trial.params["task"]).alias("task"))}
