@@ -24,6 +24,7 @@ import time
 import traceback
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import polars as pl
 
@@ -168,21 +169,48 @@ def interruptible():
             signal.signal(s, handler)
 
 
+@dataclass(frozen=True)
+class Work:
+    """What a sweep's progress line estimates the time left from: when the sweep `started`,
+    the relative cost (raymem/schedule.py) of each trial this experiment may run, and the cost
+    of those its earlier experiments ended."""
+    started: float
+    costs: dict[str, float]
+    spent_before: float = 0.0
+
+
+def _trial_id(tune_trial) -> str | None:
+    """The raymem trial id of a Tune trial (None for a search candidate)."""
+    return tune_trial.config.get("trial", {}).get("trial_id")
+
+
 def _label(tune_trial) -> str:
     """A raymem trial's label, or Tune's own name for a trial that is not one (a search candidate)."""
     return tune_trial.config.get("trial", {}).get("label", str(tune_trial))
 
 
-def progress_callback(name: str, total: int, every_seconds: float = 10.0, before: tuple[int, int] = (0, 0)):
+def progress_callback(name: str, total: int, every_seconds: float = 10.0, before: tuple[int, int] = (0, 0),
+                      work: Work | None = None):
     """A Tune callback printing one progress line for the whole sweep (instead of Tune's
     per-trial configuration dumps): done, failed, running and pending, and the time left.
-    `before`: the sweep's trials done and failed in its earlier experiments.
-    It prints rather than holding a log function: Tune pickles its callbacks."""
+    `before`: the sweep's trials done and failed in its earlier experiments. With `work`, the
+    time left is the time so far times the work left over the work ended, not the trials:
+    a sweep runs its longest trials first. It prints rather than holding a log function:
+    Tune pickles its callbacks."""
     from ray import tune
 
     class Progress(tune.Callback):
         def __init__(self):
-            self.start, self.last = time.time(), 0.0
+            self.start, self.last = work.started if work else time.time(), 0.0
+
+        def _time_left(self, ended: list, left: int, now: float) -> float | None:
+            if not ended or not left:
+                return None
+            if work is None:
+                return (now - self.start) / len(ended) * left
+            ended_here = sum(work.costs.get(_trial_id(t), 0.0) for t in ended)
+            spent = work.spent_before + ended_here
+            return (now - self.start) * (sum(work.costs.values()) - ended_here) / spent if spent else None
 
         def _line(self, trials, completed=None) -> None:
             # Tune calls back before it marks the completed trial TERMINATED: count it here
@@ -194,11 +222,11 @@ def progress_callback(name: str, total: int, every_seconds: float = 10.0, before
             failed = sum(t.status == "ERROR" or (t.last_result or {}).get("status") == "failed" for t in ended)
             running = sum(t.status == "RUNNING" and t is not completed for t in trials)
             left = total - len(ended) - sum(before)
-            eta = (now - self.start) / len(ended) * left if ended else float("nan")
+            eta = self._time_left(ended, left, now)
             done, failed = len(ended) - failed + before[0], failed + before[1]
             print(f"[{name}] {done}/{total} done, {failed} failed, {running} running, "
                   f"{left - running} pending; {now - self.start:.0f}s so far"
-                  + (f", about {eta:.0f}s left" if ended and left else ""), flush=True)
+                  + (f", about {eta:.0f}s left" if eta is not None else ""), flush=True)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._line(trials, completed=trial)
@@ -217,7 +245,7 @@ def progress_callback(name: str, total: int, every_seconds: float = 10.0, before
     return Progress()
 
 
-def tune_callbacks(name: str, total: int, before: tuple[int, int] = (0, 0)) -> list:
+def tune_callbacks(name: str, total: int, before: tuple[int, int] = (0, 0), work: Work | None = None) -> list:
     """What every raymem Tune experiment logs: Tune's JSON and CSV results, one progress line.
 
     Tune's default TensorBoard logger keeps every trial's writer until the driver exits
@@ -227,7 +255,7 @@ def tune_callbacks(name: str, total: int, before: tuple[int, int] = (0, 0)) -> l
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    return [JsonLoggerCallback(), CSVLoggerCallback(), progress_callback(name, total, before=before)]
+    return [JsonLoggerCallback(), CSVLoggerCallback(), progress_callback(name, total, before=before, work=work)]
 
 
 def trial_resources(config: dict):
@@ -251,7 +279,7 @@ def run_sweep(name: str, trials: list[Trial], store: Store, max_failures: int, l
     """Run the unfinished trials, of any stages, as one flowing sweep: each starts as soon
     as the trials it needs are done, longest chain first (raymem/schedule.py); driver steps
     among them go to `run_in_driver`. Return the trials that failed or never could start."""
-    from raymem.schedule import DRIVER_STAGES
+    from raymem.schedule import DRIVER_STAGES, relative_cost
 
     done = store.done_ids()
     pending = [t for t in trials if t.trial_id not in done]
@@ -264,12 +292,16 @@ def run_sweep(name: str, trials: list[Trial], store: Store, max_failures: int, l
     if not pending:
         return []
     n_tune = sum(t.stage not in DRIVER_STAGES for t in pending)
+    costs = {t.trial_id: relative_cost(t) for t in pending if t.stage not in DRIVER_STAGES}
     start, failed_ids, part = time.time(), set(), 0
     while True:
         # a trial that failed in an earlier experiment stays failed: it is left out, so the
         # trials that need it are never released
+        ended = done | failed_ids
+        work = Work(start, {i: c for i, c in costs.items() if i not in ended},
+                    sum(c for i, c in costs.items() if i in ended))
         searcher = _run_experiment(name, part, [t for t in trials if t.trial_id not in failed_ids], store,
-                                   max_failures, run_in_driver, per_experiment, n_tune, len(failed_ids))
+                                   max_failures, run_in_driver, per_experiment, n_tune, len(failed_ids), work)
         done = store.done_ids()
         failed_ids |= searcher.failed
         return_freed_memory()
@@ -295,7 +327,7 @@ def return_freed_memory() -> None:
 
 
 def _run_experiment(name: str, part: int, trials: list[Trial], store: Store, max_failures: int,
-                    run_in_driver, limit: int, n_tune: int, failed_before: int):
+                    run_in_driver, limit: int, n_tune: int, failed_before: int, work: Work):
     """One Tune experiment releasing at most `limit` trials; returns its searcher."""
     import ray
     from ray import tune
@@ -322,6 +354,6 @@ def _run_experiment(name: str, part: int, trials: list[Trial], store: Store, max
             storage_path=store.local_path("tune"),
             # Tune's own output prints every trial's configuration; one progress line instead
             failure_config=tune.FailureConfig(max_failures=max_failures), verbose=0,
-            callbacks=tune_callbacks(name, n_tune, (n_tune - left - failed_before, failed_before))))
+            callbacks=tune_callbacks(name, n_tune, (n_tune - left - failed_before, failed_before), work)))
     tuner.fit()
     return searcher

@@ -158,3 +158,23 @@ def test_a_sweep_larger_than_one_experiment_runs_on_in_the_next(tmp_path, monkey
     # three experiments (2 + 2 + 1 trials); the progress line counts the whole sweep
     assert len(list((tmp_path / "tune").iterdir())) == 3 == len(trims)
     assert "[study] 4/6 done, 1 failed" in capsys.readouterr().out
+
+
+def test_the_time_left_weighs_the_trials_by_their_cost(capsys, monkeypatch):
+    """A sweep runs its long trials first: after a long trial and a short one, counting
+    trials would say the short ones left take as long; weighing by cost says they do not."""
+    from types import SimpleNamespace
+
+    def tune_trial(trial_id, status):
+        return SimpleNamespace(status=status, config={"trial": {"trial_id": trial_id}}, last_result={})
+
+    monkeypatch.setattr(sweep.time, "time", lambda: 1100.0)  # 100 s after the sweep started
+    # the sweep ran 10 units of work in an earlier experiment; this one holds 10 + 1 + 1 + 1 + 1
+    work = sweep.Work(started=1000.0, costs={"long": 10.0, "a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0},
+                      spent_before=10.0)
+    trials = [tune_trial("long", "TERMINATED"), tune_trial("a", "TERMINATED"), tune_trial("b", "RUNNING"),
+              tune_trial("c", "PENDING"), tune_trial("d", "PENDING")]
+    sweep.progress_callback("study", total=6, before=(1, 0), work=work)._line(trials)
+    # 21 units in 100 s; 3 left: about 14 s (counting trials: 3 of 6 left in 100 s, 100 s)
+    assert "[study] 3/6 done, 0 failed, 1 running, 2 pending; 100s so far, about 14s left" \
+        in capsys.readouterr().out
