@@ -35,8 +35,9 @@ class Hardware(Strict):
                                                "several on one GPU (README: packing)")
     device: Device = Field("auto", description="auto: the GPU Ray assigned (gpus > 0), else the CPU; cpu or cuda "
                                                "force one")
-    precision: Precision = Field("auto", description="autocast precision of forward passes; auto: bf16 on GPUs "
-                                                     "that support it, else fp32")
+    precision: Precision = Field("auto", description="autocast precision of forward passes; auto: bf16 where the "
+                                                     "device multiplies it natively (GPUs that support it, "
+                                                     "CPUs with AVX-512 BF16 or AMX), else fp32")
 
 
 class Resources(Hardware):
@@ -46,7 +47,8 @@ class Resources(Hardware):
 class ActorPool(Hardware):
     """Per Ray Data actor, and how far the pool may scale."""
     min_size: int = Field(1, ge=1, description="actors the pool starts with")
-    max_size: int = Field(2, ge=1, description="actors the pool may grow to")
+    max_size: int = Field(2, ge=1, description="actors the pool may grow to; PreCog's study holds their "
+                                               "CPUs and GPUs from the start until it is done")
 
     @model_validator(mode="after")
     def _sizes(self):

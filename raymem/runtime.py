@@ -4,8 +4,8 @@ It owns everything about *how* work runs, so that stages only say *what* runs:
 
 - the device: the GPU Ray gave the worker (`ray.get_gpu_ids()`, else CUDA_VISIBLE_DEVICES),
   else the CPU; a study's `device: cpu | cuda` overrides it per stage;
-- precision: autocast for forward passes (`bf16` by default on GPUs that support it, `fp32`
-  on CPU); losses, softmax and log-probabilities are computed in fp32 by the callers;
+- precision: autocast for forward passes (`bf16` by default where the device multiplies it
+  natively: GPUs that support it, CPUs with AVX-512 BF16 or AMX; else `fp32`); losses, softmax and log-probabilities are computed in fp32 by the callers;
 - threads and seeding: every trial starts from its own seed, so a reused Tune worker
   carries no random state from one trial to the next;
 - models and tokenizers loaded onto the device, checkpoints saved to and read from the store;
@@ -72,13 +72,25 @@ def choose_device(setting: str = "auto", gpu_ids: list[str] | None = None,
     return torch.device("cpu")
 
 
+def cpu_multiplies_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX-512 BF16 dot products or AMX
+    tiles). Elsewhere oneDNN emulates bf16, and a training step takes 1.8x (AVX-512) to 8x
+    (AVX2) fp32's time (benchmarks/cpu_bf16.py)."""
+    cpu = torch.cpu
+    return any(getattr(cpu, check, lambda: False)() for check in ("_is_avx512_bf16_supported",
+                                                                  "_is_amx_tile_supported"))
+
+
 def choose_precision(setting: str, device: torch.device) -> str:
-    """`auto`: bf16 on a GPU that supports it, else fp32."""
+    """`auto`: bf16 where the device multiplies it natively (a GPU that supports it, a CPU
+    with AVX-512 BF16 or AMX), else fp32."""
     if setting not in PRECISIONS:
         raise ConfigError(f"precision: expected one of {', '.join(PRECISIONS)}, got {setting!r}")
     if setting != "auto":
         return setting
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_multiplies_bf16() else "fp32"
 
 
 def device_name(device: torch.device) -> str:

@@ -102,8 +102,13 @@ def test_an_unknown_device_setting_is_an_error(setting):
 
 
 # -- precision --------------------------------------------------------------------------
-def test_auto_precision_is_fp32_on_the_cpu():
-    assert choose_precision("auto", CPU) == "fp32"
+def test_auto_precision_on_the_cpu_is_bf16_only_where_it_multiplies_bf16_natively(monkeypatch):
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        assert choose_precision("auto", CPU) == expected
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert choose_precision("auto", CPU) == "bf16"
 
 
 def test_auto_precision_on_a_gpu_follows_its_bf16_support(monkeypatch):
@@ -127,6 +132,7 @@ def test_an_unknown_precision_is_an_error(setting):
 # -- Runtime ----------------------------------------------------------------------------
 def test_runtime_on_cpu_records_device_and_precision(monkeypatch, no_visible_devices):
     fake_ray(monkeypatch, [])  # no GPU from Ray, none visible
+    monkeypatch.setattr("raymem.runtime.cpu_multiplies_bf16", lambda: False)
     for device in ("cpu", "auto"):
         runtime = Runtime(device)
         assert runtime.device == CPU

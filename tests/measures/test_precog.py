@@ -44,13 +44,14 @@ def spec(tiny_mlm):
 
 @pytest.fixture(scope="module")
 def scorers(spec):
-    """One scorer per settings, built once (loading is most of a small test's time)."""
+    """One scorer per settings, built once (loading is most of a small test's time); fp32, as
+    the naive references it is checked against (tests/test_runtime.py checks bf16's)."""
     cache = {}
 
     def get(**kw):
         key = tuple(sorted(kw.items()))
         if key not in cache:
-            cache[key] = PrecogScorer(spec, PrecogSettings(**kw))
+            cache[key] = PrecogScorer(spec, PrecogSettings(**kw), precision="fp32")
         return cache[key]
 
     return get
@@ -128,7 +129,7 @@ def test_matches_naive_reference(scorers, unit, pair):
 @pytest.mark.parametrize("unit", ["subword", "word"])
 def test_generic_forward_matches_reference_too(spec, unit):
     """Masked-LMs without the BERT layout take the plain forward; it must agree as well."""
-    scorer = PrecogScorer(spec, PrecogSettings(ks=KS, unit=unit))
+    scorer = PrecogScorer(spec, PrecogSettings(ks=KS, unit=unit), precision="fp32")
     assert scorer.bert_like  # the fixture is a BERT: switch the shortcut off by hand
     scorer.bert_like = False
     assert_same(scorer.score(TEXTS, PAIRS), naive_scores(scorer, TEXTS, PAIRS, unit, KS), KS)
@@ -145,7 +146,8 @@ def test_roberta_layout_matches_reference(tiny_mlm, tmp_path):
         intermediate_size=64, max_position_embeddings=130, pad_token_id=tokenizer.pad_token_id,
     )).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    scorer = PrecogScorer(ModelSpec("roberta", str(tmp_path)), PrecogSettings(ks=KS, unit="word"))
+    scorer = PrecogScorer(ModelSpec("roberta", str(tmp_path)), PrecogSettings(ks=KS, unit="word"),
+                          precision="fp32")
     assert scorer.bert_like
     assert_same(scorer.score(TEXTS, PAIRS), naive_scores(scorer, TEXTS, PAIRS, "word", KS), KS)
 
@@ -153,7 +155,7 @@ def test_roberta_layout_matches_reference(tiny_mlm, tmp_path):
 def test_pair_segment_ids_reach_the_model(spec):
     """raymem's tokenizer emits no token_type_ids, BERT's does: force them on to check the
     scorer passes segment ids (second segment = 1) into every masked copy."""
-    scorer = PrecogScorer(spec, PrecogSettings(ks=KS))
+    scorer = PrecogScorer(spec, PrecogSettings(ks=KS), precision="fp32")
     scorer.tokenizer.model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
     assert scorer.tokenizer("a", "b")["token_type_ids"][-1] == 1
     assert_same(scorer.score(TEXTS, PAIRS), naive_scores(scorer, TEXTS, PAIRS, "subword", KS), KS)
@@ -198,7 +200,7 @@ def test_random15_deterministic_and_matches_reference(scorers, spec):
     settings = dict(ks=KS, masking="random15", draws=3, seed=7)
     scorer = scorers(**settings)
     first = scorer.score(TEXTS, PAIRS)
-    again = PrecogScorer(spec, PrecogSettings(**settings)).score(TEXTS, PAIRS)
+    again = PrecogScorer(spec, PrecogSettings(**settings), precision="fp32").score(TEXTS, PAIRS)
     assert_same(first, again, KS)
     for k in KS:
         assert ((first[f"precog_at_{k}"] >= 0) & (first[f"precog_at_{k}"] <= 1)).all()
