@@ -1,7 +1,7 @@
 """bf16 autocast on the CPU against fp32, by the instructions the CPU offers.
 
-Why `precision: auto` stays fp32 on every CPU: bf16 is fast only where the CPU multiplies
-bf16 matrices natively (AMX tiles). One training step of raymem-mini as a classifier
+Why `precision: auto` is bf16 only on CPUs that multiply bf16 natively (AVX-512 BF16 or AMX):
+elsewhere bf16 is emulated and slower than fp32. One training step of raymem-mini as a classifier
 (batch --batch x --tokens, dropout on, embeddings frozen, one thread), forward in each
 precision and backward, timed in a fresh process per instruction-set cap: oneDNN (the
 matmuls) is held to it with ONEDNN_MAX_CPU_ISA and ATen's own kernels with
