@@ -179,9 +179,10 @@ def _init_ray(study: Study) -> None:
         ray.init(address="local", num_cpus=study.ray.num_cpus or os.cpu_count())
 
 
-def _check_local_resources(study: Study) -> None:
+def _check_local_resources(study: Study, log=print) -> None:
     """A local Ray has its CPUs and no GPU it cannot see: a trial or PreCog's actor pool asking
-    for more would wait forever, so say so now, before anything starts."""
+    for more would wait forever, so say so now, before anything starts. A pool that holds
+    every CPU is allowed, but the sweep then waits for PreCog, so that is said too."""
     import torch
 
     if study.ray.address or os.environ.get("RAY_ADDRESS"):
@@ -201,6 +202,9 @@ def _check_local_resources(study: Study) -> None:
         raise ConfigError(f"precog.actors: max_size {pool.max_size} x {pool.cpus:g} CPUs are held for the "
                           f"actor pool, more than this local Ray's {cpus} CPUs (ray.num_cpus); lower max_size "
                           f"or cpus")
+    if study.precog.enabled and pool.max_size * pool.cpus >= cpus:
+        log(f"[plan] precog.actors: the pool holds all {cpus} CPUs of this local Ray until PreCog is done, "
+            f"and the sweep's trials wait for it; a smaller max_size scores beside them")
     for where, hardware in asked.items():
         if hardware.cpus > cpus:
             raise ConfigError(f"{where}.cpus: {hardware.cpus:g} CPUs per trial asked for, more than this "
@@ -213,7 +217,7 @@ def run_plan(plan: Plan, log=print) -> list[Trial]:
     Ctrl-C or SIGTERM raises StudyInterrupted: what finished stays finished, and running the
     same study again goes on from there."""
     study, store = plan.study, plan.store
-    _check_local_resources(study)
+    _check_local_resources(study, log)
     store.check_writable()
     done = store.done_ids()
     for trial in plan.of_stage(examples_stage.STAGE):

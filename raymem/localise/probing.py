@@ -322,7 +322,7 @@ def label_probe_curves(hidden: np.ndarray, labels: np.ndarray, original_labels: 
 def shuffled_labels_f1(labels: np.ndarray, classes: int, seed: int = 0) -> float:
     """Chance: the macro F1 of the labels against a seeded shuffle of themselves (the original's
     `random_performance`, which shuffled the training labels once)."""
-    truth = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    truth = torch.as_tensor(np.array(labels), dtype=torch.long)  # a copy: polars gives read-only arrays
     shuffled = truth[torch.as_tensor(np.random.default_rng(seed).permutation(len(truth)))]
     return float(macro_f1(shuffled, truth, classes))
 
