@@ -164,7 +164,7 @@ def test_weights_changed_inside_one_autocast_are_the_weights_its_forwards_use():
             loss.backward()
             optimiser.step()
             optimiser.zero_grad()
-            losses.append(float(loss))
+            losses.append(loss.item())
         with torch.no_grad():
             linear.weight.zero_()  # an in-place reload, as a window's reset
             assert float(linear(x).float().abs().max()) == pytest.approx(float(linear.bias.abs()), abs=0.02)
