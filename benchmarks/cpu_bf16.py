@@ -26,31 +26,51 @@ OUT = Path(__file__).parent / "out" / "cpu_bf16.json"
 CAPS = [("this CPU (no cap)", None, None), ("AVX-512 with bf16 dot products", "AVX512_CORE_BF16", "avx512"),
         ("AVX-512, no bf16", "AVX512_CORE", "avx512"), ("AVX2", "AVX2", "avx2")]
 
+# Run in a fresh process per cap: the caps are read once, when torch loads.
 CHILD = r"""
-import contextlib, json, statistics, sys, time
-import torch, torch.nn.functional as F
-from raymem.models import embedding_parameters, load_classifier, model_spec
-steps, batch, tokens = map(int, sys.argv[1:4])
-torch.set_num_threads(1)
-torch.manual_seed(0)
-model = load_classifier(model_spec("raymem-mini"), 3).train()
-for p in embedding_parameters(model):
-    p.requires_grad_(False)
-ids = torch.randint(5, model.config.vocab_size, (batch, tokens))
-labels = torch.randint(0, 3, (batch,))
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import torch
+from cpu_bf16 import training_step
+steps, batch, tokens = map(int, sys.argv[2:5])
 out = {"amx": bool(torch.cpu._is_amx_tile_supported())}
-for name, context in (("fp32", contextlib.nullcontext), ("bf16", lambda: torch.autocast("cpu", dtype=torch.bfloat16))):
+for precision in ("fp32", "bf16"):
+    out[precision] = training_step(precision, steps, batch, tokens)[1]
+print(json.dumps(out))
+"""
+
+
+def training_step(precision: str, steps: int, batch: int, tokens: int, compiled: bool = False) -> tuple[float, float]:
+    """One raymem-mini classifier's training steps (dropout on, embeddings frozen, one
+    thread): (seconds of the first step, median milliseconds per step after 5 warm-up steps).
+    `compiled`: through torch.compile (benchmarks/torch_compile.py)."""
+    import contextlib
+    import statistics
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    from raymem.models import embedding_parameters, load_classifier, model_spec
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = load_classifier(model_spec("raymem-mini"), 3).train()
+    for p in embedding_parameters(model):
+        p.requires_grad_(False)
+    ids = torch.randint(5, model.config.vocab_size, (batch, tokens))
+    labels = torch.randint(0, 3, (batch,))
+    forward = torch.compile(model) if compiled else model
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
     times = []
-    for i in range(steps + 5):  # 5 warm-up steps
+    for _ in range(steps + 5):
         start = time.perf_counter()
-        with context():
-            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        with autocast():
+            logits = forward(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
         F.cross_entropy(logits.float(), labels).backward()
         model.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
-    out[name] = 1e3 * statistics.median(times[5:])
-print(json.dumps(out))
-"""
+    return times[0], 1e3 * statistics.median(times[5:])
 
 
 def main() -> None:
@@ -63,7 +83,8 @@ def main() -> None:
     for label, isa, aten in CAPS:
         env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")}
         env |= {"ONEDNN_MAX_CPU_ISA": isa, "ATEN_CPU_CAPABILITY": aten} if isa else {}
-        child = subprocess.run([sys.executable, "-c", CHILD, str(args.steps), str(args.batch), str(args.tokens)],
+        child = subprocess.run([sys.executable, "-c", CHILD, str(Path(__file__).parent), str(args.steps),
+                                str(args.batch), str(args.tokens)],
                                env=env, capture_output=True, text=True, check=True)
         rows.append({"cap": label, **json.loads(child.stdout.strip().splitlines()[-1])})
     print(f"this CPU has AMX: {rows[0]['amx']}")

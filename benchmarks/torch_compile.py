@@ -11,39 +11,12 @@ Usage: .venv/bin/python benchmarks/torch_compile.py [--steps 40]
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import statistics
-import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
-from raymem.models import embedding_parameters, load_classifier, model_spec
+from cpu_bf16 import training_step  # benchmarks/, beside this script
 
 OUT = Path(__file__).parent / "out" / "torch_compile.json"
-
-
-def classifier():
-    model = load_classifier(model_spec("raymem-mini"), 3).train()
-    for p in embedding_parameters(model):
-        p.requires_grad_(False)
-    return model
-
-
-def time_steps(model, precision: str, ids, labels, steps: int) -> tuple[float, float]:
-    """(seconds of the first step, median milliseconds per step after 5 warm-up steps)."""
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
-    times = []
-    for _ in range(steps + 5):
-        start = time.perf_counter()
-        with autocast():
-            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
-        F.cross_entropy(logits.float(), labels).backward()
-        model.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - start)
-    return times[0], 1e3 * statistics.median(times[5:])
 
 
 def main() -> None:
@@ -52,16 +25,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=32)
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    ids = torch.randint(5, 1000, (args.batch, args.tokens))
-    labels = torch.randint(0, 3, (args.batch,))
     rows = []
     for precision in ("fp32", "bf16"):
         for mode in ("eager", "compiled"):
-            model = classifier()
-            first, median = time_steps(torch.compile(model) if mode == "compiled" else model, precision,
-                                       ids, labels, args.steps)
+            first, median = training_step(precision, args.steps, args.batch, args.tokens, mode == "compiled")
             rows.append({"precision": precision, "mode": mode, "first_step_s": first, "median_ms": median})
     print(f"{'precision':<10} {'mode':<9} {'first step s':>12} {'ms per step':>12} {'vs eager':>9}")
     for r in rows:
