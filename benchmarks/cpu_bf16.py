@@ -73,12 +73,17 @@ def training_step(precision: str, steps: int, batch: int, tokens: int, compiled:
     return times[0], 1e3 * statistics.median(times[5:])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def step_arguments(doc: str) -> argparse.Namespace:
+    """--steps, --batch and --tokens of `training_step`, from the command line."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=32)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = step_arguments(__doc__)
     rows = []
     for label, isa, aten in CAPS:
         env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")}

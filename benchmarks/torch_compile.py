@@ -10,21 +10,16 @@ Usage: .venv/bin/python benchmarks/torch_compile.py [--steps 40]
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from cpu_bf16 import training_step  # benchmarks/, beside this script
+from cpu_bf16 import step_arguments, training_step  # benchmarks/, beside this script
 
 OUT = Path(__file__).parent / "out" / "torch_compile.json"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--tokens", type=int, default=32)
-    args = parser.parse_args()
+    args = step_arguments(__doc__)
     rows = []
     for precision in ("fp32", "bf16"):
         for mode in ("eager", "compiled"):
