@@ -167,25 +167,33 @@ def _run_in_driver(store: Store, trial: Trial, compute, record: bool = True) -> 
     store.mark_done(trial.trial_id, trial.params)
 
 
+def _local_cpus(study: Study) -> int | None:
+    """The CPUs of the local Ray the study starts; None when it runs on a cluster."""
+    if study.ray.address or os.environ.get("RAY_ADDRESS"):
+        return None
+    return study.ray.num_cpus or os.cpu_count()
+
+
 def _init_ray(study: Study) -> None:
     import ray
 
     if ray.is_initialized():
         return
-    if study.ray.address or os.environ.get("RAY_ADDRESS"):
+    cpus = _local_cpus(study)
+    if cpus is None:
         ray.init(address=study.ray.address)  # a running cluster, e.g. under `ray job submit`
     else:
         # "local": a new Ray of our own, even where `ray start` left a cluster address behind
-        ray.init(address="local", num_cpus=study.ray.num_cpus or os.cpu_count())
+        ray.init(address="local", num_cpus=cpus)
 
 
-def _check_local_resources(study: Study, log=print) -> None:
+def _check_local_resources(study: Study) -> None:
     """A local Ray has its CPUs and no GPU it cannot see: a trial or PreCog's actor pool asking
-    for more would wait forever, so say so now, before anything starts. A pool that holds
-    every CPU is allowed, but the sweep then waits for PreCog, so that is said too."""
+    for more would wait forever, so say so now, before anything starts."""
     import torch
 
-    if study.ray.address or os.environ.get("RAY_ADDRESS"):
+    cpus = _local_cpus(study)
+    if cpus is None:
         return
     asked = {"finetune.resources": study.finetune.resources, "search.resources": study.search.resources,
              "precog.actors": study.precog.actors, "localise.resources": study.localise.resources,
@@ -196,19 +204,25 @@ def _check_local_resources(study: Study, log=print) -> None:
                 raise ConfigError(f"{where}.gpus: {hardware.gpus:g} GPU per trial asked for, but this machine "
                                   f"has no CUDA device and the study runs on a local Ray; set gpus: 0, or "
                                   f"submit the study to a cluster with GPU nodes (ray.address)")
-    cpus = study.ray.num_cpus or os.cpu_count()
     pool = study.precog.actors
     if study.precog.enabled and pool.max_size * pool.cpus > cpus:
         raise ConfigError(f"precog.actors: max_size {pool.max_size} x {pool.cpus:g} CPUs are held for the "
                           f"actor pool, more than this local Ray's {cpus} CPUs (ray.num_cpus); lower max_size "
                           f"or cpus")
-    if study.precog.enabled and pool.max_size * pool.cpus >= cpus:
-        log(f"[plan] precog.actors: the pool holds all {cpus} CPUs of this local Ray until PreCog is done, "
-            f"and the sweep's trials wait for it; a smaller max_size scores beside them")
     for where, hardware in asked.items():
         if hardware.cpus > cpus:
             raise ConfigError(f"{where}.cpus: {hardware.cpus:g} CPUs per trial asked for, more than this "
                               f"local Ray's {cpus} (ray.num_cpus)")
+
+
+def _precog_holds_every_cpu(study: Study) -> str | None:
+    """What to say when PreCog's pool, held until it is done, takes every CPU of a local Ray
+    (allowed, but the sweep then waits for PreCog)."""
+    pool, cpus = study.precog.actors, _local_cpus(study)
+    if cpus is not None and pool.max_size * pool.cpus >= cpus:
+        return (f"[precog] precog.actors: the pool holds all {cpus} CPUs of this local Ray until PreCog is "
+                f"done, and the sweep's trials wait for it; a smaller max_size scores beside them")
+    return None
 
 
 def run_plan(plan: Plan, log=print) -> list[Trial]:
@@ -217,7 +231,7 @@ def run_plan(plan: Plan, log=print) -> list[Trial]:
     Ctrl-C or SIGTERM raises StudyInterrupted: what finished stays finished, and running the
     same study again goes on from there."""
     study, store = plan.study, plan.store
-    _check_local_resources(study, log)
+    _check_local_resources(study)
     store.check_writable()
     done = store.done_ids()
     for trial in plan.of_stage(examples_stage.STAGE):
@@ -242,6 +256,8 @@ def _run_stages(plan: Plan, log) -> list[Trial]:
         else:
             pending.append(trial)
     reserved = reserve_pool(study.precog.actors) if pending else None
+    if pending and (note := _precog_holds_every_cpu(study)):
+        log(note)
     scoring = _Beside(lambda: _run_precog(plan, pending, reserved, log))
     for trial in plan.of_stage(search.STAGE):
         _run_search(store, trial, trial.trial_id in done, log)

@@ -268,7 +268,7 @@ def test_more_cpus_than_a_local_ray_has_stop_before_the_study(tmp_path, models, 
         update={"address": "auto"})}))
 
 
-def test_a_precog_pool_holding_every_local_cpu_is_said_before_the_study(tmp_path, models, monkeypatch):
+def test_a_precog_pool_holding_every_local_cpu_is_said(tmp_path, models, monkeypatch):
     from raymem.config import load_study
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -276,5 +276,6 @@ def test_a_precog_pool_holding_every_local_cpu_is_said_before_the_study(tmp_path
     for max_size in (1, 2):
         study = load_study(_study(tmp_path, models, extra=f"precog: {{actors: {{cpus: 1, max_size: {max_size}}}}}\n"
                                                           "ray: {num_cpus: 2}\n"))
-        study_module._check_local_resources(study, said.append)
-    assert len(said) == 1 and "holds all 2 CPUs" in said[0] and "max_size" in said[0]
+        study_module._check_local_resources(study)  # allowed
+        said.append(study_module._precog_holds_every_cpu(study))
+    assert said[0] is None and "holds all 2 CPUs" in said[1] and "max_size" in said[1]
