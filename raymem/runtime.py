@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -36,6 +37,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 PROGRESS = "progress.pt"
 PARTS = "parts"  # a grouped trial's finished parts, one JSON file each
+# For tests of lost workers only: a folder where a trial, after keeping each epoch, says so
+# and waits to be let go (see Runtime.hold_for_tests).
+HOLD_DIR = "RAYMEM_TESTING_HOLD_DIR"
 
 
 def assigned_gpu_ids() -> list[str]:
@@ -256,6 +260,23 @@ class Runtime:
         buffer = io.BytesIO()
         torch.save(saved, buffer)
         self.store.put_bytes(buffer.getvalue(), "checkpoints", self.trial_id, PROGRESS)
+        self.hold_for_tests(epoch)
+
+    def hold_for_tests(self, epoch: int) -> None:
+        """Only where $RAYMEM_TESTING_HOLD_DIR is set (tests of lost workers): write
+        TRIAL_ID.json there with the kept epoch and this process's pid, and wait while it
+        stays (a minute at most). A test can then kill the worker at a known epoch however
+        fast the epochs run, or delete the file to let it go on."""
+        folder = os.environ.get(HOLD_DIR)
+        if not folder:
+            return
+        path = os.path.join(folder, f"{self.trial_id}.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump({"epoch": epoch, "pid": os.getpid()}, f)
+        os.replace(path + ".tmp", path)  # whole, never half-written, when the test reads it
+        deadline = time.monotonic() + 60
+        while os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def kept_parts(self) -> dict[str, dict]:
         """The parts of a grouped trial (e.g. retraining windows) kept by an earlier attempt."""

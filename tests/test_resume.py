@@ -40,6 +40,7 @@ import pytest
 import yaml
 
 from raymem.localcluster import stop_session
+from raymem.runtime import HOLD_DIR
 from results_db import assert_same_database, fetch
 
 pytestmark = [pytest.mark.ray,
@@ -60,7 +61,6 @@ N_FINETUNE = len(SEEDS) * len(VARIANTS)
 # How often a trial was started and from which epoch it resumed differ too: they say how
 # the run went, not what it computed.
 VOLATILE = {"created_at", "wall_seconds", "attempts", "resumed_from_epoch", "epochs_trained"}
-TRAINABLE = "ImplicitFunc"  # the actor class Tune wraps a function trainable in
 STUDY_TIMEOUT = 420
 
 
@@ -335,42 +335,28 @@ def _free_port() -> int:
 def ray_head(runs, tmp_path):
     """A Ray head of this test's own (session, temp dir; token auth off on 127.0.0.1)."""
     port = _free_port()
-    env = runs.env("head", RAY_AUTH_MODE="disabled")
+    # Its trials wait after each kept epoch in a hold folder until the test lets them go
+    # (raymem.runtime.Runtime.hold_for_tests): the test kills a worker at a known epoch
+    # however fast the epochs run (0.1-0.5 s here; polling for them, it once caught none).
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    env = runs.env("head", RAY_AUTH_MODE="disabled", **{HOLD_DIR: str(hold)})
     log = tmp_path / "ray-start.log"
     start = runs.start([BIN / "ray", "start", "--head", f"--port={port}", "--num-cpus=2",
                         "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
                         f"--dashboard-port={_free_port()}", "--disable-usage-stats"], log, env)
     try:
         assert start.wait(timeout=120) == 0, _tail(log)
-        yield f"127.0.0.1:{port}", env, start.pid
+        yield f"127.0.0.1:{port}", env, start.pid, hold
     finally:
         stop_session(start.pid)
         assert not _session(start.pid), "the test's Ray head is still running"
 
 
-def _trainable_workers(head_sid: int) -> dict[str, int]:
-    """actor id -> pid of the live Tune trial actors, from Ray's actor table (GCS).
-
-    `ray.util.state.list_actors` would do the same through the dashboard's state API,
-    which needs `ray[default]`; raymem installs `ray[tune,data]`, so the GCS table it is.
-    """
-    import ray._private.state
-
-    out = {}
-    for actor_id, info in ray._private.state.actors(actor_state_name="ALIVE").items():
-        if info["ActorClassName"] == TRAINABLE and info["Pid"]:
-            stat = _stat(info["Pid"])
-            # belongs to the head this test started (never signal anything else)
-            if stat and stat["session"] == head_sid:
-                out[actor_id] = info["Pid"]
-    return out
-
-
-def _training_trials(ray_tmp: Path) -> dict[str, int]:
-    """raymem trial id -> pid of the worker that last reported a finished epoch for it,
-    from Tune's result files (each report carries the reporting process's pid). The
-    driver writes them as reports arrive into the Ray session's artifacts folder, and
-    copies them to the study's results/tune only now and then."""
+def _epochs_the_driver_saw(ray_tmp: Path) -> dict[str, int]:
+    """raymem trial id -> the last epoch whose report Tune's driver has received, from its
+    result files: it writes them as reports arrive into the Ray session's artifacts
+    folder (and copies them to the study's results/tune only now and then)."""
     out = {}
     for path in ray_tmp.glob("ray/session_*/artifacts/*/*/driver_artifacts/*/result.json"):
         for line in path.read_text(errors="replace").splitlines():
@@ -379,56 +365,45 @@ def _training_trials(ray_tmp: Path) -> dict[str, int]:
             except ValueError:  # a line being written
                 continue
             if "epoch" in report:
-                out[report["config"]["trial"]["trial_id"]] = report["pid"]
+                trial_id = report["config"]["trial"]["trial_id"]
+                out[trial_id] = max(out.get(trial_id, 0), report["epoch"])
     return out
 
 
 def test_lost_workers_are_retried(runs, ray_head, tiny_mlm, reference, tmp_path):
-    import ray
-    from ray._private.authentication_test_utils import reset_auth_token_state
-
-    address, env, head_sid = ray_head
+    address, env, head_sid, hold = ray_head
     results, log = tmp_path / "results", tmp_path / "study.log"
     study = _write(tmp_path / "study.yaml", _study(tiny_mlm, ray={"address": address}))
     epochs = yaml.safe_load(study.read_text())["finetune"]["epochs"]
     proc = runs.study(study, results, log, env)
     killed: dict[str, int] = {}  # raymem trial id -> pid of its lost worker
     lost_after: dict[str, int] = {}  # raymem trial id -> the last epoch it kept before
-    # This process watches the head as a Ray client (token authentication off for it, as
-    # for the head); Ray caches the mode per process, so it is reset again afterwards.
-    auth_mode = os.environ.pop("RAY_AUTH_MODE", None)
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(address=address, log_to_driver=False, logging_level="ERROR")
-    try:
-        deadline = time.time() + STUDY_TIMEOUT
-        while proc.poll() is None and time.time() < deadline and len(killed) < 2:
-            # Kill a trial's worker after it kept its first progress checkpoint and before
-            # its last epoch's: training is lost half-way (after the last one, only the
-            # predictions would be). Each trial at most once (max_failures 2).
-            workers = set(_trainable_workers(head_sid).values())
-            for trial_id, pid in _training_trials(Path(env["RAY_TMPDIR"])).items():
-                kept = _progress_epoch(results, trial_id)
-                if (len(killed) < 2 and trial_id not in killed and pid in workers
-                        and kept is not None and kept < epochs
-                        and not (results / "_done" / f"{trial_id}.json").exists()):
-                    os.kill(pid, signal.SIGKILL)
-                    while _stat(pid) is not None and _stat(pid)["state"] not in "ZX":
-                        time.sleep(0.01)
-                    killed[trial_id] = pid
-                    # the dead worker's last checkpoint: the epoch its retry must go on from
-                    lost_after[trial_id] = _progress_epoch(results, trial_id)
-            time.sleep(0.2)
-    finally:
-        ray.shutdown()
-        os.environ.pop("RAY_AUTH_MODE")
-        if auth_mode is not None:
-            os.environ["RAY_AUTH_MODE"] = auth_mode
-        reset_auth_token_state()  # later in-process Rays of this test run start afresh
+    deadline = time.time() + STUDY_TIMEOUT
+    while proc.poll() is None and time.time() < deadline:
+        # Trials hold after each kept epoch. Kill the workers of the first two trials held
+        # after a kept epoch before the last (training lost half-way; after the last only
+        # the predictions would be), each once (max_failures 2), once Tune's driver has
+        # that epoch's report (it says how many reports a lost worker made); let the
+        # others go on.
+        seen = _epochs_the_driver_saw(Path(env["RAY_TMPDIR"]))
+        for path in hold.glob("*.json"):
+            trial_id, held = path.stem, json.loads(path.read_text())
+            stat = _stat(held["pid"])
+            if len(killed) < 2 and trial_id not in killed and held["epoch"] < epochs:
+                if seen.get(trial_id, 0) < held["epoch"]:
+                    continue  # held until the driver has the report
+                assert stat is not None and stat["session"] == head_sid  # never signal another's
+                os.kill(held["pid"], signal.SIGKILL)
+                # (one read per check: the process may be reaped between two)
+                while (stat := _stat(held["pid"])) is not None and stat["state"] not in "ZX":
+                    time.sleep(0.01)
+                killed[trial_id] = held["pid"]
+                lost_after[trial_id] = held["epoch"]  # where its retry must go on from
+            path.unlink()
+        time.sleep(0.05)
     code = _wait(proc, log)
     text = log.read_text(errors="replace")
-    assert killed, f"no trial worker was caught mid-training:\n{text[-4000:]}"
+    assert len(killed) == 2, f"two trial workers should have been lost mid-training:\n{text[-4000:]}"
     assert code == 0, text[-4000:]
     assert text.count("ActorDiedError") >= len(killed)  # Tune saw the lost workers, retried
     # the study said so, in its own words: lost after an epoch or more
