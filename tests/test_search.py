@@ -68,7 +68,8 @@ def test_later_trials_read_the_winner(tmp_path):
 
 def _demo_with(tmp_path, **changes) -> Path:
     study = yaml.safe_load((REPO / "studies" / "demo_localise.yaml").read_text())
-    study.update(results=str(tmp_path / "results"), **changes)
+    # both tweet tasks (the demo studies one): each is searched on its own
+    study.update(results=str(tmp_path / "results"), tasks=["tweet_sentiment", "tweet_polarity"], **changes)
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
     return path
