@@ -70,6 +70,10 @@ def test_auroc_matches_the_mann_whitney_definition():
     pairs = (positive[:, None] > negative[None, :]).mean() + 0.5 * (positive[:, None] == negative[None, :]).mean()
     assert checks.auroc(positive, negative) == pytest.approx(pairs)
     assert checks.auroc(np.array([1.0, 1.0]), np.array([1.0])) == 0.5  # ties count half
+    # many ties (scores rounded to a tenth, as mem of few subset models is)
+    positive, negative = positive.round(1), negative.round(1)
+    pairs = (positive[:, None] > negative[None, :]).mean() + 0.5 * (positive[:, None] == negative[None, :]).mean()
+    assert checks.auroc(positive, negative) == pytest.approx(pairs)
 
 
 @pytest.mark.parametrize("shift, n, status, words", [
