@@ -388,17 +388,19 @@ def test_lost_workers_are_retried(runs, ray_head, tiny_mlm, reference, tmp_path)
         seen = _epochs_the_driver_saw(Path(env["RAY_TMPDIR"]))
         for path in hold.glob("*.json"):
             trial_id, held = path.stem, json.loads(path.read_text())
-            stat = _stat(held["pid"])
             if len(killed) < 2 and trial_id not in killed and held["epoch"] < epochs:
                 if seen.get(trial_id, 0) < held["epoch"]:
                     continue  # held until the driver has the report
+                stat = _stat(held["pid"])
                 assert stat is not None and stat["session"] == head_sid  # never signal another's
                 os.kill(held["pid"], signal.SIGKILL)
                 # (one read per check: the process may be reaped between two)
                 while (stat := _stat(held["pid"])) is not None and stat["state"] not in "ZX":
                     time.sleep(0.01)
                 killed[trial_id] = held["pid"]
-                lost_after[trial_id] = held["epoch"]  # where its retry must go on from
+                # the dead worker's last checkpoint, on disk: the epoch its retry must go on from
+                lost_after[trial_id] = _progress_epoch(results, trial_id)
+                assert lost_after[trial_id] == held["epoch"]
             path.unlink()
         time.sleep(0.05)
     code = _wait(proc, log)
