@@ -41,7 +41,11 @@ class Hardware(Strict):
 
 
 class Resources(Hardware):
-    """Per Tune trial: CPUs and GPUs (fractions allowed), device and precision."""
+    """Per Tune trial: CPUs and GPUs (fractions allowed), device, precision, reproducibility."""
+    deterministic: bool = Field(False, description="torch's deterministic algorithms and a fixed cuBLAS "
+                                                   "workspace (CUBLAS_WORKSPACE_CONFIG), so a trial run twice "
+                                                   "on the same GPU gives the same bits; slower, and not part "
+                                                   "of trial ids")
 
 
 class ActorPool(Hardware):

@@ -185,5 +185,12 @@ def masked_position_logits(model, rows: torch.Tensor, cols: torch.Tensor, **inpu
     head = getattr(model, "cls", None) or getattr(model, "lm_head", None)
     if head is not None:
         hidden = model.base_model(**inputs).last_hidden_state
-        return head(hidden[rows, cols])
+        return fp32_head(head, hidden[rows, cols])
     return model(**inputs).logits[rows, cols]
+
+
+def fp32_head(head: torch.nn.Module, states: torch.Tensor) -> torch.Tensor:
+    """`head(states)` in fp32, outside any autocast: logits that ranks compare must not be
+    rounded to bf16 (near-equal logits would tie)."""
+    with torch.autocast(states.device.type, enabled=False):
+        return head(states.float())

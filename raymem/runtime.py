@@ -5,7 +5,12 @@ It owns everything about *how* work runs, so that stages only say *what* runs:
 - the device: the GPU Ray gave the worker (`ray.get_gpu_ids()`, else CUDA_VISIBLE_DEVICES),
   else the CPU; a study's `device: cpu | cuda` overrides it per stage;
 - precision: autocast for forward passes (`bf16` by default where the device multiplies it
-  natively: GPUs that support it, CPUs with AVX-512 BF16 or AMX; else `fp32`); losses, softmax and log-probabilities are computed in fp32 by the callers;
+  natively: GPUs that support it without emulation, CPUs with AVX-512 BF16 or AMX; else
+  `fp32`); losses, softmax and log-probabilities are computed in fp32 by the callers; fp32
+  on a GPU means full fp32 matmuls (TF32 off), and a run that TF32 reached anyway is
+  recorded as `tf32`;
+- reproducibility: with `deterministic`, torch's deterministic algorithms and cuBLAS's
+  fixed workspace (CUBLAS_WORKSPACE_CONFIG, set before CUDA starts in the process);
 - threads and seeding: every trial starts from its own seed, so a reused Tune worker
   carries no random state from one trial to the next;
 - models and tokenizers loaded onto the device, checkpoints saved to and read from the store;
@@ -92,9 +97,49 @@ def choose_precision(setting: str, device: torch.device) -> str:
         raise ConfigError(f"precision: expected one of {', '.join(PRECISIONS)}, got {setting!r}")
     if setting != "auto":
         return setting
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cuda":  # pre-Ampere GPUs emulate bf16: slower than fp32, so fp32 there
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
     return "bf16" if cpu_multiplies_bf16() else "fp32"
+
+
+def use_full_fp32_matmuls() -> None:
+    """TF32 off: a study that asks for fp32 on a GPU gets fp32 products, not TF32's 10-bit
+    mantissas (bf16, the default, is the fast path; PreCog's fp32 ranking relies on this).
+    torch's newer fp32_precision API only: mixing it with allow_tf32 is an error in torch."""
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
+    torch.backends.cudnn.fp32_precision = "ieee"
+
+
+def tf32_matmuls() -> bool:
+    """Whether fp32 matmuls on a GPU run as TF32 (set through either of torch's APIs, or
+    forced by TORCH_ALLOW_TF32_CUBLAS_OVERRIDE)."""
+    return (torch.backends.cuda.matmul.fp32_precision == "tf32"
+            or os.environ.get("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE") == "1")
+
+
+def recorded_precision(precision: str, device: torch.device) -> str:
+    """What `runs.precision` records: the setting, or `tf32` for fp32 on a GPU with TF32 on."""
+    return "tf32" if precision == "fp32" and device.type == "cuda" and tf32_matmuls() else precision
+
+
+CUBLAS_WORKSPACE = ":4096:8"  # a fixed cuBLAS workspace, as torch's reproducibility notes ask
+
+
+def set_deterministic(on: bool) -> None:
+    """Deterministic algorithms on or off, in this process (a reused worker: every trial).
+
+    cuBLAS reads CUBLAS_WORKSPACE_CONFIG once, when CUDA starts: set too late, the claim
+    would be false, so that is an error rather than a quiet nondeterministic run."""
+    if on:
+        if "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
+            if torch.cuda.is_initialized():
+                raise RuntimeError("deterministic: CUDA started in this worker before "
+                                   "CUBLAS_WORKSPACE_CONFIG was set (a trial without `deterministic` "
+                                   "ran here first); give every stage the same `deterministic` setting")
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = False
 
 
 def device_name(device: torch.device) -> str:
@@ -138,18 +183,20 @@ class Runtime:
 
     def __init__(self, device: str = "auto", precision: str = "auto", threads: int | None = None,
                  store=None, trial_id: str | None = None,
-                 report: Callable[..., None] | None = None, checkpoint_every: int = 1):
+                 report: Callable[..., None] | None = None, checkpoint_every: int = 1,
+                 deterministic: bool = False):
+        set_deterministic(deterministic)  # first: before anything starts CUDA
         self.device = choose_device(device)
         self.precision = choose_precision(precision, self.device)
         if threads:  # a reused worker may have run a trial with another count: set it every time
             torch.set_num_threads(threads)
         if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+            use_full_fp32_matmuls()
         self.store, self.trial_id = store, trial_id
         self._report = report or (lambda **_: None)
         self.checkpoint_every = checkpoint_every
-        self.info: dict[str, Any] = {"device": device_name(self.device), "precision": self.precision,
+        self.info: dict[str, Any] = {"device": device_name(self.device),
+                                     "precision": recorded_precision(self.precision, self.device),
                                      "storage_bytes": 0}
 
     @classmethod
@@ -160,7 +207,7 @@ class Runtime:
         cpus = options.get("cpus")
         return cls(options.get("device", "auto"), options.get("precision", "auto"),
                    max(1, int(cpus)) if cpus else None, Store(trial.results), trial.trial_id, report,
-                   options.get("checkpoint_every", 1))
+                   options.get("checkpoint_every", 1), options.get("deterministic", False))
 
     # -- seeds and precision ----------------------------------------------------------
     def seed(self, seed: int) -> torch.Generator:

@@ -5,7 +5,9 @@ texts are tokenised once and each batch is padded only to its own longest exampl
 Both follow the device of the model they are given. Given a `Runtime`, fine_tune runs its
 forwards in the runtime's precision (autocast; fp16 with loss scaling) and resumes from the
 trial's last progress checkpoint (raymem/runtime.py); without one, both run under whatever
-autocast context the caller opened. Losses and softmax are computed in fp32.
+autocast context the caller opened, and fine_tune training under fp16 needs the caller's
+loss scaler (`grad_scaler`, e.g. `runtime.grad_scaler()`). Losses and softmax are computed
+in fp32.
 """
 
 from __future__ import annotations
@@ -101,12 +103,13 @@ def make_optimiser(params, s: TrainSettings, steps: int):
 
 def fine_tune(model, data: Encoded, s: TrainSettings, seed: int,
               after_epoch: Callable[[int], bool] | None = None, runtime: Runtime | None = None,
-              extra: dict | None = None) -> list[float]:
+              extra: dict | None = None, grad_scaler: torch.amp.GradScaler | None = None) -> list[float]:
     """Train in place; `after_epoch(epoch)` may return True to stop early. Returns losses.
 
     With a `runtime`, a progress checkpoint is kept after every epoch (model, optimiser,
     schedule, random states, data order and `extra`, the caller's own state, updated in
     place on resume), so a restarted trial goes on from the epoch after the last one kept.
+    Without one, `grad_scaler` scales the losses (required under the caller's fp16 autocast).
     """
     generator = runtime.seed(seed) if runtime else seed_everything(seed)
     if s.freeze_embeddings:
@@ -114,12 +117,15 @@ def fine_tune(model, data: Encoded, s: TrainSettings, seed: int,
             p.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser, schedule = make_optimiser(params, s, s.epochs * -(-len(data) // s.batch_size))
-    scaler = runtime.grad_scaler() if runtime else torch.amp.GradScaler(enabled=False)
+    device = model_device(model)
+    scaler = runtime.grad_scaler() if runtime else grad_scaler or torch.amp.GradScaler(device.type, enabled=False)
+    if not scaler.is_enabled() and fp16_autocast(device):
+        raise ValueError("fine_tune under fp16 autocast needs a loss scaler: pass grad_scaler "
+                         "(runtime.grad_scaler()); unscaled fp16 gradients underflow to zero")
     precision = runtime.autocast if runtime else contextlib.nullcontext
     state = TrainingState({"model": model, "optimiser": optimiser, "schedule": schedule,
                            "scaler": scaler}, generator, extra if extra is not None else {})
     first = runtime.resume(state) if runtime else 1
-    device = model_device(model)
     for epoch in range(first, s.epochs + 1):
         model.train()
         total = torch.zeros((), device=device)  # summed on the device: no host sync per step
@@ -145,6 +151,11 @@ def fine_tune(model, data: Encoded, s: TrainSettings, seed: int,
             break
     model.eval()
     return state.losses
+
+
+def fp16_autocast(device: torch.device) -> bool:
+    """Whether the caller's autocast runs forwards on `device` in fp16."""
+    return torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) == torch.float16
 
 
 @torch.inference_mode()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from raymem.runtime import PROGRESS, Runtime, TrainingState, assigned_gpu_ids, c
 from raymem.store import Store
 
 CPU, CUDA0 = torch.device("cpu"), torch.device("cuda", 0)
+REPO = Path(__file__).resolve().parents[1]
 
 
 # -- device -----------------------------------------------------------------------------
@@ -146,6 +148,83 @@ def test_bf16_autocast_runs_a_linear_in_bfloat16():
     with Runtime("cpu", "fp32").autocast():
         assert linear(x).dtype == torch.float32
     assert Runtime("cpu", "bf16").info["precision"] == "bf16"
+
+
+def test_a_gpu_that_only_emulates_bf16_gets_fp32(monkeypatch):
+    """Pre-Ampere GPUs emulate bf16 (slower than fp32): torch counts that as support by default."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert choose_precision("auto", CUDA0) == "fp32"
+
+
+@pytest.fixture
+def matmul_precision(monkeypatch):
+    """torch's fp32 matmul settings, back to its defaults afterwards."""
+    monkeypatch.delenv("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", raising=False)
+    yield
+    torch.backends.cuda.matmul.fp32_precision = "none"
+    torch.backends.cudnn.fp32_precision = "none"
+
+
+def fake_gpu(monkeypatch):
+    """A Runtime that believes it is on cuda:0 (nothing runs on it)."""
+    monkeypatch.setattr("raymem.runtime.choose_device", lambda setting: CUDA0)
+    monkeypatch.setattr("raymem.runtime.device_name", lambda device: "cuda:0 Test GPU")
+
+
+def test_fp32_on_a_gpu_is_full_fp32_and_tf32_forced_anyway_is_recorded_as_tf32(monkeypatch, matmul_precision):
+    from raymem.runtime import recorded_precision
+
+    fake_gpu(monkeypatch)
+    torch.set_float32_matmul_precision("high")  # what a library or a user may have left set: TF32
+    runtime = Runtime("cuda", "fp32")
+    assert torch.backends.cuda.matmul.fp32_precision == "ieee" and runtime.info["precision"] == "fp32"
+    monkeypatch.setenv("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "1")  # forces TF32 whatever torch is told
+    assert Runtime("cuda", "fp32").info["precision"] == "tf32"
+    assert Runtime("cuda", "bf16").info["precision"] == "bf16"  # autocast: the setting
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    assert recorded_precision("fp32", CUDA0) == "tf32" and recorded_precision("fp32", CPU) == "fp32"
+
+
+@pytest.fixture
+def deterministic_off(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    yield
+    Runtime("cpu", "fp32")  # every Runtime sets it: back to torch's default, off
+
+
+def test_deterministic_reaches_torch_and_cublas_through_the_trials_runtime_field(deterministic_off):
+    import os
+
+    from raymem.trial import Trial
+
+    trial = Trial("finetune", {"seed": 1}, "s", "results", (), {"device": "cpu", "deterministic": True})
+    runtime = Runtime.for_trial(trial)
+    assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8" and not torch.backends.cudnn.benchmark
+    Runtime.for_trial(Trial("finetune", {"seed": 1}, "s", "results", (), {"device": "cpu"}))
+    assert not torch.are_deterministic_algorithms_enabled()  # a reused worker's next trial: off again
+    assert runtime.trial_id == Trial("finetune", {"seed": 1}, "s", "results").trial_id  # not in the id
+
+
+def test_deterministic_after_cuda_started_without_a_fixed_workspace_is_an_error(monkeypatch, deterministic_off):
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    with pytest.raises(RuntimeError, match="CUBLAS_WORKSPACE_CONFIG"):
+        Runtime("cpu", "fp32", deterministic=True)
+
+
+def test_the_deterministic_setting_is_in_every_trial_stages_resources():
+    from raymem.config import load_study
+    from raymem.study import plan_trials
+
+    study = load_study(REPO / "studies" / "demo_localise.yaml",
+                       {"finetune.resources.deterministic": True, "localise.resources.deterministic": True,
+                        "localise.hidden_resources.deterministic": True})
+    trials = plan_trials(study, "results", {"tweet_sentiment": 3, "tweet_polarity": 2}, {"raymem-mini": 4})
+    plain = plan_trials(load_study(REPO / "studies" / "demo_localise.yaml"), "results",
+                        {"tweet_sentiment": 3, "tweet_polarity": 2}, {"raymem-mini": 4})
+    assert [t.trial_id for t in trials] == [t.trial_id for t in plain]
+    ran = {t.stage for t in trials if t.runtime}
+    assert ran and all(t.runtime["deterministic"] for t in trials if t.runtime)
 
 
 def test_weights_changed_inside_one_autocast_are_the_weights_its_forwards_use():

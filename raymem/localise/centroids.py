@@ -45,7 +45,7 @@ import torch
 
 from raymem.localise.layers import pooled_hidden_states
 from raymem.localise.technique import PairInputs, Technique, layer_rows, with_keys
-from raymem.runtime import Runtime
+from raymem.runtime import Runtime, model_device, to_device
 from raymem.train import Encoded
 from raymem.trial import Tables
 
@@ -57,10 +57,11 @@ EVENT_SCHEMA = {"class_from": pl.Int64, "class_to": pl.Int64, "event": pl.Utf8, 
 def pooled_hidden_state_array(model, data: Encoded, index=None, batch_size: int = 64) -> np.ndarray:
     """(L+1, N, H) float32: pooled hidden states of the examples `index` (default: all)."""
     model.eval()
+    device = model_device(model)
     index = list(range(len(data))) if index is None else [int(i) for i in index]
-    chunks = [pooled_hidden_states(model, data.batch(index[start:start + batch_size])).float()
+    chunks = [pooled_hidden_states(model, to_device(data.batch(index[start:start + batch_size]), device)).float()
               for start in range(0, len(index), batch_size)]
-    return torch.cat(chunks, dim=1).numpy()
+    return torch.cat(chunks, dim=1).cpu().numpy()
 
 
 def _first_layer(condition: np.ndarray) -> np.ndarray:

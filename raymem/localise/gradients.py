@@ -304,7 +304,7 @@ class Gradients(Technique):
                 control = pair.pretrained()
                 control.config.use_cache = False
                 settings = TrainSettings(**search.resolve(p["control_training"], runtime.store))
-                train_head(control, pair.data, settings, p["seed"])
+                train_head(control, pair.data, settings, p["seed"], grad_scaler=runtime.grad_scaler)
             scores = forgetting_gradient_scores(pair.memorised, control, pair.data, noisy_index, clean_index,
                                                 norm=variant["gradient_norm"],
                                                 subtract_clean=variant["gradient_subtract_clean"])

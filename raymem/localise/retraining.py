@@ -25,6 +25,10 @@ Dropout: the window, the layers above it and the head train with dropout as in
 fine-tuning; the embeddings and the frozen layers below run in eval mode, in both paths.
 That makes a frozen layer's output a fixed function of its input (hence cacheable), and
 the two paths draw the same random numbers.
+
+Precision: the callers' autocast; training under fp16 needs `grad_scaler`, a factory of
+loss scalers (`runtime.grad_scaler`), one fresh scaler per window so no window inherits
+another's scale.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from __future__ import annotations
 import copy
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import numpy as np
 import polars as pl
@@ -41,11 +46,12 @@ from raymem.localise.layers import body_layers, num_layers
 from raymem.localise.swapping import layer_scores_from_windows
 from raymem.localise.swapping import windows as all_windows
 from raymem.localise.technique import STAGE, PairInputs, Technique, layer_rows, with_keys
-from raymem.runtime import Runtime
+from raymem.runtime import Runtime, model_device, to_device
 from raymem.stages import search
 from raymem.train import Encoded, TrainSettings, fine_tune, predict
 from raymem.trial import Tables, Trial
 
+ScalerFactory = Callable[[], torch.amp.GradScaler]
 RETRAIN_SETTINGS = TrainSettings(epochs=5, lr=3e-5, batch_size=8, warmup=0.1)
 WINDOW_SCHEMA = {"window_start": pl.Int64, "window_end": pl.Int64, "noisy_acc": pl.Float64,
                  "normalised_acc": pl.Float64, "error": pl.Float64}
@@ -69,7 +75,8 @@ def head_modules(model, pooler: bool = True) -> list[torch.nn.Module]:
 
 def retraining_windows(memorised, pretrained, clean_data: Encoded, noisy_data: Encoded,
                        settings: TrainSettings = RETRAIN_SETTINGS, seed: int = 0, reuse: bool = True,
-                       windows: list[tuple[int, int]] | None = None, batch_size: int = 64) -> pl.DataFrame:
+                       windows: list[tuple[int, int]] | None = None, batch_size: int = 64,
+                       grad_scaler: ScalerFactory | None = None) -> pl.DataFrame:
     """Retrain every window (or the given ones, plus all layers) and score it.
 
     `clean_data` holds the clean training examples with their labels, `noisy_data` the
@@ -80,13 +87,15 @@ def retraining_windows(memorised, pretrained, clean_data: Encoded, noisy_data: E
     n_layers = num_layers(memorised)
     wanted = sorted(set(windows or all_windows(n_layers)) | {(1, n_layers)})  # (1, L) normalises
     accuracy = {window: acc for window, acc, _ in window_accuracies(
-        memorised, pretrained, clean_data, noisy_data, wanted, settings, seed, reuse, batch_size)}
+        memorised, pretrained, clean_data, noisy_data, wanted, settings, seed, reuse, batch_size,
+        grad_scaler=grad_scaler)}
     return window_errors(accuracy, n_layers)
 
 
 def window_accuracies(memorised, pretrained, clean_data: Encoded, noisy_data: Encoded,
                       windows: list[tuple[int, int]], settings: TrainSettings = RETRAIN_SETTINGS,
-                      seed: int = 0, reuse: bool = True, batch_size: int = 64, held_out: Encoded | None = None):
+                      seed: int = 0, reuse: bool = True, batch_size: int = 64, held_out: Encoded | None = None,
+                      grad_scaler: ScalerFactory | None = None):
     """Yield ((start, end), noisy accuracy, held-out clean accuracy or None) per window
     retrained, in (start, end) order.
 
@@ -106,7 +115,7 @@ def window_accuracies(memorised, pretrained, clean_data: Encoded, noisy_data: En
     for start, end in sorted(windows):  # by start: each start's cache is built from the previous one
         while reuse and (inputs.layer if inputs else 1) < start:
             inputs = _next_layer_inputs(working, inputs, datasets, batch_size)
-        _retrain(working, pretrained, start, end, inputs, datasets, settings, seed)
+        _retrain(working, pretrained, start, end, inputs, datasets, settings, seed, grad_scaler)
         with _below_replayed(working, inputs, datasets) as (_, noisy, *held):
             accuracy = _accuracy(working, noisy, batch_size)
             clean_accuracy = _accuracy(working, held[0], batch_size) if held else None
@@ -127,14 +136,14 @@ def window_errors(noisy_acc: dict[tuple[int, int], float], n_layers: int) -> pl.
 
 def retrain_window(memorised, pretrained, start: int, end: int, clean_data: Encoded,
                    settings: TrainSettings = RETRAIN_SETTINGS, seed: int = 0, reuse: bool = True,
-                   batch_size: int = 64):
+                   batch_size: int = 64, grad_scaler: ScalerFactory | None = None):
     """A new model: `memorised` with layers start..end reset to `pretrained` and retrained."""
     _check_window(start, end, num_layers(memorised))
     working = _working_copy(memorised)
     inputs = None
     while reuse and (inputs.layer if inputs else 1) < start:
         inputs = _next_layer_inputs(working, inputs, [clean_data], batch_size)
-    _retrain(working, pretrained, start, end, inputs, [clean_data], settings, seed)
+    _retrain(working, pretrained, start, end, inputs, [clean_data], settings, seed, grad_scaler)
     # hand it back configured like the model it came from
     working.config.use_cache = memorised.config.use_cache
     for param, original in zip(working.parameters(), memorised.parameters(), strict=True):
@@ -142,7 +151,8 @@ def retrain_window(memorised, pretrained, start: int, end: int, clean_data: Enco
     return working
 
 
-def train_head(model, data: Encoded, settings: TrainSettings, seed: int = 0, batch_size: int = 64):
+def train_head(model, data: Encoded, settings: TrainSettings, seed: int = 0, batch_size: int = 64,
+               grad_scaler: ScalerFactory | None = None):
     """Train only the head of `model` in place, the whole body frozen (e.g. the control model
     of forgetting gradients). The body runs in eval mode, so its outputs are computed once
     and replayed: each epoch costs a head's forward and backward, not the whole model's."""
@@ -154,8 +164,12 @@ def train_head(model, data: Encoded, settings: TrainSettings, seed: int = 0, bat
         module.requires_grad_(True)
     with _below_replayed(model, inputs, [data]) as (train,):
         fine_tune(_TrainFrom(model, num_layers(model) + 1), train,
-                  replace(settings, freeze_embeddings=False), seed)
+                  replace(settings, freeze_embeddings=False), seed, grad_scaler=_fresh(grad_scaler))
     return model
+
+
+def _fresh(grad_scaler: ScalerFactory | None) -> torch.amp.GradScaler | None:
+    return grad_scaler() if grad_scaler is not None else None
 
 
 def _check_window(start: int, end: int, n_layers: int) -> None:
@@ -170,7 +184,8 @@ def _working_copy(model):
 
 
 def _retrain(working, pretrained, start: int, end: int, inputs: _LayerInputs | None,
-             datasets: list[Encoded], settings: TrainSettings, seed: int) -> None:
+             datasets: list[Encoded], settings: TrainSettings, seed: int,
+             grad_scaler: ScalerFactory | None = None) -> None:
     """Reset layers start..end to `pretrained`, freeze all but them and the head, train on datasets[0]."""
     copy_from = body_layers(pretrained)
     layers = body_layers(working)
@@ -181,7 +196,8 @@ def _retrain(working, pretrained, start: int, end: int, inputs: _LayerInputs | N
         module.requires_grad_(True)
     with _below_replayed(working, inputs, datasets) as (train, *_):
         # embeddings are frozen above already; fine_tune's own freezing needs the bare model
-        fine_tune(_TrainFrom(working, start), train, replace(settings, freeze_embeddings=False), seed)
+        fine_tune(_TrainFrom(working, start), train, replace(settings, freeze_embeddings=False), seed,
+                  grad_scaler=_fresh(grad_scaler))
 
 
 def _restore(working, memorised, start: int, end: int) -> None:
@@ -256,7 +272,7 @@ class _ReplayedData(Encoded):
 
     def batch(self, index) -> dict[str, torch.Tensor]:
         inputs = super().batch(index)
-        real = inputs["attention_mask"].bool()
+        real = inputs["attention_mask"].bool().to(self.rows[0].device)
         hidden = self.rows[0].new_zeros(*real.shape, self.rows[0].shape[-1])
         hidden[real] = torch.cat([self.rows[i] for i in index])  # padding stays zero: it is masked
         self.replay.hidden = hidden
@@ -298,6 +314,7 @@ def _next_layer_inputs(model, inputs: _LayerInputs | None, datasets: list[Encode
         raise _StopForward
 
     model.eval()
+    device = model_device(model)
     handle = body_layers(model)[layer - 1].register_forward_hook(keep_output)
     rows = []
     try:
@@ -305,6 +322,7 @@ def _next_layer_inputs(model, inputs: _LayerInputs | None, datasets: list[Encode
             for data in fed:
                 rows.append([])
                 for batch in data.batches(batch_size):
+                    batch = to_device(batch, device)
                     batch.pop("labels")
                     try:
                         model(**batch)
@@ -359,7 +377,7 @@ class Retraining(Technique):
                 for window, noisy_acc, clean_acc in window_accuracies(
                         pair.memorised, pair.pretrained(), pair.data.subset(clean_train),
                         pair.data.subset(np.flatnonzero(pair.noisy)), todo, settings, seed=p["seed"],
-                        held_out=pair.data.subset(held_out)):
+                        held_out=pair.data.subset(held_out), grad_scaler=runtime.grad_scaler):
                     scores[window] = {"noisy_acc": noisy_acc, "clean_acc": clean_acc}
                     runtime.keep_part(f"{window[0]}-{window[1]}", scores[window])
                     runtime.report(windows_done=len(scores))

@@ -11,6 +11,11 @@ top k iff fewer than k logits beat it) and the pseudo-log-likelihood
 the MLM head run at the masked positions only (`bert_masked_logits`), the rest of the
 arithmetic being the same as a full forward; other masked-LMs take the generic path.
 
+The MLM head runs in fp32 whatever the body's precision: ranks compare logits, and bf16's
+8-bit mantissa would round near-equal logits into ties, which count as hits (a token is in
+the top k iff fewer than k logits beat it). The generic path's head runs inside the
+model's own forward, in the autocast precision.
+
 `PrecogScorer` is a callable class, so Ray Data can run it in an actor pool.
 """
 
@@ -22,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from raymem.models import (ModelSpec, check_masked_lm, load_masked_lm, load_tokenizer, masked_position_logits,
-                           model_inputs)
+from raymem.models import (ModelSpec, check_masked_lm, fp32_head, load_masked_lm, load_tokenizer,
+                           masked_position_logits, model_inputs)
 from raymem.runtime import Runtime
 
 # Long inputs get fewer copies per forward, so memory stays bounded (512 copies of a
@@ -100,7 +105,7 @@ class PrecogScorer:
         scores = self.score(texts, None if all(p is None for p in pairs) else pairs)
         return {"example_id": np.asarray(batch["example_id"]), **scores,
                 "device": np.full(len(texts), self.runtime.info["device"]),
-                "precision": np.full(len(texts), self.runtime.precision)}
+                "precision": np.full(len(texts), self.runtime.info["precision"])}
 
     def encode(self, texts: list[str], pairs: list[str] | None):
         enc = self.tokenizer(*model_inputs(self.tokenizer, texts, pairs), truncation=True, max_length=self.max_length)
@@ -216,4 +221,4 @@ def bert_masked_logits(model, rows, cols, input_ids, token_type_ids=None):
     attended = last.attention.output(context.reshape(len(rows), heads * size), here)
     final = last.output(last.intermediate(attended), attended)
     head = getattr(model, "cls", None) or getattr(model, "lm_head", None)
-    return head(final)
+    return fp32_head(head, final)

@@ -65,7 +65,8 @@ def train_two_tasks(model, aux_head, task: Encoded, auxiliary: Encoded, pair: tu
     body (the layers outside the pair and the embeddings never change from its loss); the
     auxiliary task's holds everything but the embeddings, at `auxiliary_lr` with its own
     schedule. Gradients are clipped over every parameter, as the original. Not
-    train.fine_tune's loop: two tasks, two optimisers."""
+    train.fine_tune's loop: two tasks, two optimisers. In fp16 one loss scaler serves both:
+    a step whose gradients overflowed is skipped and the scale lowered, as torch's."""
     for q in embedding_parameters(model):
         q.requires_grad_(False)
     start, end = pair
@@ -97,10 +98,15 @@ def train_two_tasks(model, aux_head, task: Encoded, auxiliary: Encoded, pair: tu
                     hidden = model.base_model(**batch).last_hidden_state
                     logits = aux_head(pool(hidden, batch["attention_mask"], decoder))
             scaler.scale(F.cross_entropy(logits.float(), labels)).backward()
-            for each in (optimiser, aux_optimiser):
-                scaler.unscale_(each)
-            torch.nn.utils.clip_grad_norm_(every, s.clip)
-            scaler.step(optimiser if is_main else aux_optimiser)
+            # The optimisers share parameters: unscale through the auxiliary one alone, which
+            # holds every trainable parameter, so each gradient is unscaled exactly once
+            # (both would divide the shared ones twice) and the clip sees them all.
+            scaler.unscale_(aux_optimiser)
+            norm = torch.nn.utils.clip_grad_norm_(every, s.clip)
+            if not is_main:
+                scaler.step(aux_optimiser)  # skipped on an fp16 overflow
+            elif not scaler.is_enabled() or torch.isfinite(norm):
+                optimiser.step()  # its gradients were unscaled above; an fp16 overflow skips it
             scaler.update()
             (schedule if is_main else aux_schedule).step()
             for each in (optimiser, aux_optimiser):

@@ -2,6 +2,7 @@
 
 import polars as pl
 import pytest
+import torch
 
 from raymem.stages.control import accuracy_rows, default_pairs
 
@@ -84,3 +85,58 @@ def test_control_training_alternates_the_tasks_with_two_optimisers():
     assert trained(1e-30) == [False, True, True, False]
     # at a real one, the auxiliary task moves every layer
     assert trained(1e-2) == [True, True, True, True]
+
+
+class _UnscaleOnceScaler(torch.amp.GradScaler):
+    """torch's loss scaler, refusing to unscale any gradient twice in one step. torch checks
+    this per optimiser only; two optimisers sharing parameters slip past its check."""
+
+    def __init__(self):
+        super().__init__("cpu", init_scale=2.0 ** 8)
+        self.unscaled, self.steps = set(), 0
+
+    def unscale_(self, optimizer):
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    assert id(p) not in self.unscaled, "a gradient unscaled twice in one step"
+                    self.unscaled.add(id(p))
+        super().unscale_(optimizer)
+
+    def update(self, new_scale=None):
+        self.unscaled.clear()
+        self.steps += 1
+        super().update(new_scale)
+
+
+def test_fp16_control_training_unscales_each_gradient_once_and_steps_both_tasks(monkeypatch):
+    import numpy as np
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from raymem.localise.layers import body_layers
+    from raymem.pretrain import train_tokenizer
+    from raymem.runtime import Runtime
+    from raymem.stages.control import train_two_tasks
+    from raymem.train import Encoded, TrainSettings
+
+    rng = np.random.default_rng(0)
+    words = "red green blue cat dog fish run jump sit tall small big".split()
+    texts = [" ".join(rng.choice(words, rng.integers(3, 9))) for _ in range(40)]
+    tokenizer = train_tokenizer(texts, 80, 32)
+    task = Encoded(tokenizer, texts[:24], None, rng.integers(0, 2, 24), 32)
+    auxiliary = Encoded(tokenizer, texts[24:], None, rng.integers(0, 3, 16), 32)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
+        intermediate_size=32, num_labels=2, pad_token_id=tokenizer.pad_token_id))
+    before = [{k: v.clone() for k, v in layer.state_dict().items()} for layer in body_layers(model)]
+    runtime = Runtime("cpu", "fp16")
+    scaler = _UnscaleOnceScaler()
+    monkeypatch.setattr(runtime, "grad_scaler", lambda: scaler)
+    train_two_tasks(model, torch.nn.Linear(16, 3), task, auxiliary, (2, 3), TrainSettings(epochs=1, lr=1e-2,
+                    batch_size=8), 1e-2, torch.Generator().manual_seed(1), runtime)
+    assert scaler.steps == 3 + 2  # every batch of both tasks
+    moved = [any(not torch.equal(v, b[k]) for k, v in layer.state_dict().items())
+             for layer, b in zip(body_layers(model), before)]
+    assert moved == [True, True, True, True]

@@ -293,3 +293,48 @@ def test_retraining_keeps_the_pooler_frozen_and_warms_up_as_the_original(splits)
     classifier = memorised.classifier.state_dict()  # the classifier trains
     assert not all(torch.equal(v, classifier[k]) for k, v in retrained.classifier.state_dict().items())
     assert Retraining().settings(LocaliseConfig())["warmup"] == 0.1
+
+
+class _CountingScaler(torch.amp.GradScaler):
+    """torch's CPU loss scaler, counting the losses it scaled."""
+
+    def __init__(self):
+        super().__init__("cpu", init_scale=2.0 ** 8)
+        self.scaled = 0
+
+    def scale(self, outputs):
+        self.scaled += 1
+        return super().scale(outputs)
+
+
+@pytest.mark.parametrize("technique", ["retraining", "gradients"])
+def test_fp16_windows_and_the_head_only_control_train_with_loss_scaling(technique, splits, monkeypatch):
+    """Under fp16 every training loop scales its losses, with a fresh scaler from the
+    runtime per window (and for the gradients' control model), so small gradients do not
+    underflow to zero."""
+    from raymem.localise.gradients import Gradients
+    from raymem.localise.retraining import Retraining
+    from raymem.runtime import Runtime
+
+    memorised, pretrained = pair("bert", splits[0].tokenizer)
+    inputs = _Pair(memorised, pretrained)
+    runtime = Runtime("cpu", "fp16")
+    scalers = []
+    monkeypatch.setattr(runtime, "grad_scaler", lambda: scalers.append(_CountingScaler()) or scalers[-1])
+    settings = {"epochs": 1, "lr": 1e-3, "batch_size": 8, "warmup": 0.0}
+    params = {"task": "t", "model": "m", "seed": 3, "pair": "", "start": 3, "n_layers": N_LAYERS,
+              "retrain": settings, "control_training": settings}
+    tables = (Retraining() if technique == "retraining" else Gradients()).run(params, inputs, runtime)
+    assert tables
+    steps = -(-len(inputs.data) // 8)  # an epoch's steps at most (windows train on the clean ones only)
+    assert len(scalers) == (2 if technique == "retraining" else 1)  # windows (3, 3), (3, 4); one control
+    assert all(s.is_enabled() and 0 < s.scaled <= steps for s in scalers)
+
+
+def test_training_under_fp16_autocast_without_a_loss_scaler_is_refused(splits):
+    from raymem.runtime import Runtime
+
+    clean, _ = splits
+    memorised, pretrained = pair("bert", clean.tokenizer)
+    with Runtime("cpu", "fp16").autocast(), pytest.raises(ValueError, match="needs a loss scaler"):
+        retrain_window(memorised, pretrained, 2, 2, clean, SETTINGS, seed=3)

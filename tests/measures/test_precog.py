@@ -275,3 +275,25 @@ def test_planted_examples_score_higher_than_never_planted(tiny_mlm, scorers):
     assert often["p1"] > never["p1"], means
     assert often["pll"] > never["pll"], means
     assert math.isfinite(often["pll"])
+
+
+@pytest.mark.parametrize("bert_like", [True, False], ids=["bert-shortcut", "masked-positions"])
+def test_bf16_rounding_makes_no_tie_with_the_true_token(bert_like):
+    """A rival logit half a unit above the true token's, at 256: bf16 (spacing 2 there)
+    rounds both to 256, a tie that counted as a hit at k=1. The head ranks in fp32: a miss."""
+    from raymem.models import model_spec
+
+    scorer = PrecogScorer(model_spec("raymem-mini"), PrecogSettings(ks=(1,)), device="cpu", precision="bf16")
+    scorer.bert_like = bert_like  # False: masked_position_logits, the other head path
+    text = "good good good"
+    (token,) = set(scorer.tokenizer(text)["input_ids"][1:-1])
+    rival = token + 1
+    decoder = scorer.model.cls.predictions.decoder
+    with torch.no_grad():
+        decoder.weight = torch.nn.Parameter(decoder.weight.detach().clone())  # untied: inputs unchanged
+        decoder.weight[[token, rival]] = 0
+        decoder.bias[token], decoder.bias[rival] = 256.0, 256.5
+    assert torch.tensor(256.5).bfloat16().item() == 256.0  # the tie bf16 would make
+    assert scorer.score([text])["precog_at_1"][0] == 0.0
+    scorer.runtime.precision = "fp32"
+    assert scorer.score([text])["precog_at_1"][0] == 0.0
