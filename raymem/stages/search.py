@@ -167,7 +167,8 @@ def _candidate(config: dict, spec: Trial) -> None:
 
     p, options = spec.params, spec.runtime
     runtime = Runtime(options.get("device", "auto"), options.get("precision", "auto"),
-                      max(1, int(options.get("cpus", 1))), checkpoint_every=0)
+                      max(1, int(options.get("cpus", 1))), checkpoint_every=0,
+                      deterministic=options.get("deterministic", False))
     fixed = dict(p["settings"])
     memorised_f1 = fixed.pop("memorised_f1")
     s = TrainSettings(**fixed, **{k: config[k] for k in SEARCHED})
