@@ -54,8 +54,9 @@ def _scheme(uri: str) -> str | None:
     if not colon or "/" in head:  # a path (a colon after a slash is part of a name)
         return None
     if head.lower() not in SCHEMES:
-        raise ConfigError(f"results: {uri!r} has an unknown scheme {head + ':'!r}; expected a folder "
-                          f"(./{uri} for a name with a colon) or one of {', '.join(s + '://' for s in SCHEMES)}")
+        hint = "" if rest.startswith("//") else f" (./{uri} for a folder of that name)"
+        raise ConfigError(f"results: {uri!r} has an unknown scheme {head + ':'!r}; expected a folder{hint} "
+                          f"or one of {', '.join(s + '://' for s in SCHEMES)}")
     if not rest.startswith("//"):  # s3:/bucket/x would otherwise become a local folder "s3:"
         raise ConfigError(f"results: {uri!r} is not a URI: expected {head}://... (two slashes)")
     return head.lower()
@@ -83,11 +84,11 @@ def check_local_path(path: Path, field: str, folder: bool) -> None:
     file), and the nearest part of it that exists must be a folder."""
     path = Path(path)
     if path.exists() and path.is_dir() != folder:
-        raise ConfigError(f"{field}: {path} is {'a file' if folder else 'a folder'}; expected "
-                          f"{'a folder' if folder else 'a file'}")
+        raise ConfigError(f"{field}: cannot write to {path}: it is {'a file' if folder else 'a folder'}, "
+                          f"not {'a folder' if folder else 'a file'}")
     parent = next((p for p in path.parents if p.exists()), None)
     if not path.exists() and parent is not None and not parent.is_dir():
-        raise ConfigError(f"{field}: {path} lies under {parent}, which is a file, not a folder")
+        raise ConfigError(f"{field}: cannot write to {path}: it lies under {parent}, which is a file")
 
 
 def _first_line(exc: BaseException) -> str:

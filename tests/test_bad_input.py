@@ -419,11 +419,11 @@ SUBPROCESS_CASES = {
     "results under a file": ("study", lambda c: {"results": c / "data" / "train.csv" / "results"}, [], {},
                              ["results", "which is a file"]),
     "results is a file": ("study", lambda c: {"results": c / "data" / "train.csv"}, [], {},
-                          ["results", "is a file; expected a folder"]),
+                          ["results: cannot write to", "it is a file, not a folder"]),
     "database under a file": ("study", lambda c: {"extra": f"database: {c / 'data' / 'train.csv' / 'x.duckdb'}\n"},
                               [], {}, ["database", "which is a file"]),
     "database is a folder": ("study", lambda c: {"extra": f"database: {c / 'data'}\n"}, [], {},
-                             ["database", "is a folder; expected a file"]),
+                             ["database: cannot write to", "it is a folder, not a file"]),
     # storage that does not answer: one message, within seconds
     "unreachable endpoint": ("study", _on_s3, [], UNREACHABLE,
                              ["results: cannot reach s3://raymem-bucket/prefix",
