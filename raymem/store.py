@@ -148,25 +148,32 @@ class Store:
     def _probe_fs(self) -> pafs.FileSystem:
         """The store's filesystem with short timeouts and few retries: the SDK's defaults
         retry an endpoint that does not answer for many seconds before they give up."""
-        if not isinstance(self.fs, pafs.S3FileSystem):
+        options = self._s3_options()
+        if options is None:
             return self.fs
-        options = self.fs.__reduce__()[1][0]  # every setting from_uri chose, environment included
         options.update(connect_timeout=PROBE_CONNECT_S, request_timeout=PROBE_REQUEST_S)
         return pafs.S3FileSystem(**options,
                                  retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=PROBE_ATTEMPTS))
 
     def _where(self) -> str:
         """The endpoint and region an S3 store talks to, for its error messages."""
-        if not isinstance(self.fs, pafs.S3FileSystem):
+        options = self._s3_options()
+        if options is None:
             return ""
-        options = self.fs.__reduce__()[1][0]
         endpoint = (options.get("endpoint_override") or os.environ.get("AWS_ENDPOINT_URL_S3")
                     or os.environ.get("AWS_ENDPOINT_URL") or "AWS's own (no AWS_ENDPOINT_URL)")
         region = options.get("region") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         return f" (endpoint {endpoint}, region {region or 'not set'})"
 
-    def _tries(self) -> str:
+    def _s3_options(self) -> dict | None:
+        """Every setting from_uri chose for an S3 store (the environment's included), as the
+        filesystem pickles them; None for any other store."""
         if not isinstance(self.fs, pafs.S3FileSystem):
+            return None
+        return dict(self.fs.__reduce__()[1][0])
+
+    def _tries(self) -> str:
+        if self._s3_options() is None:
             return ""
         return f", {PROBE_ATTEMPTS} attempts of {PROBE_CONNECT_S} s to connect"
 
