@@ -96,18 +96,28 @@ def _print_checks(db_path: Path) -> None:
         print(f"  WARN {row['check_name']} [{check_location(row)}]: {row['message']}")
 
 
-def _overrides(args) -> dict:
-    """--results and every --set KEY=VALUE (the value read as YAML: true, 0.001, [1, 2])."""
+def _set_value(key: str, value: str):
+    """A --set value read as the study file is: YAML, no key given twice."""
     import yaml
 
-    from raymem.errors import ConfigError
+    from raymem.config import DuplicateKeyError, load_yaml
 
+    try:
+        return load_yaml(value)
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"--set {key}: {exc.problem}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: not valid YAML: {' '.join(str(exc).split())}") from exc
+
+
+def _overrides(args) -> dict:
+    """--results and every --set KEY=VALUE (the value read as YAML: true, 0.001, [1, 2])."""
     overrides = {"results": args.results} if args.results else {}
     for setting in args.set:
         key, equals, value = setting.partition("=")
         if not equals or not key.strip():
             raise ConfigError(f"--set {setting}: expected KEY=VALUE, e.g. --set search.enabled=true")
-        overrides[key.strip()] = yaml.safe_load(value)
+        overrides[key.strip()] = _set_value(key.strip(), value)
     return overrides
 
 

@@ -23,6 +23,49 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _no_duplicates(values: list, what: str = "value") -> list:
+    """A list that means a set: the same entry twice is a mistake (a seed run twice, a
+    model trained twice), never silently dropped."""
+    seen = set()
+    for value in values:
+        key = tuple(value) if isinstance(value, list) else value
+        if key in seen:
+            raise ValueError(f"{what} {value!r} is given twice")
+        seen.add(key)
+    return values
+
+
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping of a YAML file names the same key twice."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping: PyYAML would keep the
+    last one silently, and a study file's earlier setting would be lost without a word."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may override on purpose
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    if key in first:
+                        raise DuplicateKeyError(
+                            None, None, f"key {key!r} is given twice (first on line {first[key]})",
+                            key_node.start_mark)
+                    first[key] = key_node.start_mark.line + 1
+                except TypeError:  # an unhashable key: SafeLoader's own error says so
+                    pass
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str):
+    """YAML as a study file or a --set value is read: safe, and no key given twice."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -84,7 +127,12 @@ class PrecogConfig(Strict):
     def _positive(cls, ks):
         if any(k < 1 for k in ks):
             raise ValueError("every k must be at least 1")
-        return sorted(set(ks))
+        return sorted(_no_duplicates(ks, "k"))
+
+    @field_validator("splits")
+    @classmethod
+    def _distinct_splits(cls, splits):
+        return _no_duplicates(splits, "split")
 
 
 class FinetuneConfig(Strict):
@@ -93,6 +141,11 @@ class FinetuneConfig(Strict):
     variants: list[Literal["clean", "noisy"]] = Field(
         default_factory=lambda: ["clean", "noisy"], min_length=1,
         description="clean: original labels; noisy: with noise_ratio of them relabelled")
+
+    @field_validator("variants")
+    @classmethod
+    def _distinct_variants(cls, variants):
+        return _no_duplicates(variants, "variant")
     epochs: int = Field(50, ge=1, description="training epochs")
     lr: float = Field(1e-5, gt=0, description="AdamW peak learning rate")
     batch_size: int = Field(8, ge=1, description="examples per training step")
@@ -124,6 +177,10 @@ class SearchSpace(Strict):
         for key in ("lr", "epochs", "batch_size"):
             if any(v <= 0 for v in getattr(self, key)):
                 raise ValueError(f"{key}: every value must be above 0 (got {getattr(self, key)})")
+            try:  # the same value twice would train the same candidate twice
+                _no_duplicates(getattr(self, key))
+            except ValueError as exc:
+                raise ValueError(f"{key}: {exc}") from None
         return self
 
     def size(self) -> int:
@@ -175,6 +232,7 @@ class ControlConfig(Strict):
         for a, b in pairs or []:
             if b != a + 1:
                 raise ValueError(f"a planted pair is two adjacent layers, got [{a}, {b}]")
+        _no_duplicates(pairs or [], "planted pair")
         return pairs
 
 
@@ -233,7 +291,12 @@ class LocaliseConfig(Strict):
         if unknown:
             raise ValueError(f"unknown technique {unknown[0]!r}{did_you_mean(unknown[0], TECHNIQUES)}; "
                              f"known: {', '.join(TECHNIQUES)}")
-        return techniques
+        return _no_duplicates(techniques, "technique")
+
+    @field_validator("probe_seeds")
+    @classmethod
+    def _distinct_probe_seeds(cls, seeds):
+        return _no_duplicates(seeds, "probe seed")
 
 
 class UserTask(Strict):
@@ -244,6 +307,22 @@ class UserTask(Strict):
                                    description="the text column, or two for a pair task")
     label_field: str = Field(description="the label column: label names or indices 0..n-1")
     label_names: list[str] = Field(min_length=2, description="the classes, in index order")
+
+    @field_validator("label_names")
+    @classmethod
+    def _distinct_labels(cls, names):
+        return _no_duplicates(names, "label name")
+
+    @field_validator("text_fields")
+    @classmethod
+    def _distinct_fields(cls, fields):
+        return _no_duplicates(fields, "text field")
+
+    @model_validator(mode="after")
+    def _label_is_not_text(self):
+        if self.label_field in self.text_fields:  # the model would read its own labels
+            raise ValueError(f"label_field {self.label_field!r} is also one of text_fields")
+        return self
 
 
 # A registry name or an inline user task; the tag makes errors name the user's own keys.
@@ -299,6 +378,23 @@ class Study(Strict):
             raise ValueError("subsample sizes must be at least 1")
         return sizes
 
+    @field_validator("models")
+    @classmethod
+    def _distinct_models(cls, models):
+        return _no_duplicates(models, "model")
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds):
+        return _no_duplicates(seeds, "seed")
+
+    @field_validator("tasks")
+    @classmethod
+    def _distinct_tasks(cls, tasks):
+        # by name: two user tasks of one name (whatever their files) would share every row
+        _no_duplicates([t if isinstance(t, str) else t.name for t in tasks], "task")
+        return tasks
+
     def task_names(self) -> list[str]:
         return [t if isinstance(t, str) else t.name for t in self.tasks]
 
@@ -315,7 +411,9 @@ def load_study(path: str | Path, overrides: dict | None = None) -> Study:
     if not path.is_file():
         raise ConfigError(f"study file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{path}: line {exc.problem_mark.line + 1}: {exc.problem}") from exc
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):

@@ -79,13 +79,39 @@ def layer_count(spec: ModelSpec) -> int:
     return config.num_hidden_layers  # GPT-Neo maps its num_layers onto this name
 
 
+# The weight files from_pretrained loads (one file, or a sharded index), safetensors first.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
 def check_model(spec: ModelSpec) -> None:
     """Fail while planning, not in a trial: the config loads and a local folder has a tokenizer
-    (transformers would otherwise build an empty one and turn every word into [UNK])."""
+    (transformers would otherwise build an empty one and turn every word into [UNK]), weights,
+    and no token id beyond the model's embeddings. Read from the config and tokenizer files
+    only; no weights are loaded. A hub id is not checked here: planning is offline, and
+    from_pretrained fetches (or refuses) its files at the first trial."""
     model_type(spec)
-    if spec.is_local() and not any((Path(spec.source) / f).is_file() for f in TOKENIZER_FILES):
+    if not spec.is_local():
+        return
+    folder = Path(spec.source)
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
         raise ConfigError(f"model {spec.name!r}: {spec.source} has no tokenizer files "
                           f"(expected one of {', '.join(TOKENIZER_FILES)})")
+    if not any((folder / f).is_file() for f in WEIGHT_FILES):
+        raise ConfigError(f"model {spec.name!r}: {spec.source} has no weights "
+                          f"(expected one of {', '.join(WEIGHT_FILES)})")
+    quiet_transformers()
+    embeddings = getattr(AutoConfig.from_pretrained(spec.source), "vocab_size", None)
+    try:
+        tokens = len(AutoTokenizer.from_pretrained(spec.source))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model {spec.name!r}: cannot load its tokenizer from {spec.source}: "
+                          f"{str(exc).splitlines()[0]}") from exc
+    if embeddings is not None and tokens > embeddings:
+        # ids past the embedding table crash the forward (or, on some kernels, read garbage)
+        raise ConfigError(f"model {spec.name!r}: its tokenizer has {tokens} tokens but the model embeds "
+                          f"only {embeddings} (config.json vocab_size); the tokenizer does not belong "
+                          f"to this model")
 
 
 def is_decoder(spec: ModelSpec) -> bool:

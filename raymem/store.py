@@ -40,19 +40,79 @@ ATTEMPTS = "_attempts"
 NOT_TABLES = {MARKERS, ATTEMPTS, "checkpoints", "tune", "charts"}
 
 
+# Schemes a results location may have; anything else before a colon is a mistake, not a folder.
+SCHEMES = ("file", "s3")
+# The storage probe's own limits: an endpoint that does not answer is said within seconds.
+PROBE_CONNECT_S, PROBE_REQUEST_S, PROBE_ATTEMPTS = 3, 10, 2
+
+
+def _scheme(uri: str) -> str | None:
+    """The scheme of a results location, None for a local path; refuse what is neither."""
+    if not uri.strip():
+        raise ConfigError("results: empty; give a folder or an s3:// URI")
+    head, colon, rest = uri.partition(":")
+    if not colon or "/" in head:  # a path (a colon after a slash is part of a name)
+        return None
+    if head.lower() not in SCHEMES:
+        hint = "" if rest.startswith("//") else f" (./{uri} for a folder of that name)"
+        raise ConfigError(f"results: {uri!r} has an unknown scheme {head + ':'!r}; expected a folder{hint} "
+                          f"or one of {', '.join(s + '://' for s in SCHEMES)}")
+    if not rest.startswith("//"):  # s3:/bucket/x would otherwise become a local folder "s3:"
+        raise ConfigError(f"results: {uri!r} is not a URI: expected {head}://... (two slashes)")
+    return head.lower()
+
+
+def _check_object_uri(uri: str) -> None:
+    """s3://bucket[/key]: a bucket, and no empty part in the key. A bucket alone is the
+    results root too."""
+    bucket, _, key = uri.split("://", 1)[1].partition("?")[0].partition("/")
+    if not bucket:
+        raise ConfigError(f"results: storage URI {uri!r} names no bucket")
+    if "//" in key or key.startswith("/"):
+        raise ConfigError(f"results: storage URI {uri!r} has an empty part in its path (//)")
+
+
+def _local_results(path: Path) -> Path:
+    """An absolute local results folder; refused where it is a file or lies under one."""
+    path = path.resolve()
+    check_local_path(path, "results", folder=True)
+    return path
+
+
+def check_local_path(path: Path, field: str, folder: bool) -> None:
+    """A local path raymem will create: it must not be a file (a folder) or a folder (a
+    file), and the nearest part of it that exists must be a folder."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise ConfigError(f"{field}: cannot write to {path}: it is {'a file' if folder else 'a folder'}, "
+                          f"not {'a folder' if folder else 'a file'}")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if not path.exists() and parent is not None and not parent.is_dir():
+        raise ConfigError(f"{field}: cannot write to {path}: it lies under {parent}, which is a file")
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
 class Store:
     def __init__(self, uri: str):
+        scheme = _scheme(uri)
         if "@" in uri.partition("://")[2].partition("/")[0]:
             raise ConfigError("results: the storage URI holds credentials; give them in the "
                               "environment (AWS_ACCESS_KEY_ID, ...) or by an instance role")
-        self.uri = uri if "://" in uri else str(Path(uri).resolve())
+        if scheme is None:
+            self.uri = str(_local_results(Path(uri)))
+        elif scheme == "file":
+            self.uri = f"file://{_local_results(Path(uri[len('file://'):]))}"
+        else:
+            _check_object_uri(uri)
+            self.uri = uri
         try:
             self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
         except (pa.ArrowInvalid, OSError) as exc:
             raise ConfigError(f"results: cannot use storage URI {uri!r}: {exc}") from exc
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
-        if not self.is_local and not self.root.strip("/"):
-            raise ConfigError(f"results: storage URI {uri!r} names no bucket")
 
     def __reduce__(self):  # ship to Ray workers by URI; each rebuilds its filesystem
         return Store, (self.uri,)
@@ -61,15 +121,61 @@ class Store:
         return "/".join([self.root.rstrip("/"), *parts])
 
     def check_writable(self) -> None:
-        """Fail early, before any trial, when the results location cannot be written."""
+        """Fail early, before any trial, when the results location cannot be written: a
+        small write and delete, with the probe's own short timeouts."""
+        fs = self._probe_fs()
         probe = self._path(MARKERS, f".probe-{uuid.uuid4().hex}")
         try:
-            self.fs.create_dir(self._path(MARKERS), recursive=True)
-            with self.fs.open_output_stream(probe) as f:
+            fs.create_dir(self._path(MARKERS), recursive=True)
+            with fs.open_output_stream(probe) as f:
                 f.write(b"ok")
-            self.fs.delete_file(probe)
+            fs.delete_file(probe)
         except OSError as exc:
-            raise ConfigError(f"results: cannot write to {self.uri}: {exc}") from exc
+            raise ConfigError(f"results: cannot write to {self.uri}{self._where()}: tried to write and "
+                              f"delete {probe}{self._tries()}: {_first_line(exc)}") from exc
+
+    def check_reachable(self) -> None:
+        """Fail early, before the first listing, when object storage does not answer: one
+        listing of the results root, with the probe's own short timeouts (local: nothing)."""
+        if self.is_local:
+            return
+        try:
+            self._probe_fs().get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
+        except OSError as exc:
+            raise ConfigError(f"results: cannot reach {self.uri}{self._where()}: tried to list "
+                              f"{self.root}{self._tries()}: {_first_line(exc)}") from exc
+
+    def _probe_fs(self) -> pafs.FileSystem:
+        """The store's filesystem with short timeouts and few retries: the SDK's defaults
+        retry an endpoint that does not answer for many seconds before they give up."""
+        options = self._s3_options()
+        if options is None:
+            return self.fs
+        options.update(connect_timeout=PROBE_CONNECT_S, request_timeout=PROBE_REQUEST_S)
+        return pafs.S3FileSystem(**options,
+                                 retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=PROBE_ATTEMPTS))
+
+    def _where(self) -> str:
+        """The endpoint and region an S3 store talks to, for its error messages."""
+        options = self._s3_options()
+        if options is None:
+            return ""
+        endpoint = (options.get("endpoint_override") or os.environ.get("AWS_ENDPOINT_URL_S3")
+                    or os.environ.get("AWS_ENDPOINT_URL") or "AWS's own (no AWS_ENDPOINT_URL)")
+        region = options.get("region") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        return f" (endpoint {endpoint}, region {region or 'not set'})"
+
+    def _s3_options(self) -> dict | None:
+        """Every setting from_uri chose for an S3 store (the environment's included), as the
+        filesystem pickles them; None for any other store."""
+        if not isinstance(self.fs, pafs.S3FileSystem):
+            return None
+        return dict(self.fs.__reduce__()[1][0])
+
+    def _tries(self) -> str:
+        if self._s3_options() is None:
+            return ""
+        return f", {PROBE_ATTEMPTS} attempts of {PROBE_CONNECT_S} s to connect"
 
     # -- shards -----------------------------------------------------------------------
     def write_rows(self, table: str, stage: str, trial_id: str, rows: pl.DataFrame,

@@ -27,7 +27,7 @@ from raymem.errors import ConfigError
 from raymem.models import ModelSpec, check_masked_lm, check_model, layer_count, model_spec
 from raymem.runtime import Runtime
 from raymem.stages import control, counterfactual, examples as examples_stage, finetune, localise, precog, search
-from raymem.store import Store, database_path, ingest, is_ingested
+from raymem.store import Store, check_local_path, database_path, ingest, is_ingested
 from raymem.sweep import interruptible, record_run, run_sweep, write_tables
 from raymem.tasks import load_task
 from raymem.trial import PlanContext, Trial
@@ -68,11 +68,17 @@ def make_plan(study: Study, log=print) -> Plan:
     """Load and check everything the study needs; write nothing."""
     store = Store(study.results)
     db_path = database_path(store, study.database)
+    check_local_path(db_path, "database", folder=False)
+    store.check_reachable()  # object storage that does not answer: said now, not by the first listing
     models = {name: model_spec(name) for name in study.models}
     for spec in models.values():
         if study.precog.enabled:
             check_masked_lm(spec)
         check_model(spec)
+    sources = {}
+    for name, spec in models.items():  # two names of one checkpoint: the same trials twice
+        if (other := sources.setdefault(spec.source, name)) != name:
+            raise ConfigError(f"models: {other!r} and {name!r} are the same model ({spec.source})")
     if study.finetune.enabled and "noisy" in study.finetune.variants and study.noise_ratio == 0:
         raise ConfigError("finetune.variants: 'noisy' needs noise_ratio above 0")
     if study.localise.enabled and (not study.finetune.enabled
@@ -84,7 +90,7 @@ def make_plan(study: Study, log=print) -> Plan:
     auxiliary = study.localise.control.auxiliary_task
     if control_on and auxiliary not in study.task_names():
         tasks.append(auxiliary)  # the control setup's clean second task: examples only
-    examples, n_labels = {}, {}
+    examples, n_labels, have_splits = {}, {}, set()
     for task in tasks:
         try:
             spec, splits = load_task(task)
@@ -98,6 +104,11 @@ def make_plan(study: Study, log=print) -> Plan:
                               f"(it has {sorted(splits)})")
         if spec.name in study.task_names():
             search.check_splits(study, spec.name, splits)
+            missing = [s for s in study.precog.splits if s not in splits] if study.precog.enabled else []
+            if missing:  # scored as nothing, silently
+                raise ConfigError(f"precog.splits: task {spec.name} has no {missing[0]!r} split "
+                                  f"(it has {sorted(splits)})")
+            have_splits.update(splits)
         n_labels[spec.name] = len(spec.label_names)
         for name, mspec in models.items():
             examples[spec.name, name] = prepare_examples(study, spec, splits, mspec)
@@ -105,6 +116,8 @@ def make_plan(study: Study, log=print) -> Plan:
             log(f"[plan] task {spec.name}: " + ", ".join(
                 f"{split} {n}" for split, n in examples[spec.name, study.models[0]]
                 .group_by("split", maintain_order=True).len().iter_rows()))
+    if unknown := sorted(set(study.subsample) - have_splits):  # one task without it is fine
+        raise ConfigError(f"subsample: no task of this study has a {unknown[0]!r} split")
     n_layers = {name: layer_count(spec) for name, spec in models.items()} if study.localise.enabled else {}
     trials = plan_trials(study, store.uri, n_labels, n_layers)
     if control_on:

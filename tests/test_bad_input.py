@@ -2,13 +2,23 @@
 
 Each case runs `raymem study FILE` in-process and must exit with code 2, print one message
 naming what is wrong, write nothing (the results folder is not created) and leave Ray
-uninitialised. Planning needs a model's config and tokenizer, never its weights, so the
-models here are tiny folders without weights.
+uninitialised. Planning reads a model's config and tokenizer and looks for its weight files,
+never loading them, so the models here are tiny folders (one with tiny weights).
+
+The second catalogue (SUBPROCESS_CASES) runs the command line as a process: one Python
+imports raymem once and forks one child per case, each a `raymem ...` command with its own
+exit code, stdout and stderr; a few of its cases also run the installed `raymem` script.
 """
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import ray
-from transformers import BertConfig, GPT2Config
+from transformers import BertConfig, BertForMaskedLM, GPT2Config
 
 from raymem import cli, study as study_module
 from raymem.pretrain import train_tokenizer
@@ -20,11 +30,20 @@ GOOD_TEST = "text,label\nnot bad at all,pos\nterrible service,neg\n"
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    bert = root / "tiny-bert"
-    BertConfig(vocab_size=120, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
-               intermediate_size=8).save_pretrained(bert)
     texts = [GOOD_TRAIN, GOOD_TEST, "the quick brown fox jumps over the lazy dog"] * 5
-    train_tokenizer(texts, 120, 32).save_pretrained(bert)
+    tokenizer = train_tokenizer(texts, 120, 32)
+
+    def bert_folder(name, vocab_size=120, weights=True):
+        folder = root / name
+        config = BertConfig(vocab_size=vocab_size, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
+                            intermediate_size=8)
+        (BertForMaskedLM(config) if weights else config).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        return folder
+
+    bert = bert_folder("tiny-bert")
+    no_weights = bert_folder("no-weights", weights=False)
+    small_vocab = bert_folder("small-vocab", vocab_size=len(tokenizer) - 1)  # ids past its embeddings
     no_tokenizer = root / "no-tokenizer"
     BertConfig(vocab_size=120, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
                intermediate_size=8).save_pretrained(no_tokenizer)
@@ -32,7 +51,8 @@ def models(tmp_path_factory):
     GPT2Config(vocab_size=120, n_embd=8, n_layer=1, n_head=1).save_pretrained(gpt2)
     not_a_model = root / "not-a-model"
     not_a_model.mkdir()
-    return {"bert": bert, "no_tokenizer": no_tokenizer, "gpt2": gpt2, "not_a_model": not_a_model}
+    return {"bert": bert, "no_tokenizer": no_tokenizer, "gpt2": gpt2, "not_a_model": not_a_model,
+            "no_weights": no_weights, "small_vocab": small_vocab}
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +66,7 @@ def no_running(monkeypatch, tmp_path):
     monkeypatch.setattr(ray, "init", refuse)
 
 
-def _study(tmp_path, models, *, model="bert", head=None, task=None, extra="", files=None):
+def _study(tmp_path, models, *, model="bert", head=None, task=None, extra="", files=None, results=None):
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
     contents = {"train.csv": GOOD_TRAIN, "test.csv": GOOD_TEST, **(files or {})}
@@ -55,8 +75,9 @@ def _study(tmp_path, models, *, model="bert", head=None, task=None, extra="", fi
     if task is None:
         task = (f"  - name: mine\n    files: {{train: {data}/train.csv, test: {data}/test.csv}}\n"
                 "    text_fields: [text]\n    label_field: label\n    label_names: [neg, pos]\n")
-    model_name = str(models[model]) if model in models else model
-    body = head or (f"study: bad\nresults: {tmp_path / 'results'}\nmodels: [{model_name}]\n"
+    names = ", ".join(str(models[m]) if m in models else m for m in ([model] if isinstance(model, str) else model))
+    results = tmp_path / "results" if results is None else results
+    body = head or (f"study: bad\nresults: {json.dumps(str(results))}\nmodels: [{names}]\n"
                     f"tasks:\n{task}{extra}")
     path = tmp_path / "study.yaml"
     path.write_text(body)
@@ -279,3 +300,215 @@ def test_a_precog_pool_holding_every_local_cpu_is_said(tmp_path, models, monkeyp
         study_module._check_local_resources(study)  # allowed
         said.append(study_module._precog_holds_every_cpu(study))
     assert said[0] is None and "holds all 2 CPUs" in said[1] and "max_size" in said[1]
+
+
+# -- the command line as a process -----------------------------------------------------
+
+# One Python imports raymem once, then forks a child per case: each child is `raymem ARGS`
+# (its exit code, stdout, stderr and an uncaught exception's traceback, as the script's), so
+# 40 cases cost one start-up. The one change: a study that got past every check exits 99
+# where it would start Ray, after whatever it wrote (which the test then finds).
+RUNNER = r"""
+import json, os, sys, time, traceback
+from raymem import cli, study
+study._init_ray = lambda *args, **kwargs: os._exit(99)
+cases = json.load(open(sys.argv[1]))
+for case in cases:
+    start = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        os.chdir(case["cwd"])
+        os.environ.update(case["env"])
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            os.dup2(os.open(case[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+        sys.argv = ["raymem", *case["argv"]]
+        try:
+            code = cli.main(case["argv"])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    case["code"] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    case["seconds"] = time.monotonic() - start
+json.dump(cases, open(sys.argv[1], "w"))
+"""
+
+FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/nonexistent/aws-config",
+            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials"}
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound, then closed: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+CLOSED_PORT = _closed_port()
+UNREACHABLE = {**FAKE_AWS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{CLOSED_PORT}"}
+
+
+def _on_s3(c):
+    return {"results": "s3://raymem-bucket/prefix", "extra": f"database: {c / 'db' / 'raymem.duckdb'}\n"}
+
+
+# id: (command, keyword arguments of _study given the case folder, extra arguments,
+#      environment, words the one message names: the field first)
+SUBPROCESS_CASES = {
+    # the same entry twice in a list that means a set
+    "seed twice": ("study", lambda c: {"extra": "seeds: [1, 2, 1]\n"}, [], {},
+                   ["seeds", "seed 1 is given twice"]),
+    "model twice": ("study", lambda c: {"model": ["bert", "bert"]}, [], {}, ["models", "given twice"]),
+    "registry task twice": ("study", lambda c: {"task": "  - tweet_sentiment\n  - tweet_sentiment\n"}, [], {},
+                            ["tasks", "task 'tweet_sentiment' is given twice"]),
+    "two user tasks of one name": (
+        "study", lambda c: {"task": _user_task(c / "data") + _user_task(c / "data", train="other.csv"),
+                            "files": {"other.csv": GOOD_TRAIN}}, [], {},
+        ["tasks", "task 'mine' is given twice"]),
+    "variant twice": ("study", lambda c: {"extra": "finetune: {variants: [clean, clean]}\nnoise_ratio: 0\n"},
+                      [], {}, ["finetune.variants", "variant 'clean' is given twice"]),
+    "label name twice": ("study", lambda c: {"task": _user_task(c / "data", names="[neg, pos, neg]")}, [], {},
+                         ["tasks.0.label_names", "label name 'neg' is given twice"]),
+    "text field twice": ("study", lambda c: {"task": _user_task(c / "data", fields="[text, text]")}, [], {},
+                         ["tasks.0.text_fields", "text field 'text' is given twice"]),
+    "label field is a text field": ("study", lambda c: {"task": _user_task(c / "data", label="text")}, [], {},
+                                    ["tasks.0", "label_field 'text' is also one of text_fields"]),
+    "technique twice": ("study", lambda c: {"extra": "localise: {techniques: [swapping, swapping]}\n"}, [], {},
+                        ["localise.techniques", "technique 'swapping' is given twice"]),
+    "planted pair twice": ("study", lambda c: {"extra": "localise: {control: {pairs: [[1, 2], [1, 2]]}}\n"},
+                           [], {}, ["localise.control.pairs", "planted pair (1, 2) is given twice"]),
+    "k twice": ("study", lambda c: {"extra": "precog: {k: [1, 50, 1]}\n"}, [], {},
+                ["precog.k", "k 1 is given twice"]),
+    "precog split twice": ("study", lambda c: {"extra": "precog: {splits: [test, test]}\n"}, [], {},
+                           ["precog.splits", "split 'test' is given twice"]),
+    "probe seed twice": ("study", lambda c: {"extra": "localise: {probe_seeds: [0, 0]}\n"}, [], {},
+                         ["localise.probe_seeds", "probe seed 0 is given twice"]),
+    "search value twice": ("study", lambda c: {"extra": "search: {space: {lr: [0.001, 0.001]}}\n"}, [], {},
+                           ["search.space", "lr: value 0.001 is given twice"]),
+    "seed twice, planned": ("plan", lambda c: {"extra": "seeds: [3, 3]\n"}, [], {}, ["seeds", "given twice"]),
+    # a YAML key given twice: PyYAML alone would keep the last silently
+    "key twice": ("study", lambda c: {"extra": "seeds: [1]\nnoise_ratio: 0.1\nseeds: [2]\n"}, [], {},
+                  ["line 12", "key 'seeds' is given twice (first on line 10)"]),
+    "nested key twice": ("study", lambda c: {"extra": "finetune:\n  epochs: 1\n  lr: 0.1\n  epochs: 2\n"}, [], {},
+                         ["line 13", "key 'epochs' is given twice (first on line 11)"]),
+    "key twice in a flow mapping": ("plan", lambda c: {"extra": "subsample: {train: 2, train: 3}\n"}, [], {},
+                                    ["line 10", "key 'train' is given twice"]),
+    "key twice in a user task": ("study", lambda c: {"task": _user_task(c / "data") + "    label_field: text\n"},
+                                 [], {}, ["line 10", "key 'label_field' is given twice (first on line 8)"]),
+    "key twice in --set": ("study", lambda c: {}, ["--set", "subsample={train: 1, train: 2}"], {},
+                           ["--set subsample", "key 'train' is given twice"]),
+    "--set value not YAML": ("plan", lambda c: {}, ["--set", "seeds=[1, 2"], {},
+                             ["--set seeds", "not valid YAML"]),
+    # results locations that are not what they look like
+    "s3 with one slash": ("study", lambda c: {"results": "s3:/bucket/x"}, [], {},
+                          ["results", "'s3:/bucket/x' is not a URI", "s3://"]),
+    "s3 with one slash, --results": ("study", lambda c: {}, ["--results", "s3:/bucket/x"], {},
+                                     ["results", "is not a URI"]),
+    "empty results": ("study", lambda c: {"results": ""}, [], {}, ["results: empty"]),
+    "unknown scheme": ("study", lambda c: {"results": "ftp://host/x"}, [], {},
+                       ["results", "unknown scheme 'ftp:'"]),
+    "no bucket": ("study", lambda c: {"results": "s3:///prefix"}, [], FAKE_AWS, ["results", "names no bucket"]),
+    "empty part in the key": ("study", lambda c: {"results": "s3://bucket//x"}, [], FAKE_AWS,
+                              ["results", "empty part"]),
+    "results under a file": ("study", lambda c: {"results": c / "data" / "train.csv" / "results"}, [], {},
+                             ["results", "which is a file"]),
+    "results is a file": ("study", lambda c: {"results": c / "data" / "train.csv"}, [], {},
+                          ["results: cannot write to", "it is a file, not a folder"]),
+    "database under a file": ("study", lambda c: {"extra": f"database: {c / 'data' / 'train.csv' / 'x.duckdb'}\n"},
+                              [], {}, ["database", "which is a file"]),
+    "database is a folder": ("study", lambda c: {"extra": f"database: {c / 'data'}\n"}, [], {},
+                             ["database: cannot write to", "it is a folder, not a file"]),
+    # storage that does not answer: one message, within seconds
+    "unreachable endpoint": ("study", _on_s3, [], UNREACHABLE,
+                             ["results: cannot reach s3://raymem-bucket/prefix",
+                              f"endpoint http://127.0.0.1:{CLOSED_PORT}", "region us-east-1", "tried to list"]),
+    "unreachable endpoint, status": ("status", _on_s3, [], UNREACHABLE,
+                                     ["results: cannot reach s3://raymem-bucket/prefix", "tried to list"]),
+    # models that cannot work
+    "model folder without weights": ("study", lambda c: {"model": "no_weights"}, [], {},
+                                     ["model", "no-weights", "has no weights", "model.safetensors"]),
+    "tokenizer larger than the embeddings": ("study", lambda c: {"model": "small_vocab"}, [], {},
+                                             ["model", "small-vocab", "vocab_size"]),
+    "one model under two names": ("study", lambda c: {"model": ["bert", "bert/"]}, [], {},
+                                  ["models", "are the same model"]),
+    # stage settings that name what the task lacks
+    "precog on a split the task lacks": ("study", lambda c: {"extra": "precog: {splits: [validation]}\n"}, [], {},
+                                         ["precog.splits", "task mine has no 'validation' split"]),
+    "subsample of a split no task has": ("study", lambda c: {"extra": "subsample: {validation: 5}\n"}, [], {},
+                                         ["subsample", "no task of this study has a 'validation' split"]),
+    # kinds the in-process catalogue has too, here as processes
+    "unknown key, planned": ("plan", lambda c: {"extra": "sed: 3\n"}, [], {}, ["sed: unknown key"]),
+    "missing text column": ("study", lambda c: {"task": _user_task(c / "data", text="review")}, [], {},
+                            ["task mine", "no column(s) ['review']"]),
+    "eval_split missing": ("study", lambda c: {"task": _user_task(c / "data", test=None)}, [], {},
+                           ["eval_split", "'test'"]),
+}
+# the models fixture's names for `model` (a bare "bert/" is the tiny BERT's folder with a slash)
+_TRAILING = {"bert/": "bert"}
+
+
+def _tree(folder: Path) -> dict[str, tuple]:
+    return {str(p.relative_to(folder)): (p.is_dir(), p.stat().st_size if p.is_file() else 0)
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def processes(models, tmp_path_factory):
+    """Every SUBPROCESS_CASES command, run once: id -> (case, files before, files after)."""
+    root = tmp_path_factory.mktemp("processes")
+    named = {**models, **{k: f"{models[v]}/" for k, v in _TRAILING.items()}}
+    cases, folders = [], {}
+    for i, (case_id, (command, make, args, env, _)) in enumerate(SUBPROCESS_CASES.items()):
+        case_dir = root / f"case{i}"
+        case_dir.mkdir()
+        path = _study(case_dir, named, **make(case_dir))
+        folders[case_id] = case_dir
+        cases.append({"id": case_id, "argv": [command, str(path), *args], "env": env, "cwd": str(case_dir),
+                      "stdout": str(root / f"{i}.out"), "stderr": str(root / f"{i}.err")})
+    before = {c["id"]: _tree(folders[c["id"]]) for c in cases}
+    manifest = root / "cases.json"
+    manifest.write_text(json.dumps(cases))
+    subprocess.run([sys.executable, "-c", RUNNER, str(manifest)], check=True, timeout=600,
+                   env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "HF_HUB_OFFLINE": "1",
+                        "RAY_ADDRESS": ""})
+    return {c["id"]: (c, before[c["id"]], _tree(folders[c["id"]]))
+            for c in json.loads(manifest.read_text())}
+
+
+def _check_process(code, out, err, words, before, after):
+    assert code == 2, f"exit {code}: {err or out}"
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("raymem: error: "), err
+    for word in words:
+        assert word in lines[0], f"{word!r} not in {lines[0]!r}"
+    assert "[plan] study" not in out  # refused before planning finished
+    assert after == before, "something was written"
+
+
+@pytest.mark.parametrize("case_id", list(SUBPROCESS_CASES))
+def test_bad_input_refused_by_the_command(case_id, processes):
+    case, before, after = processes[case_id]
+    out, err = Path(case["stdout"]).read_text(), Path(case["stderr"]).read_text()
+    _check_process(case["code"], out, err, SUBPROCESS_CASES[case_id][4], before, after)
+    assert case["seconds"] < 10  # an endpoint that does not answer included
+
+
+@pytest.mark.parametrize("case_id", ["seed twice", "key twice", "unreachable endpoint"])
+def test_the_installed_script_refuses_the_same(case_id, models, tmp_path):
+    script = Path(sys.executable).parent / "raymem"
+    if not script.is_file():
+        pytest.skip("no installed raymem script beside this Python")
+    command, make, args, env, words = SUBPROCESS_CASES[case_id]
+    path = _study(tmp_path, models, **make(tmp_path))
+    before = _tree(tmp_path)
+    done = subprocess.run([str(script), command, str(path), *args], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, env={**os.environ, **env, "PYTHONPATH": str(Path(__file__).parents[1]),
+                                             "HF_HUB_OFFLINE": "1"})
+    _check_process(done.returncode, done.stdout, done.stderr, words, before, _tree(tmp_path))

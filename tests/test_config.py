@@ -60,13 +60,13 @@ tasks:
 seeds: [4, 5]
 noise_ratio: 0.2
 subsample: {train: 10, test: 5}
-precog: {k: [50, 1, 10, 1], actors: {min_size: 1, max_size: 3}}
+precog: {k: [50, 1, 10], actors: {min_size: 1, max_size: 3}}
 finetune: {variants: [noisy], lr: 0.001, epochs: 3}
 """
     study = load_study(_write(tmp_path, text))
     assert study.task_names() == ["tweet_polarity", "reviews"]
     assert study.tasks[1].files == {"train": "a.csv", "test": "b.csv"}
-    assert study.precog.k == [1, 10, 50]  # sorted, duplicates dropped
+    assert study.precog.k == [1, 10, 50]  # sorted
     assert study.precog.actors.max_size == 3
     assert study.finetune.lr == 0.001 and study.finetune.batch_size == 8
     assert study.subsample == {"train": 10, "test": 5}
@@ -110,6 +110,17 @@ BAD = [  # (yaml after the valid head, words the message must contain)
     ("bin_width: 0", ["bin_width"]),
     ("models: []", ["models"]),
     ("ray: {num_cpus: 0}", ["ray.num_cpus"]),
+    # a list that means a set names no entry twice
+    ("seeds: [1, 2, 1]", ["seeds", "seed 1 is given twice"]),
+    ("models: [raymem-mini, raymem-mini]", ["models", "model 'raymem-mini' is given twice"]),
+    ("finetune: {variants: [noisy, noisy]}", ["finetune.variants", "variant 'noisy'"]),
+    ("precog: {k: [1, 50, 1]}", ["precog.k", "k 1 is given twice"]),
+    ("precog: {splits: [test, test]}", ["precog.splits", "split 'test'"]),
+    ("localise: {techniques: [probing, probing]}", ["localise.techniques", "technique 'probing'"]),
+    ("localise: {probe_seeds: [1, 1]}", ["localise.probe_seeds", "probe seed 1"]),
+    ("localise: {control: {pairs: [[3, 4], [3, 4]]}}", ["localise.control.pairs", "planted pair (3, 4)"]),
+    ("search: {space: {epochs: [2, 2]}}", ["search.space", "epochs: value 2 is given twice"]),
+    ("search: {space: {batch_size: [8, 16, 8]}}", ["search.space", "batch_size: value 8"]),
 ]
 
 
@@ -186,6 +197,52 @@ def test_bad_user_task_names_the_field(tmp_path, change, words):
         load_study(path)
     for word in words:
         assert word in str(info.value)
+
+
+@pytest.mark.parametrize("change, words", [
+    pytest.param(("label_names: [a, b]", "label_names: [a, b, a]"),
+                 ["tasks.0.label_names", "label name 'a' is given twice"], id="label name twice"),
+    pytest.param(("text_fields: [text]", "text_fields: [text, text]"),
+                 ["tasks.0.text_fields", "text field 'text' is given twice"], id="text field twice"),
+    pytest.param(("text_fields: [text]", "text_fields: [label]"),
+                 ["tasks.0", "label_field 'label' is also one of text_fields"], id="label read as text"),
+])
+def test_user_task_lists_name_no_entry_twice(tmp_path, change, words):
+    path = _write(tmp_path, "study: s\n" + USER_TASK.replace(*change))
+    with pytest.raises(ConfigError) as info:
+        load_study(path)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_two_tasks_of_one_name_are_refused(tmp_path):
+    other = USER_TASK.replace("tasks:\n", "").replace("a.csv", "b.csv")
+    with pytest.raises(ConfigError, match=r"tasks: .*task 't' is given twice"):
+        load_study(_write(tmp_path, "study: s\n" + USER_TASK + other))
+    with pytest.raises(ConfigError, match=r"tasks: .*task 'tweet_sentiment' is given twice"):
+        load_study(_write(tmp_path, "study: s\ntasks: [tweet_sentiment, tweet_polarity, tweet_sentiment]\n"))
+
+
+@pytest.mark.parametrize("text, words", [
+    ("study: s\ntasks: [tweet_sentiment]\nstudy: t\n", ["line 3", "key 'study' is given twice (first on line 1)"]),
+    ("study: s\ntasks: [tweet_sentiment]\nfinetune:\n  lr: 0.1\n  lr: 0.2\n", ["line 5", "key 'lr'"]),
+    ("study: s\ntasks: [tweet_sentiment]\nsubsample: {train: 5, test: 3, train: 7}\n", ["line 3", "key 'train'"]),
+    ("study: s\n" + USER_TASK + "    name: u\n", ["line 8", "key 'name' is given twice (first on line 3)"]),
+])
+def test_a_key_given_twice_is_refused(tmp_path, text, words):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_study(path)
+    assert str(info.value).startswith(f"{path}: ")
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_yaml_merge_keys_may_still_override():
+    from raymem.config import load_yaml
+
+    text = "base: &b {lr: 1, epochs: 2}\nfinetune:\n  <<: *b\n  lr: 3\n"
+    assert load_yaml(text)["finetune"] == {"lr": 3, "epochs": 2}
 
 
 def test_schema_forbids_unknown_keys_in_code_too():

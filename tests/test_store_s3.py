@@ -183,15 +183,44 @@ def _db_counts(db) -> dict[str, int]:
 # -- bad storage locations fail early, as ConfigError, naming the URI ---------------------
 
 @pytest.mark.parametrize("uri, words", [
-    ("s3:///prefix-without-bucket", "Missing bucket name"),
-    ("nosuchscheme://bucket/prefix", "Unrecognized filesystem type"),
+    ("s3:///prefix-without-bucket", "names no bucket"),
+    ("nosuchscheme://bucket/prefix", "unknown scheme 'nosuchscheme:'"),
+    ("s3:/bucket/x", "is not a URI: expected s3://... (two slashes)"),  # not a local folder "s3:"
+    ("s3:bucket/x", "is not a URI"),
+    ("results:old", "unknown scheme 'results:'; expected a folder (./results:old for a folder"),
+    ("s3://bucket//x", "an empty part in its path"),
+    ("s3://bucket/x//y", "an empty part in its path"),
+    ("", "results: empty"),
+    ("  ", "results: empty"),
 ])
-def test_malformed_uri_is_a_config_error(aws_env, uri, words):
+def test_malformed_uri_is_a_config_error(aws_env, uri, words, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError) as info:
         Store(uri)
     message = str(info.value)
-    assert message.startswith("results: cannot use storage URI")
-    assert repr(uri) in message and words in message
+    assert message.startswith("results: ") and words in message
+    assert uri.strip() == "" or repr(uri) in message
+    assert list(tmp_path.iterdir()) == []  # nothing made, not even a folder named after the URI
+
+
+def test_a_bucket_alone_is_a_results_root(bucket):
+    for uri in (f"s3://{bucket}", f"s3://{bucket}/"):
+        store = Store(uri)
+        assert store.root.strip("/") == bucket
+        store.check_writable()
+
+
+def test_local_paths_and_file_uris(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert Store("results").uri == str(tmp_path / "results")
+    assert Store("./results:old").uri == str(tmp_path / "results:old")  # a colon after a slash is a name
+    assert Store(f"file://{tmp_path}/r").is_local
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(ConfigError, match="results: cannot write to .*taken: it is a file, not a folder"):
+        Store("taken")
+    with pytest.raises(ConfigError, match="results: cannot write to .*lies under .*taken, which is a file"):
+        Store(f"file://{tmp_path}/taken/deeper/r")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
 
 def test_missing_bucket_is_a_config_error(bucket):
@@ -203,15 +232,38 @@ def test_missing_bucket_is_a_config_error(bucket):
     assert "raymem-no-such-bucket" in message.split(":", 2)[2]  # the cause names the bucket
 
 
-def test_unreachable_endpoint_is_a_config_error(aws_env):
-    """Nothing listens on the port: the SDK retries for a few seconds, then gives up."""
-    aws_env.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
+def test_a_reachable_store_passes_the_probe(bucket):
+    Store(f"s3://{bucket}/prefix").check_reachable()  # one listing of the moto server
+
+
+@pytest.mark.parametrize("probe, tried", [("check_reachable", "tried to list raymem-bucket/prefix"),
+                                          ("check_writable", "tried to write and delete")])
+def test_unreachable_endpoint_is_one_clear_error_within_seconds(aws_env, probe, tried):
+    """Nothing listens on the port: the probe's own timeouts and two attempts, not the
+    SDK's retries, then one message naming the URI, endpoint, region and what was tried."""
+    import time
+
+    endpoint = f"http://127.0.0.1:{_free_port()}"
+    aws_env.setenv("AWS_ENDPOINT_URL", endpoint)
     store = Store("s3://raymem-bucket/prefix")  # building the filesystem needs no network
+    start = time.monotonic()
     with pytest.raises(ConfigError) as info:
-        store.check_writable()
+        getattr(store, probe)()
+    assert time.monotonic() - start < 10
     message = str(info.value)
-    assert message.startswith("results: cannot write to s3://raymem-bucket/prefix")
-    assert "connect" in message.lower()
+    assert message.startswith("results: cannot ") and "s3://raymem-bucket/prefix" in message
+    for words in (f"endpoint {endpoint}", "region us-east-1", tried, "2 attempts", "connect"):
+        assert words in message, message
+    assert "\n" not in message
+
+
+def test_endpoint_override_in_the_uri_is_named(aws_env):
+    endpoint = f"http://127.0.0.1:{_free_port()}"
+    aws_env.delenv("AWS_ENDPOINT_URL", raising=False)
+    store = Store(f"s3://raymem-bucket/prefix?endpoint_override={endpoint}&scheme=http&region=eu-west-1")
+    with pytest.raises(ConfigError) as info:
+        store.check_reachable()
+    assert f"endpoint {endpoint}" in str(info.value) and "region eu-west-1" in str(info.value)
 
 
 # -- URIs refused before anything is written ---------------------------------------
