@@ -152,6 +152,11 @@ class Store:
         selector = pafs.FileSelector(self._path(*parts), recursive=True, allow_not_found=True)
         return sum(i.size or 0 for i in self.fs.get_file_info(selector) if i.type == pafs.FileType.File)
 
+    def file_size(self, *parts: str) -> int:
+        """Bytes of one file of the store (0 if absent)."""
+        info = self.fs.get_file_info(self._path(*parts))
+        return info.size or 0 if info.type == pafs.FileType.File else 0
+
     def files(self, *parts: str) -> list[str]:
         """The names of the files in a folder of the store, from one listing (none if absent)."""
         selector = pafs.FileSelector(self._path(*parts), allow_not_found=True)
