@@ -5,6 +5,7 @@ Layout under the results root (a local folder or an s3:// URI, one code path):
     <table>/<stage>/<trial_id>.parquet   one shard per trial and table, written atomically
     _done/<trial_id>.json                completion marker: the trial is finished
     _attempts/<trial_id>                 how many times the trial was started
+    _locks/<study>.json                  the driver running the study (raymem/lock.py)
     checkpoints/<trial_id>/<name>/       safetensors checkpoints that later stages need
     checkpoints/<trial_id>/progress.pt   a training trial's resume state, until it finishes
     checkpoints/<trial_id>/parts/        the finished parts of a grouped trial, until it finishes
@@ -37,7 +38,8 @@ from raymem.errors import ConfigError
 VERSION = "0.1.0"
 MARKERS = "_done"
 ATTEMPTS = "_attempts"
-NOT_TABLES = {MARKERS, ATTEMPTS, "checkpoints", "tune", "charts"}
+LOCKS = "_locks"  # one driver per study (raymem/lock.py)
+NOT_TABLES = {MARKERS, ATTEMPTS, LOCKS, "checkpoints", "tune", "charts"}
 
 
 class Store:

@@ -24,6 +24,7 @@ import polars as pl
 from raymem.config import Study
 from raymem.data import prepare_examples, reserve_pool
 from raymem.errors import ConfigError, is_disk_full
+from raymem.lock import hold_study
 from raymem.models import ModelSpec, check_masked_lm, check_model, layer_count, model_spec
 from raymem.runtime import Runtime
 from raymem.stages import control, counterfactual, examples as examples_stage, finetune, localise, precog, search
@@ -244,15 +245,17 @@ def run_plan(plan: Plan, log=print) -> list[Trial]:
     study, store = plan.study, plan.store
     _check_local_resources(study)
     store.check_writable()
-    done = store.done_ids()
-    for trial in plan.of_stage(examples_stage.STAGE):
-        if trial.trial_id not in done:
-            key = (trial.params["task"], trial.params["model"])
-            store.write_rows("examples", "examples", trial.trial_id, plan.examples[key], study.study)
-            store.mark_done(trial.trial_id, trial.params)
-    _init_ray(study)
-    with interruptible():
-        return _run_stages(plan, log)
+    # one driver per study and per database: a second one is refused before it writes
+    with hold_study(store, study.study, plan.db_path, log):
+        done = store.done_ids()
+        for trial in plan.of_stage(examples_stage.STAGE):
+            if trial.trial_id not in done:
+                key = (trial.params["task"], trial.params["model"])
+                store.write_rows("examples", "examples", trial.trial_id, plan.examples[key], study.study)
+                store.mark_done(trial.trial_id, trial.params)
+        _init_ray(study)
+        with interruptible():
+            return _run_stages(plan, log)
 
 
 def _run_stages(plan: Plan, log) -> list[Trial]:
