@@ -208,3 +208,50 @@ def test_a_real_full_disk(monkeypatch, tiny_disk):
     stage.epochs_run.clear()
     assert run_trial(trial)["status"] == "ok" and stage.epochs_run == []
     assert store.is_done(trial.trial_id)
+
+
+class _Data:
+    """Four examples of two features, in batches of the training loop's kind."""
+
+    def __len__(self):
+        return 4
+
+    def batches(self, batch_size, generator):
+        order = torch.randperm(4, generator=generator)
+        x = torch.arange(8.0).reshape(4, 2)
+        yield {"x": x[order], "labels": (order % 2)}
+
+
+class _Model(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 2)
+
+    def forward(self, x):
+        return types.SimpleNamespace(logits=self.linear(x))
+
+
+def test_a_trial_stopped_early_resumes_without_training_past_its_stop(tmp_path):
+    # A clean twin stops at the noisy trial's memorised epoch; its progress checkpoint now
+    # outlives the training (until the results are written), so a restarted attempt must
+    # not train the epoch after the stop.
+    from raymem.runtime import Runtime
+    from raymem.train import TrainSettings, fine_tune
+
+    store = Store(str(tmp_path / "results"))
+    settings = TrainSettings(epochs=4, lr=1e-2, batch_size=4, freeze_embeddings=False)
+    trained = []
+
+    def stop_at_2(epoch):
+        trained.append(epoch)
+        return epoch >= 2
+    runtime = Runtime("cpu", "fp32", store=store, trial_id="t-1", checkpoint_every=1)
+    fine_tune(_Model(), _Data(), settings, 0, stop_at_2, runtime)
+    assert trained == [1, 2]
+    first = [p.detach().clone() for p in _Model().parameters()]
+    trained.clear()
+    again = _Model()
+    fine_tune(again, _Data(), settings, 0, stop_at_2,
+              Runtime("cpu", "fp32", store=store, trial_id="t-1", checkpoint_every=1))
+    assert trained == []  # resumed at the stop: nothing more trained
+    assert not all(torch.equal(a, b) for a, b in zip(again.parameters(), first))  # the kept weights
