@@ -169,6 +169,21 @@ def save_chart(name: str, db, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.html"]
-    chart.save(str(paths[0]), scale_factor=1.5)
-    chart.save(str(paths[1]), inline=True)  # self-contained: works without a CDN
+    _save_whole(chart, paths[0], scale_factor=1.5)
+    _save_whole(chart, paths[1], inline=True)  # self-contained: works without a CDN
     return paths
+
+
+def _save_whole(chart: alt.Chart, path: Path, **options) -> None:
+    """Save into a temporary file beside `path`, then rename it over `path`: a failed save
+    (a full disk) leaves the previous chart or none, never a truncated one for a report."""
+    import os
+    import uuid
+
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # created as the chart would be
+    try:
+        chart.save(str(tmp), format=path.suffix.lstrip("."), **options)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

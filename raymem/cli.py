@@ -1,15 +1,16 @@
 """`raymem study|status|plan|query|chart|report|schema|pretrain|ingest`: the command line.
 
 Exit codes: 0 success, 1 some trials failed (the rest finished and were ingested),
-2 bad input (nothing was run or written), 130 stopped by Ctrl-C or SIGTERM (what
-finished is kept; the same command resumes).
+2 bad input (nothing was run or written), 3 the results store (or the disk under the
+database) is full: the study stopped, what finished is kept and the same command resumes
+once there is room, 130 stopped by Ctrl-C or SIGTERM (what finished is kept; the same
+command resumes).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import textwrap
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import polars as pl
 
-from raymem.errors import ConfigError
+from raymem.errors import ConfigError, StoreFull, is_disk_full
 
 HEADLINES = [  # (query, filter, title) printed at the end of a study, where the study has the tables
     ("precog_accuracy_by_bin", pl.col("task") == "ALL", "Accuracy by PreCog bin (all tasks pooled)"),
@@ -126,13 +127,7 @@ def cmd_study(args) -> int:
 
     start = time.time()
     study = load_study(args.file, _overrides(args))
-    if not (study.ray.address or os.environ.get("RAY_ADDRESS")) and "ray" not in sys.modules:
-        # A Ray of our own on this machine: Ray's single-machine mode binds every server
-        # to 127.0.0.1 instead of all interfaces. Read once, when ray is imported.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    from raymem.charts import available_charts, save_chart
-    from raymem.report import write_report
-    from raymem.study import make_plan, run_plan
+    from raymem.study import make_plan
 
     plan = make_plan(study)
     print(f"[plan] study {study.study}: {plan.n_trials()} trials, results in {plan.store.uri}", flush=True)
@@ -140,6 +135,21 @@ def cmd_study(args) -> int:
         print(f"[study] all {plan.n_trials()} trials are done and {plan.db_path} holds them: nothing to run")
         _print_headlines(plan.db_path, study.bin_width)
         return 0
+    try:
+        return _run_study(args, study, plan, start)
+    except OSError as exc:  # the store, the database or the charts: one message, no traceback
+        if not is_disk_full(exc):
+            raise
+        from raymem.sweep import storage_full
+
+        raise storage_full(plan.store, exc) from exc
+
+
+def _run_study(args, study, plan, start: float) -> int:
+    from raymem.charts import available_charts, save_chart
+    from raymem.report import write_report
+    from raymem.study import run_plan
+
     try:
         failed = run_plan(plan)
     except KeyboardInterrupt as stop:  # raymem's StudyInterrupted, or Ray's own from a wait
@@ -360,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"raymem: error: {exc}", file=sys.stderr)
         return 2
+    except StoreFull as exc:
+        print(f"raymem: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Error classes: they tell bad input (fail before any work) from a lost worker (retry)."""
 
 import difflib
+import errno
 
 
 class RaymemError(Exception):
@@ -17,6 +18,26 @@ class ConfigError(RaymemError):
 
 class TrialFailed(RaymemError):
     """A trial failed for a real reason (a bug, bad data); retrying will not help."""
+
+
+class StoreFull(RaymemError):
+    """The results store (or the disk under it) is full: the study stops; what finished is
+    kept, and the same command resumes once there is room."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether `exc`, or an error it was raised from, is a full disk or an exceeded quota
+    (pyarrow's filesystem errors give the errno in their message only)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, StoreFull) or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)):
+            return True
+        if isinstance(exc, OSError) and any(m in str(exc) for m in ("No space left on device",
+                                                                    "Disk quota exceeded")):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def did_you_mean(name: str, known) -> str:

@@ -55,6 +55,31 @@ HEAD_TYPE = "ray.head.default"  # the fake provider's name for the head node typ
 #   (A client without it fails with "Failed to connect to GCS at <machine address>:port".)
 # - no token authentication (nothing but this machine can reach the cluster).
 CLIENT_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
+# A Ray of a study's own (`init_local_ray`): loopback only, as above, and token auth on
+# (Ray keeps the token in ~/.ray/auth_token, made on first use; `ray get-auth-token`).
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
+
+
+def init_local_ray(**options) -> None:
+    """`ray.init` of a new Ray of this process's own on this machine, the one way raymem
+    starts a local Ray: every server bound to 127.0.0.1 (node and dashboard) and Ray's
+    token authentication on, whatever the environment says (a local Ray needs no other
+    client, so neither the network nor another user of the machine may reach it).
+
+    Ray reads its single-machine switch (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER) once, when it
+    is imported; where it already was (a Python user's `import ray` before raymem), the
+    read value is set here too. The environment carries both settings to the processes
+    Ray starts (raylet, dashboard, workers)."""
+    import ray
+    from ray._private import ray_constants
+    from ray._raylet import Config
+
+    os.environ.update(LOOPBACK_ENV)
+    # Ray's own switch, already read at import: without it "127.0.0.1" becomes the
+    # machine's address and its servers listen on every interface
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    Config.initialize("")  # Ray's cached settings read RAY_AUTH_MODE again (as `ray.init` does)
+    ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", **options)
 
 
 def _free_port() -> int:

@@ -340,8 +340,18 @@ class Runtime:
             self.store.put_bytes(json.dumps(value).encode(), "checkpoints", self.trial_id, PARTS, f"{key}.json")
 
     def finish_training(self) -> None:
-        """Training is over: its progress checkpoint and kept parts go (only named checkpoints stay)."""
+        """Training is over: note what the trial's named checkpoints take in the store.
+
+        Its progress checkpoint and kept parts stay until the trial's results are written
+        and it is marked done (`discard_progress`, called by the sweep): a trial whose
+        results cannot be written (a full disk, a lost worker) resumes from its last epoch."""
+        if self.store is not None and self.trial_id:
+            self.info["storage_bytes"] = (self.store.size("checkpoints", self.trial_id)
+                                          - self.store.file_size("checkpoints", self.trial_id, PROGRESS)
+                                          - self.store.size("checkpoints", self.trial_id, PARTS))
+
+    def discard_progress(self) -> None:
+        """The trial is done (results written, marker down): its resume state goes."""
         if self.store is not None and self.trial_id:
             self.store.delete("checkpoints", self.trial_id, PROGRESS)
             self.store.delete("checkpoints", self.trial_id, PARTS)
-            self.info["storage_bytes"] = self.store.size("checkpoints", self.trial_id)

@@ -5,6 +5,7 @@ Layout under the results root (a local folder or an s3:// URI, one code path):
     <table>/<stage>/<trial_id>.parquet   one shard per trial and table, written atomically
     _done/<trial_id>.json                completion marker: the trial is finished
     _attempts/<trial_id>                 how many times the trial was started
+    _locks/<study>.json                  the driver running the study (raymem/lock.py)
     checkpoints/<trial_id>/<name>/       safetensors checkpoints that later stages need
     checkpoints/<trial_id>/progress.pt   a training trial's resume state, until it finishes
     checkpoints/<trial_id>/parts/        the finished parts of a grouped trial, until it finishes
@@ -37,7 +38,8 @@ from raymem.errors import ConfigError
 VERSION = "0.1.0"
 MARKERS = "_done"
 ATTEMPTS = "_attempts"
-NOT_TABLES = {MARKERS, ATTEMPTS, "checkpoints", "tune", "charts"}
+LOCKS = "_locks"  # one driver per study (raymem/lock.py)
+NOT_TABLES = {MARKERS, ATTEMPTS, LOCKS, "checkpoints", "tune", "charts"}
 
 
 # Schemes a results location may have; anything else before a colon is a mistake, not a folder.
@@ -257,6 +259,11 @@ class Store:
         """Bytes under a folder of the store (0 if absent)."""
         selector = pafs.FileSelector(self._path(*parts), recursive=True, allow_not_found=True)
         return sum(i.size or 0 for i in self.fs.get_file_info(selector) if i.type == pafs.FileType.File)
+
+    def file_size(self, *parts: str) -> int:
+        """Bytes of one file of the store (0 if absent)."""
+        info = self.fs.get_file_info(self._path(*parts))
+        return info.size or 0 if info.type == pafs.FileType.File else 0
 
     def files(self, *parts: str) -> list[str]:
         """The names of the files in a folder of the store, from one listing (none if absent)."""

@@ -23,12 +23,13 @@ import polars as pl
 
 from raymem.config import Study
 from raymem.data import prepare_examples, reserve_pool
-from raymem.errors import ConfigError
+from raymem.errors import ConfigError, is_disk_full
+from raymem.lock import hold_study
 from raymem.models import ModelSpec, check_masked_lm, check_model, layer_count, model_spec
 from raymem.runtime import Runtime
 from raymem.stages import control, counterfactual, examples as examples_stage, finetune, localise, precog, search
 from raymem.store import Store, check_local_path, database_path, ingest, is_ingested
-from raymem.sweep import interruptible, record_run, run_sweep, write_tables
+from raymem.sweep import error_kind, interruptible, record_run, run_sweep, storage_full, write_tables
 from raymem.tasks import load_task
 from raymem.trial import PlanContext, Trial
 
@@ -149,6 +150,8 @@ def _run_summary(store: Store, summary: Trial, by_id: dict[str, Trial], log) -> 
         _run_in_driver(store, summary, compute, record=False)
         return True
     except Exception as exc:  # the sweep goes on; the study ends naming it as failed
+        if is_disk_full(exc):
+            raise  # the study stops (raymem.sweep: disk_full)
         log(f"[{summary.stage}] {summary.label()}: failed: {type(exc).__name__}: {exc}")
         return False
 
@@ -180,15 +183,24 @@ def _run_in_driver(store: Store, trial: Trial, compute, record: bool = True) -> 
     store.mark_done(trial.trial_id, trial.params)
 
 
+def _is_local(study: Study) -> bool:
+    """Whether the study starts a Ray of its own: no address, or `local` (in the study
+    file or RAY_ADDRESS), which asks Ray for a new local instance."""
+    address = study.ray.address or os.environ.get("RAY_ADDRESS")
+    return not address or address.strip().lower() == "local"
+
+
 def _local_cpus(study: Study) -> int | None:
     """The CPUs of the local Ray the study starts; None when it runs on a cluster."""
-    if study.ray.address or os.environ.get("RAY_ADDRESS"):
+    if not _is_local(study):
         return None
     return study.ray.num_cpus or os.cpu_count()
 
 
 def _init_ray(study: Study) -> None:
     import ray
+
+    from raymem.localcluster import init_local_ray
 
     if ray.is_initialized():
         return
@@ -197,7 +209,7 @@ def _init_ray(study: Study) -> None:
         ray.init(address=study.ray.address)  # a running cluster, e.g. under `ray job submit`
     else:
         # "local": a new Ray of our own, even where `ray start` left a cluster address behind
-        ray.init(address="local", num_cpus=cpus)
+        init_local_ray(num_cpus=cpus)
 
 
 def _check_local_resources(study: Study) -> None:
@@ -246,15 +258,17 @@ def run_plan(plan: Plan, log=print) -> list[Trial]:
     study, store = plan.study, plan.store
     _check_local_resources(study)
     store.check_writable()
-    done = store.done_ids()
-    for trial in plan.of_stage(examples_stage.STAGE):
-        if trial.trial_id not in done:
-            key = (trial.params["task"], trial.params["model"])
-            store.write_rows("examples", "examples", trial.trial_id, plan.examples[key], study.study)
-            store.mark_done(trial.trial_id, trial.params)
-    _init_ray(study)
-    with interruptible():
-        return _run_stages(plan, log)
+    # one driver per study and per database: a second one is refused before it writes
+    with hold_study(store, study.study, plan.db_path, log):
+        done = store.done_ids()
+        for trial in plan.of_stage(examples_stage.STAGE):
+            if trial.trial_id not in done:
+                key = (trial.params["task"], trial.params["model"])
+                store.write_rows("examples", "examples", trial.trial_id, plan.examples[key], study.study)
+                store.mark_done(trial.trial_id, trial.params)
+        _init_ray(study)
+        with interruptible():
+            return _run_stages(plan, log)
 
 
 def _run_stages(plan: Plan, log) -> list[Trial]:
@@ -281,7 +295,7 @@ def _run_stages(plan: Plan, log) -> list[Trial]:
         by_id = {t.trial_id: t for t in plan.trials}
         failed += run_sweep("study", flowing, store, study.finetune.max_failures, log,
                             lambda summary: _run_summary(store, summary, by_id, log))
-    scoring.wait()
+    failed += scoring.wait()
     # The database holds this study's trials only, not shards left by other settings.
     counts = ingest(store, plan.db_path, {t.trial_id for t in plan.trials})
     log(f"[ingest] {plan.db_path}: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
@@ -289,14 +303,16 @@ def _run_stages(plan: Plan, log) -> list[Trial]:
 
 
 class _Beside:
-    """Run `work` in a thread of the driver; `wait()` joins it and raises what it raised."""
+    """Run `work` in a thread of the driver; `wait()` joins it and returns what it returned,
+    or raises what it raised."""
 
     def __init__(self, work):
         self.error: BaseException | None = None
+        self.result = None
 
         def run():
             try:
-                work()
+                self.result = work()
             except BaseException as exc:  # handed to the main thread by wait()
                 self.error = exc
         # a daemon: Ctrl-C ends the study without waiting for it (its shards are atomic)
@@ -308,20 +324,46 @@ class _Beside:
             self.thread.join(timeout=0.5)  # short joins: Ctrl-C still reaches the main thread
         if self.error is not None:
             raise self.error
+        return self.result
 
 
-def _run_precog(plan: Plan, pending: list[Trial], reserved, log) -> None:
-    """Score the pending PreCog trials in the placement group `reserved`, then remove it."""
+def _run_precog(plan: Plan, pending: list[Trial], reserved, log) -> list[Trial]:
+    """Score the pending PreCog trials in the placement group `reserved`, then remove it;
+    return those that failed. A failure is a trial's like any other: recorded in `runs`,
+    named at the end, and the other trials and the ingest go on."""
     import ray
     from ray.util.placement_group import remove_placement_group
 
+    failed = []
     try:
-        _await_reservation(reserved, plan.study.precog.actors, log)
+        try:
+            _await_reservation(reserved, plan.study.precog.actors, log)
+        except Exception as exc:  # no pool: none of them can be scored
+            for trial in pending:
+                _precog_failed(plan.store, trial, exc, 0.0, log)
+            return list(pending)
         for trial in pending:
-            _run_precog_trial(plan, trial, reserved, log)
+            start = time.time()
+            try:
+                _run_precog_trial(plan, trial, reserved, log)
+            except Exception as exc:
+                _precog_failed(plan.store, trial, exc, time.time() - start, log)
+                failed.append(trial)
     finally:
         if reserved is not None and ray.is_initialized():
             remove_placement_group(reserved)
+    return failed
+
+
+def _precog_failed(store: Store, trial: Trial, exc: Exception, wall: float, log) -> None:
+    """Record a PreCog trial's failure, as the sweep records a trial's (a full store stops the study)."""
+    import traceback
+
+    if is_disk_full(exc):
+        raise storage_full(store, exc) from exc
+    log(f"[precog] {trial.params['task']} / {trial.params['model']}: failed: {type(exc).__name__}: {exc}")
+    record_run(store, trial, "failed", wall, None, "".join(traceback.format_exception(exc, limit=8)),
+               error_kind(exc))
 
 
 def _await_reservation(reserved, pool, log, every_seconds: float = 60.0) -> None:

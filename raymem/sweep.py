@@ -8,13 +8,19 @@ come in three kinds (as datatrove sorts them), each handled its own way:
   node kills the trial from outside, and Tune restarts it (`max_failures`), from its last
   progress checkpoint;
 - oom: out of memory: not retried (it would fail again); the error names what to lower;
-- permanent: a bug or bad data: not retried.
+- permanent: a bug or bad data: not retried. A CUDA error (a device-side assert) leaves
+  the worker's CUDA context unusable: the worker is ended after the failure is recorded,
+  and the next trial gets a new one;
+- disk_full: the results store is full: nothing is retried, the study stops naming the
+  store; what finished is kept (a trial keeps its progress checkpoint until its results
+  are written), and the same command resumes once there is room.
 A failure is recorded once in `runs` with its error and kind; the sweep goes on.
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
 import importlib
 import json
 import os
@@ -28,6 +34,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from raymem.errors import StoreFull, is_disk_full
 from raymem.runtime import Runtime
 from raymem.store import ATTEMPTS, Store
 from raymem.trial import Trial
@@ -48,6 +55,10 @@ TRANSIENT_NAMES = {"RayActorError", "ActorDiedError", "NodeDiedError", "ObjectLo
 TRANSIENT_MESSAGE = re.compile(r"timed? ?out|throttl|slow ?down|too many requests|service unavailable|"
                                r"connection (reset|refused|aborted|closed)|temporarily unavailable|"
                                r"broken pipe|\b(429|500|502|503|504)\b", re.IGNORECASE)
+DISK_FULL = "disk_full"
+# Beside a trial's attempt counter: the Tune trial whose worker was ended after a CUDA
+# error (its restart on a new worker reports the recorded failure instead of running again)
+ENDED_WORKER = ".ended-worker"
 OOM_HINT = ("out of memory: lower this stage's batch_size or max_length, or give each trial more of a "
             "GPU (a larger `gpus` fraction, so fewer trials share one)")
 
@@ -58,9 +69,11 @@ class StudyInterrupted(KeyboardInterrupt):
 
 
 def error_kind(exc: BaseException) -> str:
-    """'transient', 'oom' or 'permanent' (see the module docstring)."""
+    """'transient', 'oom', 'permanent' or 'disk_full' (see the module docstring)."""
     import torch
 
+    if is_disk_full(exc):
+        return DISK_FULL
     if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or (
             isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()):
         return "oom"
@@ -74,6 +87,23 @@ def error_kind(exc: BaseException) -> str:
     return "permanent"
 
 
+def is_sticky_cuda_error(exc: BaseException) -> bool:
+    """A CUDA error after which the process's CUDA context fails every later call (a
+    device-side assert, an illegal memory access): torch's AcceleratorError, or a
+    RuntimeError saying 'CUDA error'. Out of memory is not one: the context survives it."""
+    if error_kind(exc) == "oom":
+        return False
+    return type(exc).__name__ == "AcceleratorError" or (
+        isinstance(exc, RuntimeError) and "CUDA error" in str(exc))
+
+
+def storage_full(store: Store, exc: BaseException) -> StoreFull:
+    """The one message a full store gets."""
+    return StoreFull(f"disk full: the results store {store.uri} has no room left ({exc}); the study "
+                     f"stopped. What finished is kept: free space (or give `results:` a larger "
+                     f"disk) and run the same command to resume")
+
+
 def record_run(store: Store, trial: Trial, status: str, wall: float, info: dict | None = None,
                error: str | None = None, kind: str | None = None, attempts: int = 1) -> None:
     """One row in `runs` for the trial: parameters, status, wall time and what it reported."""
@@ -84,11 +114,12 @@ def record_run(store: Store, trial: Trial, status: str, wall: float, info: dict 
            "precision": info.get("precision", "fp32"), "attempts": attempts,
            "resumed_from_epoch": info.get("resumed_from_epoch"), "epochs_trained": info.get("epochs_trained"),
            "storage_bytes": info.get("storage_bytes", 0),
-           "memorised_epoch": info.get("memorised_epoch"),
+           "memorised_epoch": info.get("memorised_epoch"), "peak_gpu_bytes": info.get("peak_gpu_bytes"),
            "params": json.dumps(p, sort_keys=True, default=str)}
     schema = {"seed": pl.Int64, "memorised_epoch": pl.Int64, "error": pl.Utf8, "error_kind": pl.Utf8,
               "task": pl.Utf8, "model": pl.Utf8, "variant": pl.Utf8, "storage_bytes": pl.Int64,
-              "attempts": pl.Int64, "resumed_from_epoch": pl.Int64, "epochs_trained": pl.Int64}
+              "attempts": pl.Int64, "resumed_from_epoch": pl.Int64, "epochs_trained": pl.Int64,
+              "peak_gpu_bytes": pl.Int64}
     store.write_rows("runs", trial.stage, trial.trial_id, pl.DataFrame([row], schema_overrides=schema),
                      trial.study)
 
@@ -116,40 +147,110 @@ def write_tables(store: Store, trial: Trial, tables: dict[str, pl.DataFrame]) ->
 
 def run_trial(trial: Trial, report=None, sleep=time.sleep) -> dict:
     """Run one trial in this process; write its tables, record it; never raise for a failure
-    inside it (a lost worker is not an exception here: the process is gone)."""
+    inside it (a lost worker is not an exception here: the process is gone).
+
+    Writes go in the order that loses nothing finished: tables, runs row, marker, and only
+    then the progress checkpoint is deleted. A full store is recorded where it can be and
+    returned as `disk_full`, never retried."""
     store = Store(trial.results)
     stage = importlib.import_module(STAGE_MODULES[trial.stage])
-    start, runtime = time.time(), None
-    attempts = _count_attempt(store, trial)
-    for retry in range(TRANSIENT_RETRIES + 1):
-        try:
-            runtime = Runtime.for_trial(trial, report)
-            write_tables(store, trial, stage.run(trial, runtime))
-            break
-        except Exception as exc:
-            kind = error_kind(exc)
-            if kind == "transient" and retry < TRANSIENT_RETRIES:
-                delay = min(BACKOFF_CAP_SECONDS, BACKOFF_SECONDS * 2 ** retry)
-                print(f"[{trial.stage}] {trial.trial_id}: transient error ({exc}); retry "
-                      f"{retry + 1}/{TRANSIENT_RETRIES} in {delay:.0f}s", flush=True)
-                sleep(delay)
-                continue
-            error = traceback.format_exc(limit=8)
-            if kind == "oom":
-                error = f"{OOM_HINT}\n{error}"
+    start, runtime, attempts, retry = time.time(), None, 1, 0
+    try:
+        attempts = _count_attempt(store, trial)
+        for retry in range(TRANSIENT_RETRIES + 1):
+            try:
+                runtime = Runtime.for_trial(trial, report)
+                write_tables(store, trial, stage.run(trial, runtime))
+                break
+            except Exception as exc:
+                kind = error_kind(exc)
+                if kind == DISK_FULL:
+                    raise
+                if kind == "transient" and retry < TRANSIENT_RETRIES:
+                    delay = min(BACKOFF_CAP_SECONDS, BACKOFF_SECONDS * 2 ** retry)
+                    print(f"[{trial.stage}] {trial.trial_id}: transient error ({exc}); retry "
+                          f"{retry + 1}/{TRANSIENT_RETRIES} in {delay:.0f}s", flush=True)
+                    sleep(delay)
+                    continue
+                error = traceback.format_exc(limit=8)
+                if kind == "oom":
+                    error = f"{OOM_HINT}\n{error}"
+                ended = is_sticky_cuda_error(exc)
+                if ended:
+                    error = f"{CUDA_ERROR_NOTE}\n{error}"
+                record_run(store, trial, "failed", time.time() - start, _with_peak_memory(runtime),
+                           error, kind, attempts + retry)
+                return {"status": "failed", "error_kind": kind, "error": error.strip().splitlines()[-1],
+                        **({"end_worker": True} if ended else {})}
+        record_run(store, trial, "ok", time.time() - start, _with_peak_memory(runtime), attempts=attempts + retry)
+        store.mark_done(trial.trial_id, {"stage": trial.stage, "params": trial.params})
+        runtime.discard_progress()
+        return {"status": "ok", **runtime.info}
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        full = storage_full(store, exc)
+        try:  # a failure row is small: it may still fit
             record_run(store, trial, "failed", time.time() - start, runtime.info if runtime else None,
-                       error, kind, attempts + retry)
-            return {"status": "failed", "error_kind": kind, "error": error.strip().splitlines()[-1]}
-    record_run(store, trial, "ok", time.time() - start, runtime.info, attempts=attempts + retry)
-    store.mark_done(trial.trial_id, {"stage": trial.stage, "params": trial.params})
-    return {"status": "ok", **runtime.info}
+                       str(full), DISK_FULL, attempts + retry)
+        except Exception as again:
+            if not is_disk_full(again):
+                raise
+        return {"status": "failed", "error_kind": DISK_FULL, "error": str(full)}
+    finally:
+        free_device_memory()
+
+
+CUDA_ERROR_NOTE = ("a CUDA error: the worker's CUDA context is unusable after it, so the worker was "
+                   "ended and the next trial runs in a new one")
+
+
+def _with_peak_memory(runtime: Runtime | None) -> dict | None:
+    """The runtime's info, with the GPU memory the trial held at its peak (on a GPU)."""
+    import torch
+
+    if runtime is None:
+        return None
+    if runtime.device.type == "cuda" and torch.cuda.is_initialized():
+        runtime.info["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(runtime.device)
+    return runtime.info
+
+
+def free_device_memory() -> None:
+    """Between two trials of a reused worker: the last trial's tensors and the GPU memory
+    torch's caching allocator kept for them go back, and the peak counts from zero again,
+    so the next trial starts with the memory of a new worker."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
 
 
 def _tune_entry(config: dict) -> None:
     from ray import tune
 
-    result = run_trial(Trial.from_config(config["trial"]["spec"]), report=lambda **metrics: tune.report(metrics))
-    tune.report({"done": True, **{k: v for k, v in result.items() if k in ("status", "error", "error_kind")}})
+    trial = Trial.from_config(config["trial"]["spec"])
+    store, tune_trial = Store(trial.results), tune.get_context().get_trial_id()
+    ended = (ATTEMPTS, f"{trial.trial_id}{ENDED_WORKER}")
+    if store.exists(*ended) and store.get_bytes(*ended).decode() == tune_trial:
+        # this trial ended its last worker after a CUDA error; its failure is recorded
+        tune.report({"done": True, "status": "failed", "error_kind": "permanent", "error": CUDA_ERROR_NOTE})
+        return
+    result = run_trial(trial, report=lambda **metrics: tune.report(metrics))
+    summary = {k: v for k, v in result.items() if k in ("status", "error", "error_kind")}
+    if result.get("end_worker"):
+        # Tune reuses a worker whose trial ended; one that raises is replaced instead, and
+        # the trial's restart (a new worker) finds this note and reports the failure above
+        store.put_bytes(tune_trial.encode(), *ended)
+        tune.report({**summary, "end_worker": True})
+        raise WorkerEnded(f"{trial.label()}: {CUDA_ERROR_NOTE}")
+    tune.report({"done": True, **summary})
+
+
+class WorkerEnded(RuntimeError):
+    """Raised by a Tune trial whose worker must not serve another trial (its CUDA context is lost)."""
 
 
 @contextmanager
@@ -232,14 +333,21 @@ def progress_callback(name: str, total: int, every_seconds: float = 10.0, before
             self._line(trials, completed=trial)
 
         def on_trial_recover(self, iteration, trials, trial, **info):
-            # an exception inside a trial is recorded by run_trial; this is a lost worker or node
+            # an exception inside a trial is recorded by run_trial; this is a lost worker or node,
+            # or a worker ended after a CUDA error (its restart reports the recorded failure)
+            if (trial.last_result or {}).get("end_worker"):
+                print(f"[{name}] {_label(trial)}: failed ({CUDA_ERROR_NOTE})", flush=True)
+                return
             reports = (trial.last_result or {}).get("training_iteration", 0)
             print(f"[{name}] {_label(trial)}: its worker was lost after {reports} reports; "
                   f"retrying from its last progress checkpoint", flush=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            print(f"[{name}] {_label(trial)}: lost its worker more than "
-                  f"finetune.max_failures times; it failed", flush=True)
+            if (trial.last_result or {}).get("end_worker"):
+                print(f"[{name}] {_label(trial)}: failed ({CUDA_ERROR_NOTE})", flush=True)
+            else:
+                print(f"[{name}] {_label(trial)}: lost its worker more than "
+                      f"finetune.max_failures times; it failed", flush=True)
             self._line(trials, completed=trial)
 
     return Progress()
@@ -354,6 +462,35 @@ def _run_experiment(name: str, part: int, trials: list[Trial], store: Store, max
             storage_path=store.local_path("tune"),
             # Tune's own output prints every trial's configuration; one progress line instead
             failure_config=tune.FailureConfig(max_failures=max_failures), verbose=0,
+            stop=stop_when_full(),
             callbacks=tune_callbacks(name, n_tune, (n_tune - left - failed_before, failed_before), work)))
-    tuner.fit()
+    try:
+        grid = tuner.fit()
+    except Exception as exc:  # a driver step (a summary) found the store full
+        if is_disk_full(exc):
+            raise storage_full(store, exc) from exc
+        raise
+    for result in grid:
+        if (result.metrics or {}).get("error_kind") == DISK_FULL:
+            raise StoreFull(result.metrics["error"])
     return searcher
+
+
+def stop_when_full():
+    """A Tune stopper: the whole experiment ends once a trial reports a full store (every
+    other trial would fail the same way)."""
+    from ray.tune.stopper import Stopper
+
+    class Full(Stopper):
+        def __init__(self):
+            self.full = False
+
+        def __call__(self, trial_id, result) -> bool:
+            self.full = self.full or result.get("error_kind") == DISK_FULL
+            return False
+
+        def stop_all(self) -> bool:
+            return self.full
+
+    return Full()
+

@@ -126,6 +126,8 @@ def fine_tune(model, data: Encoded, s: TrainSettings, seed: int,
     state = TrainingState({"model": model, "optimiser": optimiser, "schedule": schedule,
                            "scaler": scaler}, generator, extra if extra is not None else {})
     first = runtime.resume(state) if runtime else 1
+    if "stopped_at" in state.extra:  # resumed after `after_epoch` stopped it: nothing left to train
+        first = s.epochs + 1
     for epoch in range(first, s.epochs + 1):
         model.train()
         total = torch.zeros((), device=device)  # summed on the device: no host sync per step
@@ -145,6 +147,8 @@ def fine_tune(model, data: Encoded, s: TrainSettings, seed: int,
             total += loss.detach() * len(labels)
         state.losses.append(float(total) / len(data))
         stop = after_epoch is not None and after_epoch(epoch)
+        if stop:
+            state.extra["stopped_at"] = epoch
         if runtime:
             runtime.save_progress(state, epoch)
         if stop:

@@ -218,3 +218,154 @@ def test_a_failure_while_writing_leaves_no_shard_of_the_trial(monkeypatch, tmp_p
     assert result["status"] == "failed" and runs.row(0, named=True)["status"] == "failed"
     assert not has_things(store, trial) and not store.is_done(trial.trial_id)
     assert store.read_table("things") is None  # nothing of it for ingest to find
+
+
+# -- PreCog: its failures are trials' failures ---------------------------------------------
+def test_a_failing_precog_is_recorded_and_the_study_ingested(monkeypatch, tiny_mlm, tmp_path, capsys):
+    import yaml
+
+    import raymem.study as study_module
+    from raymem.cli import main
+    from raymem.stages import precog
+
+    def broken(*args, **kwargs):
+        raise ValueError("PreCog cannot score this split")
+    # no Ray: the pool is never reserved, and scoring fails as it would inside Ray Data
+    monkeypatch.setattr(study_module, "_init_ray", lambda study: None)
+    monkeypatch.setattr(study_module, "reserve_pool", lambda actors: None)
+    monkeypatch.setattr(precog, "run", broken)
+    results = tmp_path / "results"
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({
+        "study": "precogfails", "results": str(results), "models": [str(tiny_mlm)],
+        "tasks": ["tweet_sentiment"], "seeds": [1], "subsample": {"train": 16, "validation": 8, "test": 8},
+        "precog": {"k": [1], "max_length": 32, "actors": {"min_size": 1, "max_size": 1}},
+        "finetune": {"enabled": False}, "ray": {"num_cpus": 2}}))
+    assert main(["study", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "1 trial(s) failed" in err and "precog-" in err and "Traceback" not in err
+    db = results / "raymem.duckdb"
+    assert db.is_file()
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        runs = con.execute("SELECT stage, status, error_kind, error FROM runs").fetchall()
+        examples = con.execute("SELECT COUNT(*) FROM examples").fetchone()[0]
+    finally:
+        con.close()
+    assert [(r[0], r[1], r[2]) for r in runs] == [("precog", "failed", "permanent")]
+    assert "PreCog cannot score this split" in runs[0][3]
+    assert examples == 32
+    assert not any((results / "_done").glob("precog-*.json"))  # a rerun tries it again
+
+
+# -- a CUDA error ends its worker -----------------------------------------------------------
+@pytest.mark.parametrize("exc", [
+    RuntimeError("CUDA error: device-side assert triggered\nCUDA kernel errors might be asynchronously "
+                 "reported"),
+    torch.AcceleratorError("CUDA error: an illegal memory access was encountered"),
+], ids=["RuntimeError", "AcceleratorError"])
+def test_a_cuda_error_is_permanent_and_asks_to_end_the_worker(monkeypatch, tmp_path, exc):
+    FakeStage(monkeypatch, [exc])
+    trial = make_trial(tmp_path)
+    result, delays, store, runs = run(trial)
+    assert result["status"] == "failed" and result["error_kind"] == "permanent"
+    assert result["end_worker"] is True and delays == []
+    row = runs.row(0, named=True)
+    assert row["error_kind"] == "permanent" and "worker was ended" in row["error"]
+    assert "CUDA error" in row["error"]
+
+
+def test_out_of_memory_keeps_the_worker(monkeypatch, tmp_path):
+    FakeStage(monkeypatch, [RuntimeError("CUDA error: out of memory")])
+    result, *_ = run(make_trial(tmp_path))
+    assert result["error_kind"] == "oom" and "end_worker" not in result
+
+
+def test_each_trial_frees_the_memory_it_held(monkeypatch, tmp_path):
+    # on CPU only the collection can be seen; on a GPU the same call empties torch's cache
+    # and resets the peak (benchmarks/gpu_check.py measures memory before and after)
+    calls = []
+    monkeypatch.setattr(sweep, "free_device_memory", lambda: calls.append("freed"))
+    FakeStage(monkeypatch, [ValueError("bad data")])
+    run(make_trial(tmp_path))
+    FakeStage(monkeypatch, [])
+    run(make_trial(tmp_path))
+    assert calls == ["freed", "freed"]
+    monkeypatch.undo()
+    collected = []
+    import gc
+
+    monkeypatch.setattr(gc, "collect", lambda *a: collected.append(1) or 0)
+    sweep.free_device_memory()
+    assert collected
+
+
+@pytest.mark.ray
+def test_a_cuda_error_in_a_sweep_ends_its_worker_and_the_next_trial_runs_in_a_new_one(tmp_path):
+    """A real Tune sweep of one worker slot: the first trial raises a CUDA error, the second
+    must run in another process (the first worker's CUDA context would be dead) and succeed."""
+    import json
+    import os
+    import subprocess
+    import tempfile
+
+    script = tmp_path / "sweep.py"
+    script.write_text(SWEEP_SCRIPT)
+    (tmp_path / "cudafake.py").write_text(FAKE_STAGE)
+    ray_tmp = tempfile.mkdtemp(prefix="rmcu-", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONPATH": os.pathsep.join(
+        [str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "results")], env=env,
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    store = Store(str(tmp_path / "results"))
+    runs = pl.from_arrow(store.read_table("runs")).sort("seed")
+    assert runs["status"].to_list() == ["failed", "ok"]
+    assert runs["error_kind"].to_list() == ["permanent", None]
+    assert runs["attempts"].to_list() == [1, 1]  # the failed trial was not run again
+    pids = report["pids"]
+    assert len(pids) == 2 and pids["1"] != pids["2"], pids
+    assert report["failed"] == [1]
+
+
+# A stage module the Tune workers import (Ray's worker setup hook points `finetune` at it).
+FAKE_STAGE = """
+import os
+import polars as pl
+
+
+def setup():
+    import raymem.sweep
+    raymem.sweep.STAGE_MODULES["finetune"] = "cudafake"
+
+
+def run(trial, runtime):
+    folder = os.path.join(os.path.dirname(trial.results), "pids")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, str(trial.params["seed"])), "w") as f:
+        f.write(str(os.getpid()))
+    if trial.params["seed"] == 1:
+        raise RuntimeError("CUDA error: device-side assert triggered")
+    return {"things": pl.DataFrame({"thing": [trial.params["seed"]]})}
+"""
+SWEEP_SCRIPT = """
+import json, os, sys
+from raymem.localcluster import init_local_ray
+from raymem.store import Store
+from raymem.sweep import run_sweep
+from raymem.trial import Trial
+
+results = sys.argv[1]
+init_local_ray(num_cpus=1, runtime_env={"worker_process_setup_hook": "cudafake.setup"})
+# seed 1 (the longer, by its epochs) first, then seed 2, in one worker slot
+trials = [Trial("finetune", {"task": "t", "model": "m", "seed": seed, "settings": {"epochs": epochs}},
+                "cuda", results, runtime={"device": "cpu", "cpus": 1}) for seed, epochs in ((1, 20), (2, 1))]
+failed = run_sweep("study", trials, Store(results), 1, print)
+folder = os.path.join(os.path.dirname(results), "pids")
+pids = {name: open(os.path.join(folder, name)).read() for name in os.listdir(folder)}
+print(json.dumps({"pids": pids, "failed": [t.params["seed"] for t in failed]}))
+"""
