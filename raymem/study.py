@@ -161,10 +161,10 @@ def _run_in_driver(store: Store, trial: Trial, compute, record: bool = True) -> 
     """A driver-side step: its tables, its runs row (not for a summary) and its marker.
     `compute(info)` returns the tables and may note in `info` where it ran."""
     start, info = time.time(), {}
-    write_tables(store, trial, compute(info))
+    shards = write_tables(store, trial, compute(info))
     if record:
-        record_run(store, trial, "ok", time.time() - start, info)
-    store.mark_done(trial.trial_id, trial.params)
+        shards |= record_run(store, trial, "ok", time.time() - start, info)
+    store.mark_done(trial.trial_id, trial.params, shards)
 
 
 def _local_cpus(study: Study) -> int | None:
@@ -237,8 +237,8 @@ def run_plan(plan: Plan, log=print) -> list[Trial]:
     for trial in plan.of_stage(examples_stage.STAGE):
         if trial.trial_id not in done:
             key = (trial.params["task"], trial.params["model"])
-            store.write_rows("examples", "examples", trial.trial_id, plan.examples[key], study.study)
-            store.mark_done(trial.trial_id, trial.params)
+            shards = store.write_rows("examples", "examples", trial.trial_id, plan.examples[key], study.study)
+            store.mark_done(trial.trial_id, trial.params, shards)
     _init_ray(study)
     with interruptible():
         return _run_stages(plan, log)
