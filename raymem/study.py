@@ -115,8 +115,9 @@ def make_plan(study: Study, log=print) -> Plan:
 
 def plan_trials(study: Study, uri: str, n_labels: dict[str, int], n_layers: dict[str, int]) -> list[Trial]:
     """Every trial of the study, each after those it needs. The ids depend on the study's
-    settings, the classes per task and the layers per model, never on the data itself, so
-    `raymem plan` lists the same trials without loading anything."""
+    settings, the classes per task, the layers per model and the fingerprints of the task
+    data and model files (their hashes: raymem/fingerprint.py), so `raymem plan` lists the
+    same trials without loading anything."""
     context = PlanContext(uri, {(task, model): examples_stage.examples_trial(study, task, model, uri)
                                 for task in n_labels for model in study.models}, n_labels, n_layers)
     context.trials += context.examples_trials.values()
