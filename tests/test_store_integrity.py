@@ -192,3 +192,39 @@ def test_shard_marker_and_checkpoint_writes_are_fsynced_before_the_rename(tmp_pa
     synced.clear()
     store.put_bytes(b"state", "checkpoints", "t", "progress.pt")
     assert ".tmp-" in synced[0] and synced[1] == str(tmp_path / "results" / "checkpoints" / "t")
+
+
+def test_status_shows_trials_to_redo_and_survives_a_damaged_shard(tmp_path, capsys):
+    import yaml
+
+    from raymem.cli import main
+    from raymem.config import load_study
+    from raymem.study import make_plan
+
+    data = os.path.join(os.path.dirname(__file__), "data", "user_task")
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({
+        "study": "redo", "results": str(tmp_path / "results"), "models": ["raymem-mini"], "seeds": [1, 2],
+        "tasks": [{"name": "reviews", "text_fields": ["review"], "label_field": "verdict",
+                   "label_names": ["bad", "good"],
+                   "files": {s: f"{data}/{s}.csv" for s in ("train", "validation", "test")}}],
+        "eval_split": "test", "precog": {"enabled": False}, "finetune": {"epochs": 1}}))
+    plan = make_plan(load_study(path), log=lambda *_: None)
+    store = plan.store
+    examples, *finetune = plan.trials
+    store.mark_done(examples.trial_id, {}, store.write_rows("examples", "examples", examples.trial_id,
+                                                             plan.examples["reviews", "raymem-mini"], "redo"))
+    for trial in finetune:
+        shards = store.write_rows("runs", "finetune", trial.trial_id, pl.DataFrame({"status": ["ok"],
+                                                                                 "wall_seconds": [1.0]}), "redo")
+        store.mark_done(trial.trial_id, {}, shards)
+    (tmp_path / "results" / "runs" / "finetune" / f"{finetune[0].trial_id}.parquet").write_bytes(b"PAR1")
+    (tmp_path / "results" / MARKERS / f"{finetune[1].trial_id}.json").write_text("{}")  # results schema 1
+    capsys.readouterr()
+    assert main(["status", str(path)]) == 0
+    out = capsys.readouterr().out
+    rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                         for line in out.splitlines() if line.startswith("| "))}
+    assert rows["stage"][:5] == ["stage", "trials", "done", "redo", "failed"]
+    assert rows["examples"][1:4] == ["1", "1", "0"] and rows["finetune"][1:4] == ["4", "2", "2"]
+    assert "1 trial miss a shard or hold a damaged one" in out and "written by results schema 1" in out
