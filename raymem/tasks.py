@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from raymem.fingerprint import file_sha256, fingerprint
 
 SPLITS = ("train", "validation", "test")
 COLUMNS = ("example_id", "text", "text_pair", "label", "annotator_confidence")
+TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # it names tables' rows, charts and files
 SEGMENTS = "\x1f"  # between the segments of one pair text (WiC: its two sentences); see models.model_inputs
 
 # Buckets of the shipped tweet corpus; see the module docstring.
@@ -127,6 +129,9 @@ def task_spec(task: str | dict) -> TaskSpec:
             raise ConfigError(f"unknown task {task!r}{did_you_mean(task, REGISTRY)}; "
                               f"known tasks: {', '.join(sorted(REGISTRY))}")
         return REGISTRY[task]
+    if not TASK_NAME.fullmatch(task["name"]):
+        raise ConfigError(f"tasks[].name: {task['name']!r}: a task name is letters, digits, '_', '-' and '.' "
+                          f"(starting with a letter or digit); it names the task in every table and chart")
     files = task["files"]
     return TaskSpec(task["name"], "files", tuple(task["label_names"]), tuple(task["text_fields"]),
                     task["label_field"], dict(files))
