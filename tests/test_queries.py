@@ -564,3 +564,12 @@ def test_a_user_task_name_is_letters_digits_and_punctuation_only():
     with pytest.raises(ConfigError, match=r"tasks\[\]\.name: '</script>.*': a task name is letters, digits"):
         task_spec(task)
     assert task_spec({**task, "name": "my-task_2.v1"}).name == "my-task_2.v1"
+
+
+def test_report_tables_escape_task_texts_with_html_in_them():
+    from raymem.report import html_table
+
+    text = f'<img src=x onerror="alert(1)"> & {EVIL}'
+    table = html_table(pl.DataFrame({"task": [EVIL], "text": [text], "score": [0.5]}))
+    assert "<script>" not in table and "<img" not in table
+    assert "&lt;/script&gt;&lt;script&gt;alert(1)&lt;/script&gt;" in table and "&amp;" in table
