@@ -215,8 +215,10 @@ class Store:
         cache = self._valid
         done = {t for t, i in infos.items() if (i.path, i.size, i.mtime_ns) in cache}
         unseen = {t: i for t, i in infos.items() if t not in done}
-        with ThreadPoolExecutor(8) as pool:  # object storage: one small GET each, in parallel
-            parsed = dict(zip(unseen, pool.map(self._read_marker, unseen.values())))
+        parsed = {}
+        if unseen:
+            with ThreadPoolExecutor(8) as pool:  # object storage: one small GET each, in parallel
+                parsed = dict(zip(unseen, pool.map(self._read_marker, unseen.values())))
         redo = {}
         folders = {name.rsplit("/", 1)[0] for m in parsed.values() if isinstance(m, dict)
                    for name in m.get("shards", {})}
@@ -239,7 +241,9 @@ class Store:
         try:
             with self.fs.open_input_stream(info.path) as f:
                 marker = json.loads(f.read())
-            return marker if isinstance(marker, dict) else None
+            ok = isinstance(marker, dict) and isinstance(marker.get("shards", {}), dict) and all(
+                isinstance(size, int) for size in marker.get("shards", {}).values())
+            return marker if ok else None
         except (OSError, ValueError):
             return None
 
