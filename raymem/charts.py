@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import altair as alt
@@ -164,13 +165,23 @@ def build_chart(name: str, db) -> alt.Chart:
     return CHARTS[name][0](db)
 
 
+class ScriptSafeJSON(json.JSONEncoder):
+    """JSON that cannot end the <script> the chart's HTML embeds it in: '<', '>' and '&' as
+    \\u escapes, the same strings to JavaScript, so a task or label named `</script>...` stays
+    data. ('<' and the others occur only inside JSON strings, so the text stays valid JSON.)"""
+
+    def encode(self, o) -> str:
+        return super().encode(o).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
 def save_chart(name: str, db, out_dir: str | Path) -> list[Path]:
     chart = build_chart(name, db)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.html"]
     _save_whole(chart, paths[0], scale_factor=1.5)
-    _save_whole(chart, paths[1], inline=True)  # self-contained: works without a CDN
+    # self-contained (works without a CDN), its data escaped for the script it sits in
+    _save_whole(chart, paths[1], inline=True, json_kwds={"cls": ScriptSafeJSON})
     return paths
 
 

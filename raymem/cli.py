@@ -261,30 +261,35 @@ def cmd_plan(args) -> int:
 
 
 def cmd_status(args) -> int:
-    """Per stage: trials done, failed, started but unfinished, pending; from the store alone."""
+    """Per stage: trials done, to redo (a marker of another results schema, or its shards
+    missing or damaged), failed, started but unfinished, pending; from the store alone."""
     from raymem.config import load_study
-    from raymem.store import ATTEMPTS
+    from raymem.store import ATTEMPTS, redo_lines
     from raymem.study import make_plan
 
     study = load_study(args.file, _overrides(args))
     plan = make_plan(study, log=lambda *_: None)
     store, ids = plan.store, {t.trial_id for t in plan.trials}
-    done = store.done_ids() & ids
+    done, why = store.check_markers()
+    why = {t: reason for t, reason in why.items() if t in ids}
+    done, redo = done & ids, set(why)
     started = set(store.files(ATTEMPTS)) & ids  # one listing, not one request per trial
     runs = store.read_table("runs", ids)
     runs = pl.from_arrow(runs) if runs is not None else pl.DataFrame(
         schema={"trial_id": pl.Utf8, "status": pl.Utf8, "wall_seconds": pl.Float64})
-    failed = set(runs.filter(pl.col("status") == "failed")["trial_id"]) - done
+    failed = set(runs.filter(pl.col("status") == "failed")["trial_id"]) - done - redo
     rows = []
     for stage in dict.fromkeys(t.stage for t in plan.trials):
         mine = {t.trial_id for t in plan.trials if t.stage == stage}
         walls = runs.filter(pl.col("trial_id").is_in(mine & done))["wall_seconds"]
-        rows.append({"stage": stage, "trials": len(mine), "done": len(mine & done), "failed": len(mine & failed),
-                     "started": len((mine & started) - done - failed),
-                     "pending": len(mine - done - failed - started),
+        rows.append({"stage": stage, "trials": len(mine), "done": len(mine & done), "redo": len(mine & redo),
+                     "failed": len(mine & failed), "started": len((mine & started) - done - redo - failed),
+                     "pending": len(mine - done - redo - failed - started),
                      "median_seconds": round(walls.median(), 1) if len(walls) else None})
     table = pl.DataFrame(rows)
     _print_table(f"study {study.study}: {len(done)} of {len(ids)} trials done ({store.uri})", table, fold=False)
+    for line in redo_lines(why):
+        print(f"[store] {line}")
     return 0
 
 

@@ -16,6 +16,7 @@ import transformers
 from transformers import AutoConfig, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from raymem.errors import ConfigError, did_you_mean
+from raymem.fingerprint import file_sha256, fingerprint
 from raymem.tasks import SEGMENTS
 
 ASSETS = Path(__file__).parent / "assets"
@@ -60,6 +61,17 @@ def model_spec(name: str) -> ModelSpec:
         return ModelSpec(name, str(Path(name).resolve()))  # rows name it as the study does
     raise ConfigError(f"unknown model {name!r}{did_you_mean(name, REGISTRY)}; known models: {', '.join(REGISTRY)}, "
                       f"or a path to a checkpoint folder")
+
+
+def model_fingerprint(spec: ModelSpec) -> str:
+    """What a model's results follow besides its name: a local folder's files by content
+    (weights, config, tokenizer; not hidden files or notes), a hub model by its id and
+    revision, always 'main' (none is pinned): its weights are not fingerprinted."""
+    if spec.is_local():
+        files = {p.name: file_sha256(p) for p in sorted(Path(spec.source).iterdir())
+                 if p.is_file() and not p.name.startswith(".") and p.suffix != ".md"}
+        return fingerprint({"files": files})
+    return fingerprint({"hub": spec.source, "revision": "main"})
 
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")

@@ -3,7 +3,8 @@
 Layout under the results root (a local folder or an s3:// URI, one code path):
 
     <table>/<stage>/<trial_id>.parquet   one shard per trial and table, written atomically
-    _done/<trial_id>.json                completion marker: the trial is finished
+    _done/<trial_id>.json                completion marker: the trial is finished, with the
+                                         results schema and the names and sizes of its shards
     _attempts/<trial_id>                 how many times the trial was started
     _locks/<study>.json                  the driver running the study (raymem/lock.py)
     checkpoints/<trial_id>/<name>/       safetensors checkpoints that later stages need
@@ -13,7 +14,13 @@ Layout under the results root (a local folder or an s3:// URI, one code path):
     raymem.duckdb                        built by `ingest` from the shards (local results)
 
 Workers never open DuckDB; ingest rebuilds every table from the shards, so running it
-twice gives the same database, never doubled rows.
+twice gives the same database, never doubled rows. Ingest reads only raymem's own tables
+(`SHARD_TABLES`): any other folder under the results root is refused, never pasted into SQL.
+
+A marker counts only while it parses, was written by this results schema (`RESULTS_SCHEMA`)
+and its shards are all there, at the sizes it recorded (and, on local disk, end in Parquet's
+footer): otherwise the trial is redone. Local writes are flushed to disk (fsync) before the
+rename that publishes them, so a power cut leaves no empty shard behind a complete marker.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -96,6 +104,41 @@ def check_local_path(path: Path, field: str, folder: bool) -> None:
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
+# What stored rows mean: raise it when a change alters the rows a trial writes for the same
+# id; markers of another schema count as not done, so those trials are redone.
+RESULTS_SCHEMA = 2
+# The tables trials write (README "Tables"), and those ingest derives from them.
+SHARD_TABLES = frozenset({
+    "examples", "precog", "search", "predictions", "runs", "subset_predictions", "counterfactual",
+    "layer_scores", "window_scores", "mcog", "events", "retrain_windows", "probe_curves",
+    "control_accuracy"})
+DERIVED_TABLES = frozenset({"checks", "intervals", "precog_regression"})
+PARQUET_MAGIC = b"PAR1"
+
+
+def quote_ident(name: str) -> str:
+    """A DuckDB identifier, quoted: double quotes inside it doubled."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _fsync(path: str) -> None:
+    """Flush a local file or folder to disk (a folder: the names it holds)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _parquet_footer_ok(path: str) -> bool:
+    """A local shard ends in Parquet's magic bytes: it was written whole."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(-len(PARQUET_MAGIC), os.SEEK_END)
+            return f.read() == PARQUET_MAGIC
+    except OSError:
+        return False
+
 
 class Store:
     def __init__(self, uri: str):
@@ -115,6 +158,9 @@ class Store:
         except (pa.ArrowInvalid, OSError) as exc:
             raise ConfigError(f"results: cannot use storage URI {uri!r}: {exc}") from exc
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
+
+        self._said: set[str] = set()  # trials whose marker was said not to count
+        self._valid: set[tuple] = set()  # markers (path, size, mtime) checked valid: not read again
 
     def __reduce__(self):  # ship to Ray workers by URI; each rebuilds its filesystem
         return Store, (self.uri,)
@@ -181,23 +227,33 @@ class Store:
 
     # -- shards -----------------------------------------------------------------------
     def write_rows(self, table: str, stage: str, trial_id: str, rows: pl.DataFrame,
-                   study: str) -> None:
-        """Write one trial's rows of a table, with provenance, atomically."""
+                   study: str) -> dict[str, int]:
+        """Write one trial's rows of a table, with provenance, atomically; return the shard
+        written, {path under the root: bytes}, for the trial's completion marker."""
         rows = rows.with_columns(
             pl.lit(study).alias("study"), pl.lit(stage).alias("stage"),
             pl.lit(trial_id).alias("trial_id"), pl.lit(VERSION).alias("raymem_version"),
             pl.lit(datetime.now(timezone.utc)).alias("created_at"))
-        self._write_atomic(self._path(table, stage, f"{trial_id}.parquet"), rows.to_arrow())
+        name = f"{table}/{stage}/{trial_id}.parquet"
+        return {name: self._write_atomic(self._path(name), rows.to_arrow())}
 
-    def _write_atomic(self, path: str, data: pa.Table) -> None:
+    def _write_atomic(self, path: str, data: pa.Table) -> int:
+        """Write a Parquet file whole or not at all; return its size in bytes."""
         self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         if not self.is_local:  # an object-store put is atomic by itself
-            pq.write_table(data, path, filesystem=self.fs)
-            return
+            buffer = pa.BufferOutputStream()
+            pq.write_table(data, buffer)
+            payload = buffer.getvalue()
+            with self.fs.open_output_stream(path) as f:
+                f.write(payload)
+            return payload.size
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
         try:
             pq.write_table(data, tmp, filesystem=self.fs)
+            _fsync(tmp)  # on disk before the rename makes it the shard
             self.fs.move(tmp, path)
+            _fsync(path.rsplit("/", 1)[0])
+            return os.path.getsize(path)
         except BaseException:  # leave no half-written temp file behind
             if self.fs.get_file_info(tmp).type == pafs.FileType.File:
                 self.fs.delete_file(tmp)
@@ -220,25 +276,105 @@ class Store:
                       and (trial_ids is None or i.base_name[:-len(".parquet")] in trial_ids))
 
     def read_table(self, table: str, trial_ids: set[str] | None = None) -> pa.Table | None:
-        """Every shard of a table, or only those of the given trials, in memory."""
-        files = self.shard_paths(table, trial_ids)
+        """Every readable shard of a table, or only those of the given trials, in memory
+        (a damaged shard belongs to a trial that is redone: it is left out)."""
+        files, _ = self.readable_shards(table, trial_ids)
         if not files:
             return None
         parts = [pq.read_table(f, filesystem=self.fs) for f in files]
         return pa.concat_tables(parts, promote_options="permissive")
 
+    def readable_shards(self, table: str, trial_ids: set[str] | None = None
+                        ) -> tuple[dict[str, pa.Schema], list[str]]:
+        """The shards of a table whose footer reads, with their schemas, and the others."""
+        good, bad = {}, []
+        for path in self.shard_paths(table, trial_ids):
+            try:
+                if self.is_local and not _parquet_footer_ok(path):
+                    raise pa.ArrowInvalid("no Parquet footer")
+                good[path] = pq.read_schema(path, filesystem=self.fs)
+            except (pa.ArrowException, OSError):
+                bad.append(path)
+        return good, bad
+
     # -- completion markers ------------------------------------------------------------
     def is_done(self, trial_id: str) -> bool:
         info = self.fs.get_file_info(self._path(MARKERS, f"{trial_id}.json"))
-        return info.type == pafs.FileType.File
+        return info.type == pafs.FileType.File and not self.check_markers({trial_id: info})[1]
 
     def done_ids(self) -> set[str]:
-        """Every finished trial, from one listing of the markers (not one request per trial)."""
-        return {name[:-len(".json")] for name in self.files(MARKERS) if name.endswith(".json")}
+        """Every finished trial, from one listing of the markers (not one request per trial);
+        a marker that does not count is left out, and said once (`check_markers`)."""
+        done, redo = self.check_markers()
+        new = {t: why for t, why in redo.items() if t not in self._said}
+        self._said |= set(new)
+        for line in redo_lines(new):
+            print(f"[store] {line}", flush=True)
+        return done
 
-    def mark_done(self, trial_id: str, info: dict) -> None:
+    def check_markers(self, infos: dict[str, pafs.FileInfo] | None = None
+                      ) -> tuple[set[str], dict[str, str]]:
+        """(finished trials, {trial: why its marker does not count}). One listing of the
+        markers; the markers and shards not yet seen valid by this store are read, their
+        shards listed once per (table, stage) folder. Kept valid ones are not checked again."""
+        if infos is None:
+            selector = pafs.FileSelector(self._path(MARKERS), allow_not_found=True)
+            infos = {i.base_name[:-len(".json")]: i for i in self.fs.get_file_info(selector)
+                     if i.type == pafs.FileType.File and i.base_name.endswith(".json")}
+        cache = self._valid
+        done = {t for t, i in infos.items() if (i.path, i.size, i.mtime_ns) in cache}
+        unseen = {t: i for t, i in infos.items() if t not in done}
+        parsed = {}
+        if unseen:
+            with ThreadPoolExecutor(8) as pool:  # object storage: one small GET each, in parallel
+                parsed = dict(zip(unseen, pool.map(self._read_marker, unseen.values())))
+        redo = {}
+        folders = {name.rsplit("/", 1)[0] for m in parsed.values() if isinstance(m, dict)
+                   for name in m.get("shards", {})}
+        listed = {}
+        for folder in folders:
+            selector = pafs.FileSelector(self._path(folder), allow_not_found=True)
+            listed |= {f"{folder}/{i.base_name}": i for i in self.fs.get_file_info(selector)
+                       if i.type == pafs.FileType.File}
+        for trial, marker in parsed.items():
+            why = self._marker_problem(marker, listed)
+            if why:
+                redo[trial] = why
+            else:
+                done.add(trial)
+                info = unseen[trial]
+                cache.add((info.path, info.size, info.mtime_ns))
+        return done, redo
+
+    def _read_marker(self, info: pafs.FileInfo) -> dict | None:
+        try:
+            with self.fs.open_input_stream(info.path) as f:
+                marker = json.loads(f.read())
+            ok = isinstance(marker, dict) and isinstance(marker.get("shards", {}), dict) and all(
+                isinstance(size, int) for size in marker.get("shards", {}).values())
+            return marker if ok else None
+        except (OSError, ValueError):
+            return None
+
+    def _marker_problem(self, marker: dict | None, listed: dict[str, pafs.FileInfo]) -> str | None:
+        """Why a parsed marker does not count (None: it does)."""
+        if marker is None:
+            return "unreadable marker"
+        if marker.get("results_schema", 1) != RESULTS_SCHEMA:
+            return f"results schema {marker.get('results_schema', 1)}"
+        for name, size in marker.get("shards", {}).items():
+            found = listed.get(name)
+            if found is None or found.size != size or size == 0 or (
+                    self.is_local and not _parquet_footer_ok(found.path)):
+                return f"damaged shard {name}"
+        return None
+
+    def mark_done(self, trial_id: str, info: dict, shards: dict[str, int] | None = None) -> None:
+        """The trial's completion marker: `info`, the results schema and the shards the trial
+        wrote ({path under the root: bytes}, as `write_rows` returns them), checked on rerun."""
+        marker = {**info, "results_schema": RESULTS_SCHEMA, "shards": dict(shards or {})}
         # atomic: a marker cut short by a kill would claim an unfinished trial
-        self.put_bytes(json.dumps(info, default=str).encode(), MARKERS, f"{trial_id}.json")
+        self.put_bytes(json.dumps(marker, default=str).encode(), MARKERS, f"{trial_id}.json")
 
     # -- checkpoints -------------------------------------------------------------------
     def put_dir(self, local_dir: str | Path, *parts: str) -> int:
@@ -247,6 +383,10 @@ class Store:
         self.fs.create_dir(target, recursive=True)
         pafs.copy_files(str(Path(local_dir).resolve()), target,
                         source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
+        if self.is_local:  # on disk before a marker may name the checkpoint
+            for path in sorted(Path(target).rglob("*"), reverse=True):
+                _fsync(str(path))
+            _fsync(target)
         return sum(p.stat().st_size for p in Path(local_dir).rglob("*") if p.is_file())
 
     def get_dir(self, local_dir: str | Path, *parts: str) -> Path:
@@ -282,7 +422,9 @@ class Store:
             with self.fs.open_output_stream(tmp) as f:
                 f.write(data)
             if tmp != path:
+                _fsync(tmp)  # on disk before the rename publishes it
                 self.fs.move(tmp, path)
+                _fsync(path.rsplit("/", 1)[0])
         except BaseException:
             if tmp != path and self.fs.get_file_info(tmp).type == pafs.FileType.File:
                 self.fs.delete_file(tmp)
@@ -306,6 +448,27 @@ class Store:
         return self._path(*parts) if self.is_local else "/".join([self.uri.rstrip("/"), *parts])
 
 
+def redo_lines(redo: dict[str, str]) -> list[str]:
+    """What `check_markers` found, one line per kind: how many trials are redone, and why."""
+    kinds: dict[str, list[str]] = {}
+    for trial, why in sorted(redo.items()):
+        kinds.setdefault(why.split(" ")[0] if why.startswith("damaged") else why, []).append(trial)
+    lines = []
+    for kind, trials in kinds.items():
+        n = f"{len(trials)} trial{'s' if len(trials) > 1 else ''}"
+        they = "they are" if len(trials) > 1 else "it is"
+        if kind.startswith("results schema"):
+            lines.append(f"{n} {'were' if len(trials) > 1 else 'was'} written by {kind} (this is "
+                         f"{RESULTS_SCHEMA}); {they} redone")
+        elif kind == "damaged":
+            lines.append(f"{n} miss a shard or hold a damaged one (e.g. {redo[trials[0]][len('damaged shard '):]}); "
+                         f"{they} redone")
+        else:
+            lines.append(f"{n} {'have' if len(trials) > 1 else 'has'} an unreadable completion marker "
+                         f"(e.g. {MARKERS}/{trials[0]}.json); {they} redone")
+    return lines
+
+
 def database_path(store: Store, database: str | None) -> Path:
     if database:
         return Path(database).resolve()
@@ -322,8 +485,11 @@ def table_names(con) -> set[str]:
 def write_derived(con, table: str, frame: pl.DataFrame) -> int:
     """Write a table that ingest derives in Python (checks, intervals, the PreCog
     regression) into the open database, replacing it; return its row count."""
+    if table not in DERIVED_TABLES:
+        raise ValueError(f"{table!r} is not one of raymem's derived tables")
     con.register(f"{table}_frame", frame.to_arrow())
-    con.execute(f'CREATE OR REPLACE TABLE "{table}" AS SELECT * FROM "{table}_frame"').fetchall()
+    con.execute(f"CREATE OR REPLACE TABLE {quote_ident(table)} AS SELECT * FROM "
+                f"{quote_ident(table + '_frame')}").fetchall()
     con.unregister(f"{table}_frame")
     return frame.height
 
@@ -343,7 +509,42 @@ def is_ingested(db_path: Path, trial_ids: set[str]) -> bool:
     return db_path.is_file() and marker.is_file() and marker.read_text().strip() == trials_hash(trial_ids)
 
 
-def ingest(store: Store, db_path: Path, trial_ids: set[str] | None = None) -> dict[str, int]:
+def result_tables(store: Store) -> list[str]:
+    """The tables under the results root; a folder that is none of raymem's is refused,
+    naming it, before anything is written (its name would otherwise reach SQL)."""
+    names = store.tables()
+    unknown = [name for name in names if name not in SHARD_TABLES]
+    if unknown:
+        raise ConfigError(f"results: {', '.join(map(repr, unknown))} under {store.uri} "
+                          f"{'is not a table' if len(unknown) == 1 else 'are not tables'} raymem writes "
+                          f"({', '.join(sorted(SHARD_TABLES))}); move {'it' if len(unknown) == 1 else 'them'} "
+                          f"out of the results folder")
+    return names
+
+
+def _comparable(kind: pa.DataType) -> pa.DataType:
+    """A column type as ingest compares it: Arrow's 64-bit-offset strings are strings."""
+    return {pa.large_string(): pa.string(), pa.large_binary(): pa.binary()}.get(kind, kind)
+
+
+def check_one_schema(store: Store, table: str, schemas: dict[str, pa.Schema]) -> None:
+    """A table's shards agree on every column's type (a column absent or all null in some is
+    fine): shards of another results schema are refused, naming them, never cast."""
+    seen: dict[str, tuple[pa.DataType, str]] = {}
+    root = store.root.rstrip("/") + "/"
+    for path, schema in schemas.items():
+        for column in schema:
+            if pa.types.is_null(column.type):
+                continue
+            first, where = seen.setdefault(column.name, (column.type, path))
+            if _comparable(first) != _comparable(column.type):
+                raise ConfigError(
+                    f"ingest: table {table}: column {column.name!r} is {first} in {where.removeprefix(root)} "
+                    f"but {column.type} in {path.removeprefix(root)}; the shards were written by "
+                    f"different results schemas: remove the older ones (their trials are redone)")
+
+
+def ingest(store: Store, db_path: Path, trial_ids: set[str] | None = None, log=print) -> dict[str, int]:
     """Rebuild the DuckDB database from the tables' shards (all, or the given trials')
     and return the row counts.
 
@@ -356,6 +557,7 @@ def ingest(store: Store, db_path: Path, trial_ids: set[str] | None = None) -> di
     from raymem.intervals import create_intervals_table
     from raymem.regression import create_precog_regression_table
 
+    tables = result_tables(store)  # before anything is written
     db_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".duckdb", dir=db_path.parent)
     os.close(fd)
@@ -364,18 +566,24 @@ def ingest(store: Store, db_path: Path, trial_ids: set[str] | None = None) -> di
     try:
         con = duckdb.connect(tmp)
         try:
-            for table in store.tables():
-                files = store.shard_paths(table, trial_ids)
-                if not files:
+            for table in tables:
+                schemas, damaged = store.readable_shards(table, trial_ids)
+                if damaged:  # their trials' markers do not count either: a rerun redoes them
+                    log(f"[ingest] {table}: left out {len(damaged)} damaged shard(s), e.g. "
+                        f"{damaged[0].removeprefix(store.root.rstrip('/') + '/')}; a rerun redoes their trials")
+                if not schemas:
                     continue
+                check_one_schema(store, table, schemas)
+                name = quote_ident(table)
                 if store.is_local:  # DuckDB reads the shards itself, streaming: flat in memory
-                    con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM read_parquet(?, union_by_name = true)',
-                                [files]).fetchall()
+                    con.execute(f"CREATE TABLE {name} AS SELECT * FROM read_parquet(?, union_by_name = true)",
+                                [list(schemas)]).fetchall()
                 else:  # object storage: through pyarrow's filesystem (DuckDB's httpfs may be absent)
-                    con.register("shards", store.read_table(table, trial_ids))
-                    con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM shards').fetchall()
+                    con.register("shards", pa.concat_tables(
+                        [pq.read_table(f, filesystem=store.fs) for f in schemas], promote_options="permissive"))
+                    con.execute(f"CREATE TABLE {name} AS SELECT * FROM shards").fetchall()
                     con.unregister("shards")
-                counts[table] = con.execute(f'SELECT COUNT(*) FROM "{table}"').fetchall()[0][0]
+                counts[table] = con.execute(f"SELECT COUNT(*) FROM {name}").fetchall()[0][0]
             if counts:
                 counts["checks"] = create_checks_table(con)
                 counts["intervals"] = create_intervals_table(con)

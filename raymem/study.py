@@ -129,8 +129,9 @@ def make_plan(study: Study, log=print) -> Plan:
 
 def plan_trials(study: Study, uri: str, n_labels: dict[str, int], n_layers: dict[str, int]) -> list[Trial]:
     """Every trial of the study, each after those it needs. The ids depend on the study's
-    settings, the classes per task and the layers per model, never on the data itself, so
-    `raymem plan` lists the same trials without loading anything."""
+    settings, the classes per task, the layers per model and the fingerprints of the task
+    data and model files (their hashes: raymem/fingerprint.py), so `raymem plan` lists the
+    same trials without loading anything."""
     context = PlanContext(uri, {(task, model): examples_stage.examples_trial(study, task, model, uri)
                                 for task in n_labels for model in study.models}, n_labels, n_layers)
     context.trials += context.examples_trials.values()
@@ -177,10 +178,10 @@ def _run_in_driver(store: Store, trial: Trial, compute, record: bool = True) -> 
     """A driver-side step: its tables, its runs row (not for a summary) and its marker.
     `compute(info)` returns the tables and may note in `info` where it ran."""
     start, info = time.time(), {}
-    write_tables(store, trial, compute(info))
+    shards = write_tables(store, trial, compute(info))
     if record:
-        record_run(store, trial, "ok", time.time() - start, info)
-    store.mark_done(trial.trial_id, trial.params)
+        shards |= record_run(store, trial, "ok", time.time() - start, info)
+    store.mark_done(trial.trial_id, trial.params, shards)
 
 
 def _is_local(study: Study) -> bool:
@@ -264,8 +265,9 @@ def run_plan(plan: Plan, log=print) -> list[Trial]:
         for trial in plan.of_stage(examples_stage.STAGE):
             if trial.trial_id not in done:
                 key = (trial.params["task"], trial.params["model"])
-                store.write_rows("examples", "examples", trial.trial_id, plan.examples[key], study.study)
-                store.mark_done(trial.trial_id, trial.params)
+                shards = store.write_rows("examples", "examples", trial.trial_id, plan.examples[key],
+                                          study.study)
+                store.mark_done(trial.trial_id, trial.params, shards)
         _init_ray(study)
         with interruptible():
             return _run_stages(plan, log)

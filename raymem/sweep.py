@@ -105,8 +105,9 @@ def storage_full(store: Store, exc: BaseException) -> StoreFull:
 
 
 def record_run(store: Store, trial: Trial, status: str, wall: float, info: dict | None = None,
-               error: str | None = None, kind: str | None = None, attempts: int = 1) -> None:
-    """One row in `runs` for the trial: parameters, status, wall time and what it reported."""
+               error: str | None = None, kind: str | None = None, attempts: int = 1) -> dict[str, int]:
+    """One row in `runs` for the trial: parameters, status, wall time and what it reported;
+    returns its shard (Store.write_rows)."""
     p, info = trial.params, info or {}
     row = {"task": p.get("task"), "model": p.get("model"), "seed": p.get("seed"),
            "variant": p.get("variant"), "status": status, "error": error, "error_kind": kind,
@@ -120,8 +121,8 @@ def record_run(store: Store, trial: Trial, status: str, wall: float, info: dict 
               "task": pl.Utf8, "model": pl.Utf8, "variant": pl.Utf8, "storage_bytes": pl.Int64,
               "attempts": pl.Int64, "resumed_from_epoch": pl.Int64, "epochs_trained": pl.Int64,
               "peak_gpu_bytes": pl.Int64}
-    store.write_rows("runs", trial.stage, trial.trial_id, pl.DataFrame([row], schema_overrides=schema),
-                     trial.study)
+    return store.write_rows("runs", trial.stage, trial.trial_id, pl.DataFrame([row], schema_overrides=schema),
+                            trial.study)
 
 
 def _count_attempt(store: Store, trial: Trial) -> int:
@@ -132,13 +133,15 @@ def _count_attempt(store: Store, trial: Trial) -> int:
     return attempts
 
 
-def write_tables(store: Store, trial: Trial, tables: dict[str, pl.DataFrame]) -> None:
-    """All of a trial's shards or none: a failure half-way removes those already written."""
-    written = []
+def write_tables(store: Store, trial: Trial, tables: dict[str, pl.DataFrame]) -> dict[str, int]:
+    """All of a trial's shards or none: a failure half-way removes those already written.
+    Returns the shards written, for the trial's marker."""
+    written, shards = [], {}
     try:
         for table, rows in tables.items():
-            store.write_rows(table, trial.stage, trial.trial_id, rows, trial.study)
+            shards |= store.write_rows(table, trial.stage, trial.trial_id, rows, trial.study)
             written.append(table)
+        return shards
     except BaseException:
         for table in written:
             store.delete(table, trial.stage, f"{trial.trial_id}.parquet")
@@ -160,7 +163,7 @@ def run_trial(trial: Trial, report=None, sleep=time.sleep) -> dict:
         for retry in range(TRANSIENT_RETRIES + 1):
             try:
                 runtime = Runtime.for_trial(trial, report)
-                write_tables(store, trial, stage.run(trial, runtime))
+                shards = write_tables(store, trial, stage.run(trial, runtime))
                 break
             except Exception as exc:
                 kind = error_kind(exc)
@@ -182,8 +185,9 @@ def run_trial(trial: Trial, report=None, sleep=time.sleep) -> dict:
                            error, kind, attempts + retry)
                 return {"status": "failed", "error_kind": kind, "error": error.strip().splitlines()[-1],
                         **({"end_worker": True} if ended else {})}
-        record_run(store, trial, "ok", time.time() - start, _with_peak_memory(runtime), attempts=attempts + retry)
-        store.mark_done(trial.trial_id, {"stage": trial.stage, "params": trial.params})
+        shards |= record_run(store, trial, "ok", time.time() - start, _with_peak_memory(runtime),
+                             attempts=attempts + retry)
+        store.mark_done(trial.trial_id, {"stage": trial.stage, "params": trial.params}, shards)
         runtime.discard_progress()
         return {"status": "ok", **runtime.info}
     except Exception as exc:

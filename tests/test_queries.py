@@ -507,3 +507,69 @@ def test_the_localisation_chart_bands_one_sd_over_seeds(monkeypatch):
             for layer in spec["spec"]["layer"]] == ["line", "errorband"]
     data = list(spec["datasets"].values())[0]
     assert [(r["low"], r["high"]) for r in data] == [(pytest.approx(0.2), pytest.approx(0.3)), (None, None)]
+
+
+EVIL = "</script><script>alert(1)</script>"
+
+
+def _chart_with_names(monkeypatch, out_dir, task: str, model: str = "m") -> str:
+    import raymem.charts
+
+    frame = pl.DataFrame({"task": [task, task], "model": [model, model], "k": [1, 1], "bin_start": [0.0, 0.1],
+                          "bin_end": [0.1, 0.2], "accuracy": [0.75, 0.5], "n_examples": [8, 2]})
+    monkeypatch.setattr(raymem.charts, "query", lambda name, db: frame)
+    _, page = raymem.charts.save_chart("precog_accuracy_by_bin", "unused.duckdb", out_dir)
+    return page.read_text()
+
+
+def test_a_name_that_closes_the_script_stays_data_in_the_chart_html(monkeypatch, tmp_path):
+    import json
+
+    plain = _chart_with_names(monkeypatch, tmp_path / "plain", "tweets")
+    page = _chart_with_names(monkeypatch, tmp_path / "evil", EVIL, model=f"a&b {EVIL}")
+    assert EVIL not in page and "</script><script>" not in page
+    assert page.lower().count("<script") == plain.lower().count("<script")  # no script of its own
+    # the embedded spec is still JSON, and holds the names as they are
+    spec, _ = json.JSONDecoder().raw_decode(page[page.rindex("const spec = ") + len("const spec = "):])
+    rows = list(spec["datasets"].values())[0]
+    assert {r["task"] for r in rows} == {EVIL} and {r["model"] for r in rows} == {f"a&b {EVIL}"}
+
+
+def test_a_name_that_closes_the_script_renders_inert_in_a_browser(monkeypatch, tmp_path):
+    from browser import chromium
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium()
+    path = tmp_path / "chart.html"
+    path.write_text(_chart_with_names(monkeypatch, tmp_path / "evil", EVIL))
+    dialogs, errors = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.on("dialog", lambda d: dialogs.append(d.message) or d.dismiss())
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(path.resolve().as_uri(), wait_until="load")
+            page.wait_for_selector("canvas, svg", timeout=10_000)  # the chart drew
+        finally:
+            browser.close()
+    assert dialogs == [] and errors == []  # no alert ran, and the spec still parsed
+
+
+def test_a_user_task_name_is_letters_digits_and_punctuation_only():
+    from raymem.tasks import task_spec
+
+    task = {"name": EVIL, "files": {"train": "x.csv"}, "text_fields": ["t"], "label_field": "l",
+            "label_names": ["a", "b"]}
+    with pytest.raises(ConfigError, match=r"tasks\[\]\.name: '</script>.*': a task name is letters, digits"):
+        task_spec(task)
+    assert task_spec({**task, "name": "my-task_2.v1"}).name == "my-task_2.v1"
+
+
+def test_report_tables_escape_task_texts_with_html_in_them():
+    from raymem.report import html_table
+
+    text = f'<img src=x onerror="alert(1)"> & {EVIL}'
+    table = html_table(pl.DataFrame({"task": [EVIL], "text": [text], "score": [0.5]}))
+    assert "<script>" not in table and "<img" not in table
+    assert "&lt;/script&gt;&lt;script&gt;alert(1)&lt;/script&gt;" in table and "&amp;" in table

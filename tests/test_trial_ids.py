@@ -3,8 +3,11 @@ them. These are the ids planned for studies/demo_localise.yaml. Every one change
 definitions were aligned with the original code: AdamW weight decay 0.01 (every training
 trial and all that reads it), each localisation trial naming the noisy checkpoint it
 compares, and retraining (one trial per start layer, warm-up 10%); probing's changed again
-with its label probes (`probe_label_events`, and the summaries that read it). A change here is a
-change of what a finished study's results mean: make it on purpose."""
+with its label probes (`probe_label_events`, and the summaries that read it). All changed once
+more when the examples trial took the fingerprints of the task data and the model files
+(`inputs`), which every trial reads through it. A change here is a change of what a finished
+study's results mean: make it on purpose, then write the file again from the plan's ids
+(per stage, sorted, `json.dumps(..., indent=1)`) as the first test compares them."""
 
 import json
 from collections import Counter
@@ -90,3 +93,76 @@ def test_a_trial_travels_to_tune_as_plain_data_and_comes_back_the_same():
         back = Trial.from_config(json.loads(json.dumps(config)))
         assert back == trial and back.trial_id == trial.trial_id and back.needs == trial.needs
         assert back.runtime == trial.runtime and back.label() == trial.label()
+
+
+def _two_task_study(tmp_path, model="raymem-mini"):
+    """Two user tasks of the same files in two folders, every stage but the control setup."""
+    import shutil
+
+    import yaml
+
+    data = Path(__file__).parent / "data" / "user_task"
+    tasks = []
+    for name in ("reviews", "opinions"):
+        shutil.copytree(data, tmp_path / name, dirs_exist_ok=True)
+        tasks.append({"name": name, "text_fields": ["review"], "label_field": "verdict",
+                      "label_names": ["bad", "good"],
+                      "files": {s: str(tmp_path / name / f"{s}.csv") for s in ("train", "validation", "test")}})
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({
+        "study": "inputs", "results": str(tmp_path / "results"), "models": [model], "tasks": tasks,
+        "seeds": [1], "eval_split": "test", "finetune": {"epochs": 1},
+        "counterfactual": {"enabled": True, "n_models": 2}, "localise": {"enabled": True}}))
+    return path
+
+
+def _ids(path) -> dict[str, Trial]:
+    return {t.trial_id: t for t in make_plan(load_study(path), log=lambda *_: None).trials}
+
+
+def _reads(trials: dict[str, Trial], changed: set[str]) -> set[str]:
+    """The trials that read any of `changed`, directly or through what they read."""
+    out = set(changed)
+    for trial in trials.values():  # planned in order: what a trial needs comes before it
+        if set(trial.needs) & out:
+            out.add(trial.trial_id)
+    return out
+
+
+def test_an_edited_task_file_reruns_exactly_the_trials_that_read_it(tmp_path):
+    path = _two_task_study(tmp_path)
+    before = _ids(path)
+    train = tmp_path / "reviews" / "train.csv"
+    train.write_text(train.read_text().replace("The plot made no sense,bad", "The plot made no sense,good"))
+    after = _ids(path)
+    gone, new = set(before) - set(after), set(after) - set(before)
+    examples = {t.trial_id for t in before.values() if t.stage == "examples" and t.params["task"] == "reviews"}
+    assert examples and gone == _reads(before, examples)  # its examples, and all that reads them
+    assert {before[t].stage for t in gone} == {t.stage for t in before.values()}  # every stage
+    assert not any(before[t].params.get("task") == "opinions" for t in gone)  # the other task's stay
+    assert len(new) == len(gone)
+
+
+def test_an_unchanged_task_file_keeps_its_trials(tmp_path):
+    path = _two_task_study(tmp_path)
+    before = _ids(path)
+    (tmp_path / "reviews" / "test.csv").touch()  # a new modification time, the same contents
+    assert set(_ids(path)) == set(before)
+
+
+def test_new_model_weights_rerun_every_trial_of_the_model(tmp_path):
+    import shutil
+
+    from raymem.models import ASSETS
+
+    model = tmp_path / "mini"
+    shutil.copytree(ASSETS / "raymem-mini", model)
+    path = _two_task_study(tmp_path, str(model))
+    before = _ids(path)
+    (model / "README.md").write_text("notes about the model")  # not an input
+    assert set(_ids(path)) == set(before)
+    weights = model / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one weight's last bit
+    weights.write_bytes(bytes(data))
+    assert not set(_ids(path)) & set(before)  # every trial reads the model

@@ -16,7 +16,9 @@ WHERE = "data"
 
 def plan(study: Study, context: PlanContext) -> list[Trial]:
     settings = study.precog.model_dump(exclude={"actors", "enabled", "examples_per_batch"})
-    return [Trial(STAGE, {"task": task, "model": model, **examples_params(study), "precog": settings},
+    # it scores the examples the driver holds, not their shard: its id takes their inputs' fingerprints
+    return [Trial(STAGE, {"task": task, "model": model, **examples_params(study), "precog": settings,
+                          "inputs": context.examples_trials[task, model].params["inputs"]},
                   study.study, context.results, (context.examples_trials[task, model].trial_id,))
             for task in study.task_names() for model in study.models]
 
