@@ -69,8 +69,9 @@ def test_stratified_is_the_default_and_enters_the_examples_id_only_then():
     stratified = Study(study="t", tasks=["tweet_sentiment"], subsample={"train": 10})
     first = Study(study="t", tasks=["tweet_sentiment"], subsample={"train": 10}, subsample_strategy="first")
     assert stratified.subsample_strategy == "stratified"
-    assert "subsample_strategy" not in examples_trial(first, "x", "m", "/r").params
-    assert examples_trial(stratified, "x", "m", "/r").trial_id != examples_trial(first, "x", "m", "/r").trial_id
+    task, model = "tweet_sentiment", "bert-base-cased"
+    assert "subsample_strategy" not in examples_trial(first, task, model, "/r").params
+    assert examples_trial(stratified, task, model, "/r").trial_id != examples_trial(first, task, model, "/r").trial_id
 
 
 def test_examples_table_shape(examples, sentiment):

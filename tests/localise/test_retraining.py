@@ -265,7 +265,10 @@ def test_a_start_layers_trial_retrains_its_windows_and_resumes_at_window_granula
         # the held-out clean examples, never trained on: as many as the noisy ones
         assert clean_acc == pytest.approx((predict(alone, held_data).argmax(-1) == inputs.labels[held_out]).mean())
     assert len(held_out) == inputs.noisy.sum() and not set(held_out) & set(clean_train)
-    assert not Store(str(tmp_path)).exists("checkpoints", "trial", "parts")  # kept parts go at the end
+    # kept parts stay until the sweep has the trial's results and marker down
+    assert Store(str(tmp_path)).exists("checkpoints", "trial", "parts")
+    runtime.discard_progress()
+    assert not Store(str(tmp_path)).exists("checkpoints", "trial", "parts")
 
     # an attempt that died after its first window: the rerun retrains the other two only
     runtime.keep_part("2-2", {"noisy_acc": 0.125, "clean_acc": 0.5})
