@@ -219,7 +219,8 @@ def _status(runs, study_file: Path, results: Path) -> dict[str, dict[str, int]]:
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.stdout.splitlines()
             if line.startswith("| ") and "---" not in line]
     header, *body = rows
-    return {row[0]: {k: int(v) for k, v in zip(header[1:6], row[1:6])} for row in body}
+    counts = ("trials", "done", "redo", "failed", "started", "pending")
+    return {row[0]: {k: int(v) for k, v in zip(header, row) if k in counts} for row in body}
 
 
 def _start_until_a_trial_finished(runs, study_file: Path, results: Path, log: Path) -> subprocess.Popen:
