@@ -27,7 +27,7 @@ test: $(STAMP)
 
 # the documentation site, offline, into site/ (broken links fail it)
 docs: $(STAMP)
-	.venv/bin/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir site
 
 bench: $(STAMP)
 	$(PY) benchmarks/precog_throughput.py
