@@ -83,3 +83,10 @@ def test_an_unnamed_output_column_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("RAYMEM_QUERIES", str(tmp_path))
     with pytest.raises(ConfigError, match="query bad: an output column without a name"):
         columns("bad")
+
+
+def test_query_reference_command_prints_the_page(capsys):
+    from raymem.cli import main
+
+    assert main(["query", "--reference"]) == 0
+    assert capsys.readouterr().out == reference()
