@@ -182,8 +182,11 @@ def _run_study(args, study, plan, start: float) -> int:
 
 
 def cmd_query(args) -> int:
-    from raymem.queries import list_queries, query, write_result
+    from raymem.queries import list_queries, query, reference, write_result
 
+    if args.reference:
+        print(reference(), end="")
+        return 0
     if args.list or not args.name:
         for name, description in list_queries():
             print(f"{name:28s} {description}")
@@ -322,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("query", help="run queries/NAME.sql against the results database")
     p.add_argument("name", nargs="?")
     p.add_argument("--list", action="store_true", help="list the queries")
+    p.add_argument("--reference", action="store_true",
+                   help="every query: question, parameters, columns (Markdown; docs/queries.md)")
     p.add_argument("--db", default="results/raymem.duckdb")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table",

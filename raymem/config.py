@@ -75,7 +75,7 @@ class Hardware(Strict):
     change results only by float rounding."""
     cpus: float = Field(1.0, gt=0, description="CPUs reserved per trial or actor; also its torch thread count")
     gpus: float = Field(0.0, ge=0, description="GPUs reserved per trial or actor; a fraction (0.25, 0.5) packs "
-                                               "several on one GPU (README: packing)")
+                                               "several on one GPU (docs/clusters.md: packing)")
     device: Device = Field("auto", description="auto: the GPU Ray assigned (gpus > 0), else the CPU; cpu or cuda "
                                                "force one")
     precision: Precision = Field("auto", description="autocast precision of forward passes; auto: bf16 where the "

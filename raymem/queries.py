@@ -8,6 +8,7 @@ a number must lie in, in interval notation: `bin_width=0.1 (0, 1]`.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -140,6 +141,60 @@ def query(name: str, db: str | Path | None = None, **params) -> pl.DataFrame:
         raise _missing_table(name, exc) or ConfigError(f"query {name}: {exc}") from exc
     finally:
         con.close()
+
+
+def columns(name: str) -> list[str]:
+    """The columns a query returns, read from DuckDB's parse of its final SELECT: no database
+    needed. Every output column is a plain column or has an alias (`SELECT *` would not say)."""
+    sql, _ = load_query(name)
+    con = duckdb.connect()
+    try:
+        parsed = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
+    finally:
+        con.close()
+    if parsed.get("error"):
+        raise ConfigError(f"query {name}: {parsed.get('error_message')}")
+    node = parsed["statements"][0]["node"]
+    while node["type"] == "SET_OPERATION_NODE":  # a UNION's columns are its first part's
+        node = node["left"]
+    out = []
+    for expr in node["select_list"]:
+        if not expr.get("alias") and expr.get("class") != "COLUMN_REF":
+            raise ConfigError(f"query {name}: an output column without a name; give it an alias (AS name)")
+        out.append(expr.get("alias") or expr["column_names"][-1])
+    return out
+
+
+REFERENCE_HEADER = """# Query reference
+
+Every named query in `queries/`, generated from the files themselves (`raymem query
+--reference`): what it answers (its header), its parameters and the columns it returns.
+Run one with `raymem query NAME [--param name=value]`; from Python, `raymem.query(NAME)`.
+"""
+
+
+def reference() -> str:
+    """Markdown: one section per query file, from its header comment and its SELECT."""
+    parts = [REFERENCE_HEADER]
+    for name, _ in list_queries():
+        sql, params = load_query(name)
+        header = [line for line in _header(sql) if not line.startswith("params:")]
+        parts.append(f"\n## {name}\n\n{header[0]}\n")
+        if header[1:]:
+            parts.append("\n" + "\n".join(header[1:]) + "\n")
+        if params:
+            declared = ", ".join(f"`{k}` (default {_shown(p)})" for k, p in params.items())
+            parts.append(f"\n**Parameters:** {declared}\n")
+        parts.append("\n**Columns:** " + ", ".join(f"`{c}`" for c in columns(name)) + "\n")
+    return "".join(parts)
+
+
+def _shown(param: Param) -> str:
+    """A parameter's default, and for a number the range it must lie in, where it has one."""
+    if isinstance(param.default, str):
+        return f"`{param.default}`"
+    bounded = (param.low, param.high) != (-math.inf, math.inf)
+    return f"`{param.default:g}`" + (f", in {param.interval()}" if bounded else "")
 
 
 FORMATS = ("table", "csv", "json", "parquet")

@@ -107,7 +107,7 @@ def _first_line(exc: BaseException) -> str:
 # What stored rows mean: raise it when a change alters the rows a trial writes for the same
 # id; markers of another schema count as not done, so those trials are redone.
 RESULTS_SCHEMA = 2
-# The tables trials write (README "Tables"), and those ingest derives from them.
+# The tables trials write (docs/asking-questions.md: the tables), and those ingest derives from them.
 SHARD_TABLES = frozenset({
     "examples", "precog", "search", "predictions", "runs", "subset_predictions", "counterfactual",
     "layer_scores", "window_scores", "mcog", "events", "retrain_windows", "probe_curves",
