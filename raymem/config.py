@@ -299,10 +299,30 @@ class LocaliseConfig(Strict):
         return _no_duplicates(seeds, "probe seed")
 
 
+HubSplits = dict[Split, str]
+DataFiles = dict[Split, Union[str, list[str]]]
+
+
 class UserTask(Strict):
-    """A task from local files: one file per split."""
+    """A task of the user's data, from one source: local files (`files`), a Hugging Face
+    `datasets` builder over local files (`builder` and `data_files`) or a hub dataset (`hf`)."""
     name: str = Field(description="the task's name in every table")
-    files: dict[Split, str] = Field(description="split -> .csv, .parquet or .jsonl file; train is required")
+    files: dict[Split, str] | None = Field(None, description="split -> .csv, .parquet or .jsonl file, read "
+                                                             "as it is; train is required")
+    builder: Literal["csv", "json", "parquet"] | None = Field(
+        None, description="with data_files: the `datasets` builder that reads them (json: JSON Lines or "
+                          "a JSON array of records)")
+    data_files: DataFiles | None = Field(None, description="with builder: split -> a file or a list of "
+                                                           "files; train is required")
+    hf: str | None = Field(None, description="a Hugging Face hub dataset id (owner/name), loaded by `datasets` "
+                                             "(the hub, or its local cache under HF_HUB_OFFLINE=1)")
+    subset: str | None = Field(None, description="hf only: the dataset's subset (configuration), e.g. sst2 "
+                                                 "of nyu-mll/glue")
+    splits: HubSplits | None = Field(None, description="hf only: split -> the hub's split expression, e.g. "
+                                                       "{train: 'train[:90%]', validation: 'train[90%:]', test: "
+                                                       "validation} (null: train, validation and test as named)")
+    revision: str | None = Field(None, description="hf only: the dataset revision (a commit, tag or branch; "
+                                                   "null: main); part of trial ids")
     text_fields: list[str] = Field(min_length=1, max_length=2,
                                    description="the text column, or two for a pair task")
     label_field: str = Field(description="the label column: label names or indices 0..n-1")
@@ -322,6 +342,23 @@ class UserTask(Strict):
     def _label_is_not_text(self):
         if self.label_field in self.text_fields:  # the model would read its own labels
             raise ValueError(f"label_field {self.label_field!r} is also one of text_fields")
+        return self
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        sources = [k for k in ("files", "data_files", "hf") if getattr(self, k) is not None]
+        if len(sources) != 1:
+            raise ValueError(f"a user task has exactly one of files, data_files (with builder) or hf; "
+                             f"got {', '.join(sources) or 'none'}")
+        if (self.builder is None) != (self.data_files is None):
+            raise ValueError("builder and data_files go together: data_files names the files, builder "
+                             "(csv, json or parquet) reads them")
+        hub_only = [k for k in ("subset", "splits", "revision") if getattr(self, k) is not None]
+        if hub_only and self.hf is None:
+            raise ValueError(f"{hub_only[0]} is for hub tasks only (with hf)")
+        local = self.files or self.data_files
+        if local is not None and "train" not in local:
+            raise ValueError(f"{sources[0]} must name a train split")
         return self
 
 
