@@ -8,7 +8,7 @@ such as studies/demo.yaml override them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Union, get_args
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
@@ -370,6 +370,41 @@ TaskEntry = Annotated[
                   custom_error_message="expected a task name or a mapping describing a user task")]
 
 
+class MlflowTracker(Strict):
+    """An MLflow run per Tune trial (Tune's MLflowLoggerCallback); needs `pip install 'raymem[mlflow]'`."""
+    tracking_uri: str | None = Field(None, description="where runs go: file:/abs/path (a local store), "
+                                                       "http(s)://server, ... (null: MLFLOW_TRACKING_URI, else "
+                                                       "MLflow's default)")
+    experiment: str | None = Field(None, description="the MLflow experiment, created if missing (null: the "
+                                                     "study's name)")
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _uri(cls, uri):
+        if uri is not None and ":" not in uri:  # a bare relative path would be resolved on each node
+            raise ValueError(f"{uri!r} is not a URI: give file:/absolute/path for a local store, or a "
+                             f"server's http(s):// address")
+        return uri
+
+
+class WandbTracker(Strict):
+    """A Weights & Biases run per Tune trial (Tune's WandbLoggerCallback); needs `pip install 'raymem[wandb]'`."""
+    project: str | None = Field(None, description="the W&B project (null: WANDB_PROJECT, else the study's name)")
+    entity: str | None = Field(None, description="the W&B team or user (null: the account's default)")
+    group: str | None = Field(None, description="the runs' group (null: the Tune experiment's name)")
+    mode: Literal["online", "offline", "disabled"] = Field(
+        "online", description="online needs WANDB_API_KEY (or `wandb login`); offline writes runs to `dir` "
+                              "for a later `wandb sync`")
+    dir: str | None = Field(None, description="folder the runs' files go under (null: each Tune trial's folder)")
+
+
+class Trackers(Strict):
+    """Experiment trackers the study's Tune trials log to (stage, task, seed and trial id as tags); off
+    unless named. PreCog (Ray Data) and the search's candidates are not tracked."""
+    mlflow: MlflowTracker | None = Field(None, description="MLflow (null: off; {} for the defaults)")
+    wandb: WandbTracker | None = Field(None, description="Weights & Biases (null: off; {} for the defaults)")
+
+
 class RayConfig(Strict):
     """Where the study runs."""
     address: str | None = Field(None, description="a Ray cluster to connect to (null: RAY_ADDRESS if set, "
@@ -407,6 +442,7 @@ class Study(Strict):
     counterfactual: CounterfactualConfig = Field(CounterfactualConfig(), description="counterfactual memorisation")
     localise: LocaliseConfig = Field(LocaliseConfig(), description="localisation and the control setup")
     ray: RayConfig = Field(RayConfig(), description="where the study runs")
+    trackers: Trackers = Field(Trackers(), description="experiment trackers (MLflow, Weights & Biases)")
 
     @field_validator("subsample")
     @classmethod
@@ -485,9 +521,16 @@ def _fields_at(loc: tuple) -> list[str]:
         if part == "user task":
             model = UserTask
         elif isinstance(part, str) and part in getattr(model, "model_fields", {}):
-            annotation = model.model_fields[part].annotation
-            model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else model
+            model = section_model(model.model_fields[part].annotation) or model
     return list(getattr(model, "model_fields", {}))
+
+
+def section_model(annotation) -> type[BaseModel] | None:
+    """The section a field holds: its model, also where the section may be null (a tracker)."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def _suggest(key: str, loc: tuple) -> str:
