@@ -456,3 +456,16 @@ def test_user_hub_task_loads_its_subset_splits_and_revision(monkeypatch):
     calls.clear()
     load_task(_hub_task())  # no splits: train, validation and test as the hub names them; revision main
     assert sorted(calls) == [("nyu-mll/glue", "sst2", s, None) for s in ("test", "train", "validation")]
+
+
+def test_raymem_plan_sizes_a_user_hub_task_from_its_data(monkeypatch):
+    # registry hub tasks carry their published sizes; a user's is read (from the hub or its cache)
+    import datasets
+
+    from raymem.estimate import task_sizes
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda hub_id, config, split, revision: datasets.Dataset.from_dict(
+        {"sentence": [f"{split} text {i}" for i in range({"train": 4, "validation": 2, "test": 3}[split])],
+         "label": [i % 2 for i in range({"train": 4, "validation": 2, "test": 3}[split])]}))
+    sizes, _, n_labels = task_sizes(_hub_task())
+    assert sizes == {"train": 4, "validation": 2, "test": 3} and n_labels == 2
