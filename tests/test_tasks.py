@@ -269,7 +269,7 @@ def _fake_hub(monkeypatch, tables, features=None):
 
     calls = []
 
-    def load_dataset(hub_id, config, split):
+    def load_dataset(hub_id, config, split, revision=None):
         calls.append((hub_id, config, split))
         return datasets.Dataset.from_dict(tables[split], features=features)
 
@@ -311,3 +311,161 @@ def test_example_id_is_stable():
     assert example_id("hello", "world") != example_id("hello world")
     assert 0 <= text_bucket("hello") < 100
     assert tasks.text_bucket("hello") == int("aaf4c61d", 16) % 100
+
+
+# -- user tasks through a `datasets` builder (local files) --------------------------------
+
+ROWS = {"train": [("A warm, funny film", "good"), ("The plot made no sense", "bad"),
+                  ("Lovely score", "good"), ("Dull and long", "bad")],
+        "validation": [("Sharp writing", "good")],
+        "test": [("Café scenes are gorgeous", "good"), ("Wooden acting", "bad")]}
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    """The `datasets` cache in the test's own folder: its arrow files are not left behind."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    return tmp_path
+
+
+def _write(fmt: str, folder: Path, split: str, rows: list[tuple[str, str]], name: str | None = None) -> str:
+    """One split's rows as a file of `fmt` (csv, json: a JSON array, jsonl, parquet)."""
+    import json
+
+    path = folder / (name or f"{split}.{fmt}")
+    records = [{"review": text, "verdict": label} for text, label in rows]
+    if fmt == "csv":
+        pl.DataFrame(records).write_csv(path)
+    elif fmt == "json":
+        path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    elif fmt == "jsonl":
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    else:
+        pl.DataFrame(records).write_parquet(path)
+    return str(path)
+
+
+def _builder_task(folder: Path, fmt: str, rows=ROWS, **over) -> dict:
+    files = {split: _write(fmt, folder, split, split_rows) for split, split_rows in rows.items()}
+    return {"name": "reviews", "builder": {"jsonl": "json"}.get(fmt, fmt), "data_files": files,
+            "text_fields": ["review"], "label_field": "verdict", "label_names": ["bad", "good"], **over}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "jsonl", "parquet"])
+def test_builder_task_reads_each_format_as_the_files_task_does(hf_cache, fmt):
+    spec, splits = load_task(_builder_task(hf_cache, fmt))
+    assert spec.source == "datasets" and spec.builder == {"jsonl": "json"}.get(fmt, fmt)
+    for split, rows in ROWS.items():
+        df = splits[split]
+        assert tuple(df.columns) == COLUMNS
+        assert df["text"].to_list() == [text for text, _ in rows]
+        assert df["label"].to_list() == [("bad", "good").index(label) for _, label in rows]
+        assert df["example_id"].to_list() == [example_id(text) for text, _ in rows]
+    # the same data as a `files` task (read by polars): the same examples
+    files = {split: _write("csv", hf_cache, split, rows, f"plain-{split}.csv") for split, rows in ROWS.items()}
+    _, plain = load_task({**_builder_task(hf_cache, fmt), "builder": None, "data_files": None, "files": files})
+    for split in ROWS:
+        assert plain[split].equals(splits[split])
+
+
+def test_builder_csv_keeps_digit_label_names_as_names(hf_cache):
+    # read as numbers, "1" would be the index of the second class; read as text it is the class "1"
+    (hf_cache / "train.csv").write_text("text,stars\nawful,1\nfine,2\ngreat,3\n")
+    _, splits = load_task({"name": "stars", "builder": "csv", "data_files": {"train": str(hf_cache / "train.csv")},
+                           "text_fields": ["text"], "label_field": "stars", "label_names": ["1", "2", "3"]})
+    assert splits["train"]["label"].to_list() == [0, 1, 2]
+
+
+def test_builder_task_takes_several_files_per_split_and_pairs(hf_cache):
+    first = _write("jsonl", hf_cache, "train", ROWS["train"][:2], "a.jsonl")
+    second = _write("jsonl", hf_cache, "train", ROWS["train"][2:], "b.jsonl")
+    _, splits = load_task({"name": "reviews", "builder": "json", "data_files": {"train": [first, second]},
+                           "text_fields": ["review"], "label_field": "verdict", "label_names": ["bad", "good"]})
+    assert splits["train"]["text"].to_list() == [text for text, _ in ROWS["train"]]
+    pairs = [{"p": "A man plays.", "h": "Music is made.", "y": 0}, {"p": "A man plays.", "h": "He sleeps.", "y": 1}]
+    path = hf_cache / "pairs.parquet"
+    pl.DataFrame(pairs).write_parquet(path)
+    spec, splits = load_task({"name": "nli", "builder": "parquet", "data_files": {"train": str(path)},
+                              "text_fields": ["p", "h"], "label_field": "y", "label_names": ["yes", "no"]})
+    assert spec.is_pair and splits["train"]["text_pair"].to_list() == ["Music is made.", "He sleeps."]
+    assert splits["train"]["example_id"].to_list() == [example_id("A man plays.", h) for h in ("Music is made.",
+                                                                                              "He sleeps.")]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_builder_task_validation_errors(hf_cache, fmt):
+    with pytest.raises(ConfigError, match=r"task reviews: .*train\.\w+ has no column\(s\) \['stars'\]; "
+                                          r"columns found: \['review', 'verdict'\]"):
+        load_task({**_builder_task(hf_cache, fmt), "label_field": "stars"})
+    with pytest.raises(ConfigError, match=r"labels outside the label set \['poor', 'good'\].*'bad'"):
+        load_task(_builder_task(hf_cache, fmt, label_names=["poor", "good"]))
+    twice = {**ROWS, "train": ROWS["train"] + [ROWS["train"][0]]}
+    with pytest.raises(ConfigError, match=r"split 'train' .* has 1 duplicated example.*'A warm, funny film'"):
+        load_task(_builder_task(hf_cache, fmt, rows=twice))
+    leak = {**ROWS, "test": ROWS["test"] + [ROWS["train"][1]]}
+    with pytest.raises(ConfigError, match="an example occurs in both 'train' and 'test'"):
+        load_task(_builder_task(hf_cache, fmt, rows=leak))
+    with pytest.raises(ConfigError, match=r"task reviews: data file not found: .*missing"):
+        load_task({**_builder_task(hf_cache, fmt), "data_files": {"train": str(hf_cache / "missing.csv")}})
+    with pytest.raises(ConfigError, match="data_files must name a train split"):
+        task = _builder_task(hf_cache, fmt)
+        load_task({**task, "data_files": {"test": task["data_files"]["test"]}})
+
+
+def test_builder_task_unreadable_file_is_named(hf_cache):
+    (hf_cache / "train.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"task bad: the json builder cannot read .*train\.json"):
+        load_task({"name": "bad", "builder": "json", "data_files": {"train": str(hf_cache / "train.json")},
+                   "text_fields": ["text"], "label_field": "label", "label_names": ["a", "b"]})
+
+
+# -- user tasks from the hub ----------------------------------------------------------------
+
+def _hub_task(**over) -> dict:
+    return {"name": "my_sst2", "hf": "nyu-mll/glue", "subset": "sst2", "text_fields": ["sentence"],
+            "label_field": "label", "label_names": ["negative", "positive"], **over}
+
+
+def test_user_hub_task_offline_and_not_cached_is_one_clear_error(hf_cache):
+    import datasets
+
+    if not datasets.config.HF_HUB_OFFLINE:
+        pytest.skip("HF_HUB_OFFLINE is not set: the hub would be asked")
+    with pytest.raises(ConfigError, match=r"^task my_sst2: hub dataset 'raymem-test/never-cached', subset "
+                                          r"'sst2' is not in the local cache, and HF_HUB_OFFLINE=1"):
+        load_task(_hub_task(hf="raymem-test/never-cached"))  # an id no cache holds
+
+
+def test_user_hub_task_loads_its_subset_splits_and_revision(monkeypatch):
+    calls = []
+    import datasets
+
+    def load_dataset(hub_id, config, split, revision):
+        calls.append((hub_id, config, split, revision))
+        texts = {"train[:2]": ["fine", "awful"], "validation": ["great"]}.get(split, [f"a {split} text"])
+        return datasets.Dataset.from_dict({"sentence": texts, "label": [1, 0][:len(texts)], "idx": [0] * len(texts)})
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    spec, splits = load_task(_hub_task(splits={"train": "train[:2]", "test": "validation"}, revision="v1.0"))
+    assert spec.source == "hub" and set(splits) == {"train", "test"}
+    assert sorted(calls) == [("nyu-mll/glue", "sst2", "train[:2]", "v1.0"),
+                             ("nyu-mll/glue", "sst2", "validation", "v1.0")]
+    assert splits["train"]["label"].to_list() == [1, 0] and splits["test"]["text"].to_list() == ["great"]
+    calls.clear()
+    load_task(_hub_task())  # no splits: train, validation and test as the hub names them; revision main
+    assert sorted(calls) == [("nyu-mll/glue", "sst2", s, None) for s in ("test", "train", "validation")]
+
+
+def test_raymem_plan_sizes_a_user_hub_task_from_its_data(monkeypatch):
+    # registry hub tasks carry their published sizes; a user's is read (from the hub or its cache)
+    import datasets
+
+    from raymem.estimate import task_sizes
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda hub_id, config, split, revision: datasets.Dataset.from_dict(
+        {"sentence": [f"{split} text {i}" for i in range({"train": 4, "validation": 2, "test": 3}[split])],
+         "label": [i % 2 for i in range({"train": 4, "validation": 2, "test": 3}[split])]}))
+    sizes, _, n_labels = task_sizes(_hub_task())
+    assert sizes == {"train": 4, "validation": 2, "test": 3} and n_labels == 2

@@ -166,3 +166,65 @@ def test_new_model_weights_rerun_every_trial_of_the_model(tmp_path):
     data[-1] ^= 1  # one weight's last bit
     weights.write_bytes(bytes(data))
     assert not set(_ids(path)) & set(before)  # every trial reads the model
+
+
+def _builder_study(tmp_path, task: dict):
+    import yaml
+
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"study": "hf", "results": str(tmp_path / "results"), "tasks": [task]}))
+    return load_study(path)
+
+
+def _examples_id(study, task: str = "reviews") -> str:
+    from raymem.stages.examples import examples_trial
+
+    return examples_trial(study, task, "raymem-mini", study.results).trial_id
+
+
+def test_a_builder_tasks_data_files_fix_its_trial_ids_by_content(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rows = {"train": ['{"review": "fine", "verdict": "good"}', '{"review": "awful", "verdict": "bad"}'],
+            "test": ['{"review": "great", "verdict": "good"}']}
+    for split, lines in rows.items():
+        (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    task = {"name": "reviews", "builder": "json", "text_fields": ["review"], "label_field": "verdict",
+            "label_names": ["bad", "good"], "data_files": {s: str(folder / f"{s}.jsonl") for s in rows}}
+    before = _examples_id(_builder_study(tmp_path, task))
+    (folder / "test.jsonl").touch()  # a new modification time, the same contents
+    assert _examples_id(_builder_study(tmp_path, task)) == before
+    moved = tmp_path / "moved.jsonl"
+    moved.write_text((folder / "test.jsonl").read_text())  # the same contents elsewhere: the same data
+    assert _examples_id(_builder_study(tmp_path, {**task, "data_files": {**task["data_files"],
+                                                                         "test": str(moved)}})) == before
+    (folder / "train.jsonl").write_text((folder / "train.jsonl").read_text().replace('"bad"', '"good"'))
+    edited = _examples_id(_builder_study(tmp_path, task))
+    assert edited != before
+    # the builder reading the files is part of the task's definition
+    (folder / "train.csv").write_text("review,verdict\nfine,good\nawful,good\n")
+    assert _examples_id(_builder_study(tmp_path, {**task, "builder": "csv", "data_files": {
+        "train": str(folder / "train.csv"), "test": str(folder / "test.jsonl")}})) not in (before, edited)
+
+
+def test_a_user_hub_tasks_ids_follow_its_id_subset_splits_and_revision(tmp_path):
+    task = {"name": "reviews", "hf": "nyu-mll/glue", "subset": "sst2", "text_fields": ["sentence"],
+            "label_field": "label", "label_names": ["negative", "positive"]}
+    base = _examples_id(_builder_study(tmp_path, task))
+    assert _examples_id(_builder_study(tmp_path, {**task, "revision": "main"})) == base  # main unless pinned
+    changes = [{"revision": "bcd3a1e"}, {"subset": "cola"}, {"hf": "stanfordnlp/sst2", "subset": None},
+               {"splits": {"train": "train[:90%]", "test": "validation"}}]
+    ids = {_examples_id(_builder_study(tmp_path, {**task, **change})) for change in changes}
+    assert len(ids) == len(changes) and base not in ids
+
+
+def test_a_user_csv_tasks_fingerprint_is_kept():
+    # Results on disk name the examples trial by this fingerprint: the `files` source's
+    # definition must not change when other sources are added.
+    from raymem.tasks import task_fingerprint
+
+    data = Path(__file__).parent / "data" / "user_task"
+    task = {"name": "reviews", "files": {s: str(data / f"{s}.csv") for s in ("train", "validation", "test")},
+            "text_fields": ["review"], "label_field": "verdict", "label_names": ["bad", "good"]}
+    assert task_fingerprint(task) == "c678ebb3f30f6c20"
+    assert task_fingerprint("sst2") == "e85b6c7fcbbdc7cf"  # a registry hub task's
