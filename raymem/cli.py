@@ -301,10 +301,11 @@ def cmd_schema(args) -> int:
 
 
 def cmd_ingest(args) -> int:
-    from raymem.store import Store, database_path, ingest
+    from raymem.analyses import build_database
+    from raymem.store import Store, database_path
 
     store = Store(args.results)
-    counts = ingest(store, database_path(store, args.db))
+    counts = build_database(store, database_path(store, args.db))
     for table, n in counts.items():
         print(f"{table:16s} {n}")
     return 0

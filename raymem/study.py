@@ -21,6 +21,7 @@ from pathlib import Path
 
 import polars as pl
 
+from raymem.analyses import build_database
 from raymem.config import Study
 from raymem.data import prepare_examples, reserve_pool
 from raymem.errors import ConfigError, is_disk_full
@@ -28,7 +29,7 @@ from raymem.lock import hold_study
 from raymem.models import ModelSpec, check_masked_lm, check_model, layer_count, model_spec
 from raymem.runtime import Runtime
 from raymem.stages import control, counterfactual, examples as examples_stage, finetune, localise, precog, search
-from raymem.store import Store, check_local_path, database_path, ingest, is_ingested
+from raymem.store import Store, check_local_path, database_path, is_ingested
 from raymem.sweep import error_kind, interruptible, record_run, run_sweep, storage_full, write_tables
 from raymem.tasks import load_task
 from raymem.trial import PlanContext, Trial
@@ -299,7 +300,7 @@ def _run_stages(plan: Plan, log) -> list[Trial]:
                             lambda summary: _run_summary(store, summary, by_id, log))
     failed += scoring.wait()
     # The database holds this study's trials only, not shards left by other settings.
-    counts = ingest(store, plan.db_path, {t.trial_id for t in plan.trials})
+    counts = build_database(store, plan.db_path, {t.trial_id for t in plan.trials})
     log(f"[ingest] {plan.db_path}: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
     return failed
 
