@@ -11,6 +11,7 @@ Layout under the results root (a local folder or an s3:// URI, one code path):
     checkpoints/<trial_id>/progress.pt   a training trial's resume state, until it finishes
     checkpoints/<trial_id>/parts/        the finished parts of a grouped trial, until it finishes
     tune/                                Ray Tune's own experiment state
+    logs/<study>-<time>.log              Ray's own output during a study (raymem/terminal.py)
     raymem.duckdb                        built by `ingest` from the shards (local results)
 
 Workers never open DuckDB; ingest rebuilds every table from the shards, so running it
@@ -47,7 +48,8 @@ VERSION = "0.1.0"
 MARKERS = "_done"
 ATTEMPTS = "_attempts"
 LOCKS = "_locks"  # one driver per study (raymem/lock.py)
-NOT_TABLES = {MARKERS, ATTEMPTS, LOCKS, "checkpoints", "tune", "charts"}
+LOGS = "logs"  # Ray's own output during a study (raymem/terminal.py)
+NOT_TABLES = {MARKERS, ATTEMPTS, LOCKS, LOGS, "checkpoints", "tune", "charts"}
 
 
 # Schemes a results location may have; anything else before a colon is a mistake, not a folder.
