@@ -21,7 +21,7 @@ import polars as pl
 
 from raymem.errors import ConfigError, StoreFull, is_disk_full
 from raymem.headlines import check_location, headline_frames, headline_table
-from raymem.terminal import log_path
+from raymem.terminal import log_path, say
 
 
 def _print_table(title: str, df: pl.DataFrame, fold: bool = True) -> None:
@@ -116,7 +116,7 @@ def _run_study(study, plan, start: float, ray_log: Path | None, resume: str) -> 
     from raymem.study import run_plan
 
     try:
-        failed = run_plan(plan, ray_log=ray_log)
+        failed = run_plan(plan, log=say, ray_log=ray_log)
     except KeyboardInterrupt as stop:  # raymem's StudyInterrupted, or Ray's own from a wait
         done = len(plan.store.done_ids() & {t.trial_id for t in plan.trials})
         from raymem.sweep import StudyInterrupted

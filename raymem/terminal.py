@@ -16,6 +16,10 @@ starts:
     Python warnings    those raised inside Ray's own code
 
 `raymem study --verbose` leaves all of it on the terminal, as Ray prints it.
+
+A sweep's progress (`status`) is a bar rewritten in place where stdout is a terminal, and
+plain lines where it is not (a log, a pipe); raymem's other lines during a study go through
+`say`, which ends an open progress line first.
 """
 
 from __future__ import annotations
@@ -28,6 +32,28 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s -- %(message)s"
+BAR_WIDTH = 24
+_open = {"line": False}  # a progress line is on the terminal without its newline
+
+
+def say(*args, **kwargs) -> None:
+    """print(), after ending the progress line a terminal shows, if one is open."""
+    if _open["line"]:
+        _open["line"] = False
+        sys.stdout.write("\n")
+    print(*args, **kwargs)
+
+
+def status(line: str, fraction: float, final: bool = False) -> None:
+    """A progress line: on a terminal, `line` and a bar of `fraction` rewritten in place
+    (ended by a newline when `final`); elsewhere the line alone, printed."""
+    if not sys.stdout.isatty():
+        print(line, flush=True)
+        return
+    filled = round(max(0.0, min(1.0, fraction)) * BAR_WIDTH)
+    sys.stdout.write(f"\r\x1b[K[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {line}" + ("\n" if final else ""))
+    sys.stdout.flush()
+    _open["line"] = not final
 
 
 def log_path(db_path: Path, study: str) -> Path:

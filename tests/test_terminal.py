@@ -1,6 +1,7 @@
 """A quiet terminal: Ray's, Ray Data's and Tune's own output goes to the study's log file;
 the terminal keeps raymem's lines and each failed trial's error, once."""
 
+import io
 import logging
 import os
 import re
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from raymem.terminal import RayOutput, log_path
+from raymem.terminal import RayOutput, _is_terminal_handler, log_path, say, status
 
 REPO = Path(__file__).resolve().parent.parent
 # Lines Ray, Ray Data and Tune print: a forwarded worker line "(pid=...)" (coloured or not),
@@ -49,7 +50,11 @@ def test_ray_loggers_and_warnings_go_to_the_file_and_come_back(tmp_path, capfd, 
     import ray.data
 
     log = tmp_path / "logs" / "s.log"
-    before = {name: list(logging.getLogger(name).handlers) for name in ("ray", "ray.data")}
+    def terminal_handlers():
+        return {name: {h for h in logging.getLogger(name).handlers if _is_terminal_handler(h)}
+                for name in ("ray", "ray.data")}
+    before = terminal_handlers()
+    assert before["ray"] and before["ray.data"]
     shown = []
     monkeypatch.setattr(warnings, "showwarning", lambda message, *args, **kwargs: shown.append(str(message)))
     original = warnings.showwarning
@@ -68,9 +73,30 @@ def test_ray_loggers_and_warnings_go_to_the_file_and_come_back(tmp_path, capfd, 
     for message in ("from ray", "from tune", "from ray data", "a deprecation inside Ray"):
         assert message in text and message not in out + err
     assert shown == ["raymem's own warning"]  # not Ray's: shown as ever
-    assert {name: list(logging.getLogger(name).handlers) for name in ("ray", "ray.data")} == before
+    assert terminal_handlers() == before
     assert ray.data.DataContext.get_current().enable_progress_bars is True
     assert "RAY_AIR_NEW_OUTPUT" not in os.environ and warnings.showwarning is original
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_a_bar_in_place_on_a_terminal_and_lines_elsewhere(monkeypatch, capsys):
+    status("[study] 1/4 done", 0.25)
+    status("[study] 4/4 done", 1.0, final=True)
+    assert capsys.readouterr().out == "[study] 1/4 done\n[study] 4/4 done\n"  # not a terminal: lines
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stdout", screen)
+    status("[study] 1/4 done", 0.25)
+    status("[study] 2/4 done", 0.5)
+    say("[precog] done")  # ends the open bar's line first
+    status("[study] 4/4 done", 1.0, final=True)
+    say("[ingest] ...")
+    assert screen.getvalue() == (f"\r\x1b[K[{'#' * 6}{'.' * 18}] [study] 1/4 done"
+                                 f"\r\x1b[K[{'#' * 12}{'.' * 12}] [study] 2/4 done\n[precog] done\n"
+                                 f"\r\x1b[K[{'#' * 24}] [study] 4/4 done\n[ingest] ...\n")
 
 
 @pytest.mark.ray
