@@ -1,5 +1,7 @@
 """raymem's modules import one another in one direction: no circle, counting imports
-inside functions too (a deferred import is still an edge of the layering)."""
+inside functions too (a deferred import is still an edge of the layering). What a name
+table imports with importlib when it is used (the technique registry, the sweep's stage
+modules) is not an import statement, and not an edge here."""
 
 import ast
 from pathlib import Path
