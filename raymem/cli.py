@@ -1,10 +1,11 @@
 """`raymem study|status|plan|query|chart|report|schema|pretrain|ingest`: the command line.
 
-Exit codes: 0 success, 1 some trials failed (the rest finished and were ingested),
-2 bad input (nothing was run or written), 3 the results store (or the disk under the
-database) is full: the study stopped, what finished is kept and the same command resumes
-once there is room, 130 stopped by Ctrl-C or SIGTERM (what finished is kept; the same
-command resumes).
+Exit codes (docs/python-api.md, "Exit codes"): 0 success, 1 some trials failed (the rest
+finished and were ingested; each failed trial's error is printed once, in full), 2 bad input
+(nothing was run or written), 3 the results store (or the disk under the database) is full:
+the study stopped, what finished is kept and the same command resumes once there is room,
+130 stopped by Ctrl-C or SIGTERM (what finished is kept; the same command resumes). An
+error of raymem's own ends with its traceback and Python's 1.
 """
 
 from __future__ import annotations
@@ -19,60 +20,12 @@ from pathlib import Path
 import polars as pl
 
 from raymem.errors import ConfigError, StoreFull, is_disk_full
-
-HEADLINES = [  # (query, filter, title) printed at the end of a study, where the study has the tables
-    ("precog_accuracy_by_bin", pl.col("task") == "ALL", "Accuracy by PreCog bin (all tasks pooled)"),
-    ("precog_correlation", None, "PreCog vs correctness"),
-    ("precog_regression", pl.col("term") == "precog",
-     "PreCog's effect on correctness beyond length and rarity (logistic, per SD)"),
-    # only where the model had examples planted in its pre-training corpus
-    ("precog_planted", (pl.col("k") == pl.col("k").min()) & (pl.col("planted_count").max() > 0),
-     "PreCog by times planted in pre-training"),
-    ("memorisation_fit", pl.col("variant") == "noisy", "Fit of the noisy-label models (train split)"),
-    ("counterfactual_auroc", pl.col("annotators") == "all", "Counterfactual memorisation: noisy vs clean"),
-    ("mcog_by_task", None, "Memorisation centre of gravity (M-CoG) per task and technique"),
-    ("control_accuracy", None, "Control setup: does each technique find the planted layers?"),
-    ("intervals", pl.col("low").is_not_null(), "95% bootstrap intervals"),
-]
-
-
-def headline_table(title: str, df: pl.DataFrame, fold: bool = True) -> str:
-    """A table that reads in an 80-column terminal: a column with one value in every row
-    goes into the title (`fold`), floats get 3 decimals, and nothing wraps mid-word."""
-    fixed = [c for c in df.columns if fold and df.height > 1 and df[c].n_unique() == 1]
-    if fixed:
-        title += " [" + ", ".join(f"{c} {df[c][0]}" for c in fixed) + "]"
-        df = df.drop(fixed)
-    with pl.Config(tbl_rows=40, tbl_cols=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True,
-                   tbl_formatting="ASCII_MARKDOWN", fmt_str_lengths=40, float_precision=3,
-                   tbl_width_chars=1000):
-        return f"{textwrap.fill(title, 80)}\n{df}"
+from raymem.headlines import check_location, headline_frames, headline_table
+from raymem.terminal import log_path, say
 
 
 def _print_table(title: str, df: pl.DataFrame, fold: bool = True) -> None:
     print(f"\n{headline_table(title, df, fold)}", flush=True)
-
-
-def headline_frames(db_path: Path, bin_width: float):
-    """Yield (query name, title, rows) of each headline the database has the tables for
-    (the end of a study and `raymem report` show the same)."""
-    from raymem.queries import load_query, query
-
-    for name, keep, title in HEADLINES:
-        params = {"bin_width": bin_width} if "bin_width" in load_query(name)[1] else {}
-        try:
-            df = query(name, db_path, **params)
-        except ConfigError:  # the study did not run the stage this query reads
-            continue
-        df = df.filter(keep) if keep is not None else df
-        if df.height:
-            yield name, title, df
-
-
-def check_location(row: dict) -> str:
-    """Where a check's row applies: task, model and seed, as far as it names them."""
-    return " ".join(str(row[k]) for k in ("task", "model") if row[k]) + (
-        f" seed {row['seed']}" if row["seed"] is not None else "")
 
 
 def _print_headlines(db_path: Path, bin_width: float) -> None:
@@ -125,18 +78,30 @@ def _overrides(args) -> dict:
 def cmd_study(args) -> int:
     from raymem.config import load_study
 
-    start = time.time()
     study = load_study(args.file, _overrides(args))
+    resume = " ".join(["raymem study", args.file, *(["--results", args.results] if args.results else []),
+                       *(f"--set {s}" for s in args.set)])
+    return run_study(study, args.verbose, resume)
+
+
+def run_study(study, verbose: bool = False, resume: str = "") -> int:
+    """Plan and run a loaded study, printing as `raymem study` does; its exit code (bad
+    input, a full store and Ctrl-C raise, as `exit_code` maps them). `resume`: the command
+    that resumes it, said where it is stopped."""
     from raymem.study import make_plan
 
+    start = time.time()
     plan = make_plan(study)
     print(f"[plan] study {study.study}: {plan.n_trials()} trials, results in {plan.store.uri}", flush=True)
     if plan.up_to_date():  # answered from the store: no Ray, no ingest, no charts
         print(f"[study] all {plan.n_trials()} trials are done and {plan.db_path} holds them: nothing to run")
         _print_headlines(plan.db_path, study.bin_width)
         return 0
+    ray_log = None if verbose else log_path(plan.db_path, study.study)
+    if ray_log:
+        print(f"[plan] Ray's own log: {ray_log} (--verbose shows it here)", flush=True)
     try:
-        return _run_study(args, study, plan, start)
+        return _run_study(study, plan, start, ray_log, resume)
     except OSError as exc:  # the store, the database or the charts: one message, no traceback
         if not is_disk_full(exc):
             raise
@@ -145,17 +110,15 @@ def cmd_study(args) -> int:
         raise storage_full(plan.store, exc) from exc
 
 
-def _run_study(args, study, plan, start: float) -> int:
+def _run_study(study, plan, start: float, ray_log: Path | None, resume: str) -> int:
     from raymem.charts import available_charts, save_chart
     from raymem.report import write_report
     from raymem.study import run_plan
 
     try:
-        failed = run_plan(plan)
+        failed = run_plan(plan, log=say, ray_log=ray_log)
     except KeyboardInterrupt as stop:  # raymem's StudyInterrupted, or Ray's own from a wait
         done = len(plan.store.done_ids() & {t.trial_id for t in plan.trials})
-        resume = " ".join(["raymem study", args.file, *(["--results", args.results] if args.results else []),
-                           *(f"--set {s}" for s in args.set)])
         from raymem.sweep import StudyInterrupted
 
         reason = str(stop) or StudyInterrupted.received or "SIGINT"
@@ -174,11 +137,30 @@ def _run_study(args, study, plan, start: float) -> int:
     print(f"database: {plan.db_path}   (raymem query --list; duckdb {plan.db_path})")
     print(f"charts:   {charts_dir}/   report: {report}")
     if failed:
+        errors = _errors(plan.db_path, {t.trial_id for t in failed})
         print(f"\n{len(failed)} trial(s) failed; see the runs table:", file=sys.stderr)
         for t in failed:
             print(f"  {t.trial_id} {t.label()}", file=sys.stderr)
+            if errors.get(t.trial_id):  # a trial that never started (one it needs failed) has none
+                print(textwrap.indent(errors[t.trial_id].rstrip(), "    "), file=sys.stderr)
         return 1
     return 0
+
+
+def _errors(db_path: Path, trial_ids: set[str]) -> dict[str, str]:
+    """The recorded error of each failed trial (the `runs` table): the one place a worker's
+    traceback reaches the terminal."""
+    import duckdb
+
+    con = duckdb.connect(str(db_path), read_only=True)
+    try:
+        rows = con.execute("SELECT trial_id, error FROM runs WHERE status = 'failed' AND trial_id IN "
+                           "(SELECT unnest(?))", [sorted(trial_ids)]).fetchall()
+    except duckdb.CatalogException:  # no runs table: nothing was recorded
+        rows = []
+    finally:
+        con.close()
+    return dict(rows)
 
 
 def cmd_query(args) -> int:
@@ -304,10 +286,11 @@ def cmd_schema(args) -> int:
 
 
 def cmd_ingest(args) -> int:
-    from raymem.store import Store, database_path, ingest
+    from raymem.analyses import build_database
+    from raymem.store import Store, database_path
 
     store = Store(args.results)
-    counts = ingest(store, database_path(store, args.db))
+    counts = build_database(store, database_path(store, args.db))
     for table, n in counts.items():
         print(f"{table:16s} {n}")
     return 0
@@ -321,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", help="override the study's results location (path or s3:// URI)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one study key, dotted for a section's (e.g. search.enabled=true)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's, Ray Data's and Tune's own output here too (by default it goes to "
+                        "<results>/logs/<study>-<time>.log)")
     p.set_defaults(fn=cmd_study)
     p = sub.add_parser("query", help="run queries/NAME.sql against the results database")
     p.add_argument("name", nargs="?")
@@ -375,14 +361,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return exit_code(lambda: args.fn(args))
+
+
+def exit_code(command) -> int:
+    """Run `command()`; its exit code, or that of what it raised: bad input 2, a full store
+    3, Ctrl-C 130, each with one line on stderr and no traceback."""
     try:
-        return args.fn(args)
+        return command()
     except ConfigError as exc:
         print(f"raymem: error: {exc}", file=sys.stderr)
         return 2
     except StoreFull as exc:
         print(f"raymem: {exc}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:  # before or after the study's own stop (which says more and returns 130)
+        print("raymem: stopped", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -112,10 +112,18 @@ def reserve_pool(pool: ActorPool) -> PlacementGroup:
 
 
 def precog_rows(examples: pl.DataFrame, model: ModelSpec, cfg: PrecogConfig,
-                info: dict | None = None, reserved: PlacementGroup | None = None) -> pl.DataFrame:
+                info: dict | None = None, reserved: PlacementGroup | None = None,
+                restarts: bool = True) -> pl.DataFrame:
     """Score every example through a Ray Data actor pool; one row per (example, k).
     `info` gets the device and precision the actors ran on; `reserved` (`reserve_pool`) is
-    where the pool's actors run."""
+    where the pool's actors run.
+
+    `restarts`: Ray Data restarts an actor whose node was lost (its default). Ray Data
+    passes every actor its DataContext and MapTransformer through the object store, and
+    Ray's core worker logs an error for each such actor that may restart (restarts from
+    arguments in the object store can fail: ray-project/ray#53727), whatever the size of
+    fn_constructor_kwargs. On a local Ray no node can be lost, so the study asks for none
+    (and no such line); on a cluster a lost node is real and restarts stay on."""
     settings = PrecogSettings(ks=tuple(cfg.k), unit=cfg.unit, masking=cfg.masking, draws=cfg.draws,
                               copies_per_batch=cfg.copies_per_batch, max_length=cfg.max_length)
     table = examples.select("example_id", "text", "text_pair").to_arrow()
@@ -135,14 +143,18 @@ def precog_rows(examples: pl.DataFrame, model: ModelSpec, cfg: PrecogConfig,
             warnings.simplefilter("ignore", DeprecationWarning)
             ds.context.scheduling_strategy = strategy
             ds.context.scheduling_strategy_large_args = strategy
-    scored = ds.map_batches(
-        PrecogScorer,
-        fn_constructor_kwargs={"model": model, "settings": settings,
-                               "num_threads": max(1, int(cfg.actors.cpus)),
-                               "device": cfg.actors.device, "precision": cfg.actors.precision},
-        batch_size=cfg.examples_per_batch, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(min_size=cfg.actors.min_size, max_size=cfg.actors.max_size),
-        num_cpus=cfg.actors.cpus, num_gpus=cfg.actors.gpus)
+    with warnings.catch_warnings():
+        # max_restarts has no named parameter yet: Ray 2.60 calls the remote arguments
+        # deprecated while they are the only way to set it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scored = ds.map_batches(
+            PrecogScorer,
+            fn_constructor_kwargs={"model": model, "settings": settings,
+                                   "num_threads": max(1, int(cfg.actors.cpus)),
+                                   "device": cfg.actors.device, "precision": cfg.actors.precision},
+            batch_size=cfg.examples_per_batch, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(min_size=cfg.actors.min_size, max_size=cfg.actors.max_size),
+            num_cpus=cfg.actors.cpus, num_gpus=cfg.actors.gpus, **({} if restarts else {"max_restarts": 0}))
     wide = pl.from_arrow(pa.concat_tables(list(scored.iter_batches(batch_format="pyarrow", batch_size=None))))
     if info is not None:
         info["device"] = ", ".join(sorted(wide["device"].unique()))

@@ -15,6 +15,7 @@ from pathlib import Path
 import polars as pl
 
 from raymem.errors import ConfigError
+from raymem.headlines import check_location, headline_frames
 
 STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:.2em .5em}
@@ -47,14 +48,11 @@ def _query_source(name: str) -> str:
 
 
 def _headline_sections(db_path: Path, bin_width: float) -> list[str]:
-    from raymem.cli import headline_frames
-
     return [f"<h3>{html.escape(title)}</h3>{html_table(df)}{_query_source(name)}"
             for name, title, df in headline_frames(db_path, bin_width)]
 
 
 def _checks_section(db_path: Path) -> str:
-    from raymem.cli import check_location
     from raymem.queries import query
 
     try:

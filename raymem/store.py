@@ -11,6 +11,7 @@ Layout under the results root (a local folder or an s3:// URI, one code path):
     checkpoints/<trial_id>/progress.pt   a training trial's resume state, until it finishes
     checkpoints/<trial_id>/parts/        the finished parts of a grouped trial, until it finishes
     tune/                                Ray Tune's own experiment state
+    logs/<study>-<time>.log              Ray's own output during a study (raymem/terminal.py)
     raymem.duckdb                        built by `ingest` from the shards (local results)
 
 Workers never open DuckDB; ingest rebuilds every table from the shards, so running it
@@ -47,7 +48,8 @@ VERSION = "0.1.0"
 MARKERS = "_done"
 ATTEMPTS = "_attempts"
 LOCKS = "_locks"  # one driver per study (raymem/lock.py)
-NOT_TABLES = {MARKERS, ATTEMPTS, LOCKS, "checkpoints", "tune", "charts"}
+LOGS = "logs"  # Ray's own output during a study (raymem/terminal.py)
+NOT_TABLES = {MARKERS, ATTEMPTS, LOCKS, LOGS, "checkpoints", "tune", "charts"}
 
 
 # Schemes a results location may have; anything else before a colon is a mistake, not a folder.
@@ -107,7 +109,8 @@ def _first_line(exc: BaseException) -> str:
 # What stored rows mean: raise it when a change alters the rows a trial writes for the same
 # id; markers of another schema count as not done, so those trials are redone.
 RESULTS_SCHEMA = 2
-# The tables trials write (docs/asking-questions.md: the tables), and those ingest derives from them.
+# The tables trials write (docs/asking-questions.md: the tables), and those derived from them as the database is
+# built (raymem/analyses.py).
 SHARD_TABLES = frozenset({
     "examples", "precog", "search", "predictions", "runs", "subset_predictions", "counterfactual",
     "layer_scores", "window_scores", "mcog", "events", "retrain_windows", "probe_curves",
@@ -483,7 +486,7 @@ def table_names(con) -> set[str]:
 
 
 def write_derived(con, table: str, frame: pl.DataFrame) -> int:
-    """Write a table that ingest derives in Python (checks, intervals, the PreCog
+    """Write a table derived in Python while the database is built (checks, intervals, the PreCog
     regression) into the open database, replacing it; return its row count."""
     if table not in DERIVED_TABLES:
         raise ValueError(f"{table!r} is not one of raymem's derived tables")
@@ -544,19 +547,17 @@ def check_one_schema(store: Store, table: str, schemas: dict[str, pa.Schema]) ->
                     f"different results schemas: remove the older ones (their trials are redone)")
 
 
-def ingest(store: Store, db_path: Path, trial_ids: set[str] | None = None, log=print) -> dict[str, int]:
+def ingest(store: Store, db_path: Path, trial_ids: set[str] | None = None, log=print,
+           derive=None) -> dict[str, int]:
     """Rebuild the DuckDB database from the tables' shards (all, or the given trials')
     and return the row counts.
 
     Builds into a temporary file and renames it over the old one, so readers never see
-    a half-built database and a crash leaves the previous one intact. Derived tables are
-    built with it: `checks` (raymem/checks.py), `intervals` (raymem/intervals.py) and
-    `precog_regression` (raymem/regression.py).
+    a half-built database and a crash leaves the previous one intact. `derive(con)`, where
+    given, builds the tables derived from the shards into that same file before it is
+    published and returns their row counts (raymem/analyses.py: checks, intervals, the
+    PreCog regression); the store itself knows only the shards' tables.
     """
-    from raymem.checks import create_checks_table
-    from raymem.intervals import create_intervals_table
-    from raymem.regression import create_precog_regression_table
-
     tables = result_tables(store)  # before anything is written
     db_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".duckdb", dir=db_path.parent)
@@ -584,12 +585,8 @@ def ingest(store: Store, db_path: Path, trial_ids: set[str] | None = None, log=p
                     con.execute(f"CREATE TABLE {name} AS SELECT * FROM shards").fetchall()
                     con.unregister("shards")
                 counts[table] = con.execute(f"SELECT COUNT(*) FROM {name}").fetchall()[0][0]
-            if counts:
-                counts["checks"] = create_checks_table(con)
-                counts["intervals"] = create_intervals_table(con)
-                regression = create_precog_regression_table(con)
-                if regression is not None:
-                    counts["precog_regression"] = regression
+            if counts and derive is not None:
+                counts |= derive(con)
         finally:
             con.close()
     except BaseException:  # an error or Ctrl-C: no half-built database left beside the results

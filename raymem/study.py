@@ -13,6 +13,7 @@ before anything is written. Every stage skips the trials a previous run finished
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import polars as pl
 
+from raymem.analyses import build_database
 from raymem.config import Study
 from raymem.data import prepare_examples, reserve_pool
 from raymem.errors import ConfigError, is_disk_full
@@ -28,9 +30,10 @@ from raymem.lock import hold_study
 from raymem.models import ModelSpec, check_masked_lm, check_model, layer_count, model_spec
 from raymem.runtime import Runtime
 from raymem.stages import control, counterfactual, examples as examples_stage, finetune, localise, precog, search
-from raymem.store import Store, check_local_path, database_path, ingest, is_ingested
+from raymem.store import Store, check_local_path, database_path, is_ingested
 from raymem.sweep import error_kind, interruptible, record_run, run_sweep, storage_full, write_tables
 from raymem.tasks import load_task
+from raymem.terminal import RayOutput
 from raymem.trackers import check_trackers
 from raymem.trial import PlanContext, Trial
 
@@ -253,8 +256,9 @@ def _precog_holds_every_cpu(study: Study) -> str | None:
     return None
 
 
-def run_plan(plan: Plan, log=print) -> list[Trial]:
-    """Run every stage; return the failed trials (empty when all went well).
+def run_plan(plan: Plan, log=print, ray_log: Path | None = None) -> list[Trial]:
+    """Run every stage; return the failed trials (empty when all went well). With `ray_log`,
+    Ray's own output goes to that file instead of the terminal (raymem/terminal.py).
 
     Ctrl-C or SIGTERM raises StudyInterrupted: what finished stays finished, and running the
     same study again goes on from there."""
@@ -270,9 +274,12 @@ def run_plan(plan: Plan, log=print) -> list[Trial]:
                 shards = store.write_rows("examples", "examples", trial.trial_id, plan.examples[key],
                                           study.study)
                 store.mark_done(trial.trial_id, trial.params, shards)
-        _init_ray(study)
-        with interruptible():
-            return _run_stages(plan, log)
+        with RayOutput(ray_log) if ray_log else contextlib.nullcontext() as output:
+            _init_ray(study)
+            if output is not None:
+                output.route()  # ray.init starts forwarding the workers' output
+            with interruptible():
+                return _run_stages(plan, log)
 
 
 def _run_stages(plan: Plan, log) -> list[Trial]:
@@ -301,7 +308,7 @@ def _run_stages(plan: Plan, log) -> list[Trial]:
                             lambda summary: _run_summary(store, summary, by_id, log), trackers=study.trackers)
     failed += scoring.wait()
     # The database holds this study's trials only, not shards left by other settings.
-    counts = ingest(store, plan.db_path, {t.trial_id for t in plan.trials})
+    counts = build_database(store, plan.db_path, {t.trial_id for t in plan.trials})
     log(f"[ingest] {plan.db_path}: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
     return failed
 
@@ -365,7 +372,9 @@ def _precog_failed(store: Store, trial: Trial, exc: Exception, wall: float, log)
 
     if is_disk_full(exc):
         raise storage_full(store, exc) from exc
-    log(f"[precog] {trial.params['task']} / {trial.params['model']}: failed: {type(exc).__name__}: {exc}")
+    # the first line: the whole error (a worker's traceback) is printed once, at the end
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    log(f"[precog] {trial.params['task']} / {trial.params['model']}: failed: {type(exc).__name__}: {first}")
     record_run(store, trial, "failed", wall, None, "".join(traceback.format_exception(exc, limit=8)),
                error_kind(exc))
 
@@ -391,5 +400,6 @@ def _run_precog_trial(plan: Plan, trial: Trial, reserved, log) -> None:
         f"masked copies at most)")
     start = time.time()
     _run_in_driver(plan.store, trial,
-                   lambda info: precog.run(trial, examples, plan.models[model], study, info, reserved))
+                   lambda info: precog.run(trial, examples, plan.models[model], study, info, reserved,
+                                           restarts=_local_cpus(study) is None))  # a cluster's nodes can be lost
     log(f"[precog] {task} / {model}: done in {time.time() - start:.1f}s")

@@ -26,17 +26,19 @@ import json
 import os
 import re
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 
 from raymem.errors import StoreFull, is_disk_full
 from raymem.runtime import Runtime
 from raymem.store import ATTEMPTS, Store
+from raymem.terminal import say, status
 from raymem.trial import Trial
 
 # stage -> the module whose run(trial, runtime) runs one of its trials
@@ -278,10 +280,13 @@ def interruptible():
 class Work:
     """What a sweep's progress line estimates the time left from: when the sweep `started`,
     the relative cost (raymem/schedule.py) of each trial this experiment may run, and the cost
-    of those its earlier experiments ended."""
+    of those its earlier experiments ended; and what it counts per stage: the stage of each
+    trial the sweep runs in Tune (`stages`), and those its earlier experiments ended."""
     started: float
     costs: dict[str, float]
     spent_before: float = 0.0
+    stages: dict[str, str] = field(default_factory=dict)
+    ended_before: frozenset[str] = frozenset()
 
 
 def _trial_id(tune_trial) -> str | None:
@@ -297,7 +302,9 @@ def _label(tune_trial) -> str:
 def progress_callback(name: str, total: int, every_seconds: float = 10.0, before: tuple[int, int] = (0, 0),
                       work: Work | None = None):
     """A Tune callback printing one progress line for the whole sweep (instead of Tune's
-    per-trial configuration dumps): done, failed, running and pending, and the time left.
+    per-trial configuration dumps): done, failed, running and pending, the time left, and
+    per stage the trials ended of its total (a bar rewritten in place on a terminal:
+    raymem.terminal.status).
     `before`: the sweep's trials done and failed in its earlier experiments. With `work`, the
     time left is the time so far times the work left over the work ended, not the trials:
     a sweep runs its longest trials first. It prints rather than holding a log function:
@@ -307,6 +314,9 @@ def progress_callback(name: str, total: int, every_seconds: float = 10.0, before
     class Progress(tune.Callback):
         def __init__(self):
             self.start, self.last = work.started if work else time.time(), 0.0
+            # a bar in place is cheap to redraw: each second on a terminal
+            self.every = min(every_seconds, 1.0) if sys.stdout.isatty() else every_seconds
+            self.closed = False  # the line of the last trial was printed
 
         def _time_left(self, ended: list, left: int, now: float) -> float | None:
             if not ended or not left:
@@ -321,7 +331,7 @@ def progress_callback(name: str, total: int, every_seconds: float = 10.0, before
             # Tune calls back before it marks the completed trial TERMINATED: count it here
             ended = [t for t in trials if t.status in ("TERMINATED", "ERROR") or t is completed]
             now = time.time()
-            if len(ended) + sum(before) < total and now - self.last < every_seconds:
+            if self.closed or (len(ended) + sum(before) < total and now - self.last < self.every):
                 return
             self.last = now
             failed = sum(t.status == "ERROR" or (t.last_result or {}).get("status") == "failed" for t in ended)
@@ -329,29 +339,47 @@ def progress_callback(name: str, total: int, every_seconds: float = 10.0, before
             left = total - len(ended) - sum(before)
             eta = self._time_left(ended, left, now)
             done, failed = len(ended) - failed + before[0], failed + before[1]
-            print(f"[{name}] {done}/{total} done, {failed} failed, {running} running, "
-                  f"{left - running} pending; {now - self.start:.0f}s so far"
-                  + (f", about {eta:.0f}s left" if eta is not None else ""), flush=True)
+            status(f"[{name}] {done}/{total} done, {failed} failed, {running} running, "
+                   f"{left - running} pending; {now - self.start:.0f}s so far"
+                   + (f", about {eta:.0f}s left" if eta is not None else "") + self._stages(ended),
+                   (done + failed) / total if total else 1.0, final=left == 0)
+            self.closed = left == 0
+
+        def _stages(self, ended: list) -> str:
+            """' (finetune 2/4, localise 0/6)': per stage, its trials ended of its total."""
+            if work is None or len(set(work.stages.values())) < 2:
+                return ""
+            ended_ids = {_trial_id(t) for t in ended} | work.ended_before
+            counts = {}
+            for trial_id, stage in work.stages.items():
+                n = counts.setdefault(stage, [0, 0])
+                n[0] += trial_id in ended_ids
+                n[1] += 1
+            return " (" + ", ".join(f"{stage} {n}/{of}" for stage, (n, of) in counts.items()) + ")"
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._line(trials, completed=trial)
+
+        def on_step_end(self, iteration, trials, **info):
+            if sys.stdout.isatty():  # the bar and its time so far move between completions
+                self._line(trials)
 
         def on_trial_recover(self, iteration, trials, trial, **info):
             # an exception inside a trial is recorded by run_trial; this is a lost worker or node,
             # or a worker ended after a CUDA error (its restart reports the recorded failure)
             if (trial.last_result or {}).get("end_worker"):
-                print(f"[{name}] {_label(trial)}: failed ({CUDA_ERROR_NOTE})", flush=True)
+                say(f"[{name}] {_label(trial)}: failed ({CUDA_ERROR_NOTE})", flush=True)
                 return
             reports = (trial.last_result or {}).get("training_iteration", 0)
-            print(f"[{name}] {_label(trial)}: its worker was lost after {reports} reports; "
-                  f"retrying from its last progress checkpoint", flush=True)
+            say(f"[{name}] {_label(trial)}: its worker was lost after {reports} reports; "
+                f"retrying from its last progress checkpoint", flush=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             if (trial.last_result or {}).get("end_worker"):
-                print(f"[{name}] {_label(trial)}: failed ({CUDA_ERROR_NOTE})", flush=True)
+                say(f"[{name}] {_label(trial)}: failed ({CUDA_ERROR_NOTE})", flush=True)
             else:
-                print(f"[{name}] {_label(trial)}: lost its worker more than "
-                      f"finetune.max_failures times; it failed", flush=True)
+                say(f"[{name}] {_label(trial)}: lost its worker more than "
+                    f"finetune.max_failures times; it failed", flush=True)
             self._line(trials, completed=trial)
 
     return Progress()
@@ -406,13 +434,14 @@ def run_sweep(name: str, trials: list[Trial], store: Store, max_failures: int, l
         return []
     n_tune = sum(t.stage not in DRIVER_STAGES for t in pending)
     costs = {t.trial_id: relative_cost(t) for t in pending if t.stage not in DRIVER_STAGES}
+    stages = {t.trial_id: t.stage for t in pending if t.stage not in DRIVER_STAGES}
     start, failed_ids, part = time.time(), set(), 0
     while True:
         # a trial that failed in an earlier experiment stays failed: it is left out, so the
         # trials that need it are never released
         ended = done | failed_ids
         work = Work(start, {i: c for i, c in costs.items() if i not in ended},
-                    sum(c for i, c in costs.items() if i in ended))
+                    sum(c for i, c in costs.items() if i in ended), stages, frozenset(ended & set(costs)))
         searcher = _run_experiment(name, part, [t for t in trials if t.trial_id not in failed_ids], store,
                                    max_failures, run_in_driver, per_experiment, n_tune, len(failed_ids), work,
                                    trackers)

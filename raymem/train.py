@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+import polars as pl
 import torch
 import torch.nn.functional as F
 
@@ -80,6 +81,16 @@ class Encoded:
             batches += [chunk[i:i + batch_size].tolist() for i in range(0, len(chunk), batch_size)]
         for b in torch.randperm(len(batches), generator=generator).tolist():
             yield self.batch(batches[b])
+
+
+def encode_split(tokenizer, split: pl.DataFrame, labels: np.ndarray, max_length: int) -> Encoded:
+    return Encoded(tokenizer, split["text"].to_list(), split["text_pair"].to_list(), labels, max_length)
+
+
+def train_split(store, examples_trial: str) -> pl.DataFrame:
+    """The training examples of an `examples` trial, in example-id order."""
+    examples = store.read_shard("examples", "examples", examples_trial)
+    return examples.filter(pl.col("split") == "train").sort("example_id")
 
 
 def adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:

@@ -121,7 +121,7 @@ def test_every_stage_and_technique_moves_what_it_hands_a_model(moves, tmp_path):
     from raymem.measures.precog import PrecogScorer, PrecogSettings
     from raymem.models import model_spec
     from raymem.stages import control, finetune, hidden, localise
-    from raymem.stages.common import encode_split, train_split
+    from raymem.train import encode_split, train_split
     from raymem.sweep import write_tables
 
     plan = tiny_plan(tmp_path / "results")

@@ -133,11 +133,11 @@ def test_a_full_store_stops_the_study_with_one_message(monkeypatch, tmp_path, ca
     import raymem.study as study_module
 
     plan = types.SimpleNamespace(store=Store(str(tmp_path / "results")), n_trials=lambda: 1,
-                                 up_to_date=lambda: False)
+                                 up_to_date=lambda: False, db_path=tmp_path / "results" / "raymem.duckdb")
     monkeypatch.setattr("raymem.config.load_study", lambda file, overrides: types.SimpleNamespace(study="s"))
     monkeypatch.setattr(study_module, "make_plan", lambda study: plan)
 
-    def full(plan):
+    def full(plan, **options):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "results" / "runs"))
     monkeypatch.setattr(study_module, "run_plan", full)
     assert cli.main(["study", "any.yaml"]) == 3

@@ -424,7 +424,7 @@ def test_query_command_writes_csv_json_and_parquet(tmp_path, monkeypatch, capsys
 
 
 def test_headline_tables_read_in_80_columns():
-    from raymem.cli import headline_table
+    from raymem.headlines import headline_table
 
     df = pl.DataFrame({"task": ["tweet_sentiment", "tweet_polarity"], "model": ["raymem-mini"] * 2,
                        "variant": ["noisy"] * 2, "checkpoint": ["final"] * 2, "epoch": [20, 20],

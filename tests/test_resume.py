@@ -112,8 +112,9 @@ class Runs:
         self.sessions.append(proc.pid)
         return proc
 
-    def study(self, file: Path, results: Path, log: Path, env: dict | None = None) -> subprocess.Popen:
-        return self.start([sys.executable, "-m", "raymem.cli", "study", file, "--results", results],
+    def study(self, file: Path, results: Path, log: Path, env: dict | None = None,
+              options: tuple = ()) -> subprocess.Popen:
+        return self.start([sys.executable, "-m", "raymem.cli", "study", file, "--results", results, *options],
                           log, env or self.env())
 
     def close(self) -> None:
@@ -452,9 +453,12 @@ def test_failing_trial_is_recorded_and_the_rest_finish(runs, tiny_mlm, tmp_path)
         precog={"enabled": False},
         finetune={"variants": ["clean"], "epochs": 2, "lr": 1e-3, "batch_size": 16, "max_length": 48}))
     results, log = tmp_path / "results", tmp_path / "study.log"
-    code = _wait(runs.study(study, results, log), log)
+    code = _wait(runs.study(study, results, log, options=("--verbose",)), log)
     text = log.read_text(errors="replace")
     assert code == 1, text[-4000:]
+    # --verbose: Ray's own lines on the terminal, as Ray prints them, and no log file of them
+    assert "INFO worker.py" in text and "Started a local Ray instance" in text, text[:3000]
+    assert "Ray's own log" not in text and not (results / "logs").exists()
 
     db = results / "raymem.duckdb"
     rows = fetch(db, "SELECT model, trial_id, status, error FROM runs WHERE stage = 'finetune'")

@@ -178,3 +178,25 @@ def test_the_time_left_weighs_the_trials_by_their_cost(capsys, monkeypatch):
     # 21 units in 100 s; 3 left: about 14 s (counting trials: 3 of 6 left in 100 s, 100 s)
     assert "[study] 3/6 done, 0 failed, 1 running, 2 pending; 100s so far, about 14s left" \
         in capsys.readouterr().out
+
+
+def test_the_progress_line_counts_each_stage(capsys, monkeypatch):
+    from types import SimpleNamespace
+
+    def tune_trial(trial_id, status):
+        return SimpleNamespace(status=status, config={"trial": {"trial_id": trial_id}}, last_result={})
+
+    monkeypatch.setattr(sweep.time, "time", lambda: 1010.0)
+    stages = {"f1": "finetune", "f2": "finetune", "f3": "finetune", "l1": "localise", "l2": "localise"}
+    # f1 ended in an earlier experiment; this one ran f2, l1 and has f3, l2 left
+    work = sweep.Work(started=1000.0, costs={i: 1.0 for i in ("f2", "f3", "l1", "l2")}, spent_before=1.0,
+                      stages=stages, ended_before=frozenset({"f1"}))
+    trials = [tune_trial("f2", "TERMINATED"), tune_trial("l1", "TERMINATED"), tune_trial("f3", "RUNNING"),
+              tune_trial("l2", "PENDING")]
+    progress = sweep.progress_callback("study", total=5, before=(1, 0), work=work)
+    progress._line(trials)
+    assert "[study] 3/5 done, 0 failed, 1 running, 1 pending; 10s so far, about 7s left " \
+           "(finetune 2/3, localise 1/2)" in capsys.readouterr().out
+    progress._line([*trials[:2], tune_trial("f3", "TERMINATED"), tune_trial("l2", "TERMINATED")])
+    progress._line([*trials[:2], tune_trial("f3", "TERMINATED"), tune_trial("l2", "TERMINATED")])
+    assert capsys.readouterr().out.count("5/5 done") == 1  # the last line once

@@ -13,6 +13,7 @@ import yaml
 from results_db import fetch
 from raymem.cli import main
 from raymem.config import load_study
+from raymem.settings import resolve_settings
 from raymem.stages import search
 from raymem.store import Store
 from raymem.study import make_plan
@@ -59,11 +60,11 @@ def test_later_trials_read_the_winner(tmp_path):
     rows = pl.DataFrame({"candidate": [0, 1], "lr": [1e-5, 3e-3], "epochs": [2, 3], "batch_size": [16, 8],
                          "winner": [False, True]})
     store.write_rows("search", "search", "search-abc", rows, "s")
-    assert search.resolve({"lr": 0.1, "clip": 1.0}, store) == {"lr": 0.1, "clip": 1.0}  # no search: as given
-    assert search.resolve({"clip": 1.0, "search_trial": "search-abc"}, store) == \
+    assert resolve_settings({"lr": 0.1, "clip": 1.0}, store) == {"lr": 0.1, "clip": 1.0}  # no search: as given
+    assert resolve_settings({"clip": 1.0, "search_trial": "search-abc"}, store) == \
         {"lr": 3e-3, "epochs": 3, "batch_size": 8, "clip": 1.0}
     # a key the stage sets itself (counterfactual.epochs) holds
-    assert search.resolve({"epochs": 7, "search_trial": "search-abc"}, store)["epochs"] == 7
+    assert resolve_settings({"epochs": 7, "search_trial": "search-abc"}, store)["epochs"] == 7
 
 
 def _demo_with(tmp_path, **changes) -> Path:

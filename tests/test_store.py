@@ -133,7 +133,7 @@ def test_ingest_twice_gives_the_same_tables(tmp_path):
     db = database_path(store, None)
     assert db == tmp_path / "raymem.duckdb"
     first = ingest(store, db)
-    assert first == {"examples": 7, "precog": 5, "checks": 0, "intervals": 0}
+    assert first == {"examples": 7, "precog": 5}
     assert _counts(db) == first
     second = ingest(store, db)
     assert second == first and _counts(db) == first  # rebuilt, not appended
@@ -153,7 +153,7 @@ def test_ingest_replaces_an_old_database(tmp_path):
     con.close()
     _fill(store)
     counts = ingest(store, db)
-    assert _counts(db) == counts == {"examples": 7, "precog": 5, "checks": 0, "intervals": 0}
+    assert _counts(db) == counts == {"examples": 7, "precog": 5}
 
 
 def test_ingest_to_a_separate_database_path(tmp_path):
@@ -162,7 +162,21 @@ def test_ingest_to_a_separate_database_path(tmp_path):
     db = database_path(store, str(tmp_path / "db" / "my.duckdb"))
     assert db == (tmp_path / "db" / "my.duckdb").resolve()
     ingest(store, db)
-    assert _counts(db) == {"examples": 7, "precog": 5, "checks": 0, "intervals": 0}
+    assert _counts(db) == {"examples": 7, "precog": 5}
+
+
+def test_build_database_adds_the_derived_tables_before_it_is_published(tmp_path):
+    from raymem.analyses import build_database
+
+    store = Store(str(tmp_path))
+    _fill(store)
+    db = tmp_path / "raymem.duckdb"
+    counts = build_database(store, db)
+    assert counts == {"examples": 7, "precog": 5, "checks": 0, "intervals": 0} == _counts(db)
+    seen = []  # derive runs on the database being built, not on the published one
+    ingest(store, db, derive=lambda con: seen.append(con.execute("SELECT current_database()").fetchone()[0])
+           or {})
+    assert seen and seen[0] != "raymem"
 
 
 def test_ingest_of_nothing_gives_an_empty_database(tmp_path):

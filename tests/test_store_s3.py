@@ -155,7 +155,7 @@ def test_ingest_from_s3_builds_a_local_database_idempotently(bucket, tmp_path):
         database_path(store, None)  # results on S3 need a local database path
     db = database_path(store, str(tmp_path / "db" / "raymem.duckdb"))
 
-    expected = {"precog": 15, "predictions": 11, "checks": 0, "intervals": 0}
+    expected = {"precog": 15, "predictions": 11}
     assert ingest(store, db) == expected
     assert _db_counts(db) == expected
     assert ingest(store, db) == expected  # a rerun rebuilds, never doubles

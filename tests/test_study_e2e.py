@@ -1,8 +1,11 @@
 """End to end on a local Ray: a small study, the database it builds, and a rerun."""
 
+import duckdb
 import pytest
 import ray
 import yaml
+
+import raymem
 
 from results_db import fetch, table_counts
 from raymem.cli import main
@@ -29,13 +32,13 @@ def study_run(tiny_mlm, tmp_path_factory):
     path = root / "study.yaml"
     path.write_text(yaml.safe_dump(study))
     try:
-        first = main(["study", str(path)])
+        result = raymem.load_study(path).run()  # from Python, as a notebook would
         db = root / "results" / "raymem.duckdb"
         snapshot = table_counts(db)
-        second = main(["study", str(path)])  # a rerun: every trial is already done
+        second = main(["study", str(path)])  # a rerun, on the command line: every trial is already done
     finally:
         ray.shutdown()
-    return {"codes": (first, second), "db": db, "first": snapshot, "root": root}
+    return {"codes": (result.exit_code, second), "db": db, "first": snapshot, "root": root, "result": result}
 
 
 def test_study_succeeds_twice(study_run):
@@ -113,3 +116,19 @@ def test_status_reads_the_store(study_run, capsys):
                                          for line in out.splitlines() if line.startswith("| "))}
     assert rows["stage"][:3] == ["stage", "trials", "done"]
     assert rows["finetune"][1:3] == [str(len(SEEDS) * len(VARIANTS))] * 2
+
+
+def test_the_python_api_ran_the_study_and_reads_its_database(study_run):
+    assert study_run["result"].database == study_run["db"] and study_run["result"].ok
+    con = raymem.results(study_run["result"])
+    try:
+        n = con.sql("SELECT COUNT(*) AS n FROM predictions").pl()["n"][0]
+        assert n == table_counts(study_run["db"])["predictions"] > 0
+        with pytest.raises(duckdb.Error, match="read-only"):
+            con.execute("DELETE FROM predictions")
+    finally:
+        con.close()
+    for source in (study_run["root"] / "study.yaml", study_run["root"] / "results", study_run["db"]):
+        con = raymem.results(source)  # a study file, its results folder, the database itself
+        assert con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == table_counts(study_run["db"])["runs"]
+        con.close()

@@ -243,7 +243,10 @@ def test_a_failing_precog_is_recorded_and_the_study_ingested(monkeypatch, tiny_m
         "finetune": {"enabled": False}, "ray": {"num_cpus": 2}}))
     assert main(["study", str(path)]) == 1
     err = capsys.readouterr().err
-    assert "1 trial(s) failed" in err and "precog-" in err and "Traceback" not in err
+    assert "1 trial(s) failed" in err and "precog-" in err
+    # its error, in full, once: at the end, under the failed trial
+    assert err.count("Traceback") == 1 and err.count("ValueError: PreCog cannot score this split") == 1
+    assert err.index("Traceback") > err.index("1 trial(s) failed")
     db = results / "raymem.duckdb"
     assert db.is_file()
     import duckdb

@@ -40,7 +40,7 @@ from transformers.pytorch_utils import Conv1D
 from raymem.localise.layers import body_layers
 from raymem.localise.technique import PairInputs, Technique, layer_rows
 from raymem.runtime import Runtime, model_device, to_device
-from raymem.stages import search
+from raymem.settings import resolve_settings
 from raymem.train import Encoded, TrainSettings
 from raymem.trial import Tables
 
@@ -303,7 +303,7 @@ class Gradients(Technique):
             if variant["gradient_control"]:
                 control = pair.pretrained()
                 control.config.use_cache = False
-                settings = TrainSettings(**search.resolve(p["control_training"], runtime.store))
+                settings = TrainSettings(**resolve_settings(p["control_training"], runtime.store))
                 train_head(control, pair.data, settings, p["seed"], grad_scaler=runtime.grad_scaler)
             scores = forgetting_gradient_scores(pair.memorised, control, pair.data, noisy_index, clean_index,
                                                 norm=variant["gradient_norm"],

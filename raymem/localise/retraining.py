@@ -47,7 +47,7 @@ from raymem.localise.swapping import layer_scores_from_windows
 from raymem.localise.swapping import windows as all_windows
 from raymem.localise.technique import STAGE, PairInputs, Technique, layer_rows, with_keys
 from raymem.runtime import Runtime, model_device, to_device
-from raymem.stages import search
+from raymem.settings import deferred_settings, resolve_settings
 from raymem.train import Encoded, TrainSettings, fine_tune, predict
 from raymem.trial import Tables, Trial
 
@@ -360,7 +360,7 @@ class Retraining(Technique):
     def trials(self, base: dict, n_layers: int, cfg) -> list[dict]:
         retrain = {**self.settings(cfg), "max_length": base["max_length"]}
         if base.get("search_trial"):  # the searched learning rate and batch size; the windows' own epochs
-            retrain = search.deferred(retrain, base["search_trial"], keep=("epochs",))
+            retrain = deferred_settings(retrain, base["search_trial"], keep=("epochs",))
         return [{**base, "technique": self.name, "retrain": retrain, "start": start, "n_layers": n_layers}
                 for start in range(1, n_layers + 1)]
 
@@ -372,7 +372,7 @@ class Retraining(Technique):
                   if f"{start}-{end}" in kept}
         todo = [(start, end) for end in range(start, n_layers + 1) if (start, end) not in scores]
         if todo:
-            settings = TrainSettings(**search.resolve(p["retrain"], runtime.store))
+            settings = TrainSettings(**resolve_settings(p["retrain"], runtime.store))
             with runtime.autocast():
                 for window, noisy_acc, clean_acc in window_accuracies(
                         pair.memorised, pair.pretrained(), pair.data.subset(clean_train),

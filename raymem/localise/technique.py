@@ -19,13 +19,14 @@ raymem/localise/registry.py. A technique says:
 
 from __future__ import annotations
 
+import io
 from functools import cached_property
 
 import numpy as np
 import polars as pl
 
 from raymem.runtime import Runtime
-from raymem.stages.common import encode_split, train_split
+from raymem.train import encode_split, train_split
 from raymem.trial import Tables, Trial
 
 STAGE = "localise"
@@ -35,6 +36,8 @@ USES = ("pair", "pretrained", "hidden")
 # the checkpoints of the noisy model a trial may load, first found first: a noisy model that
 # never reached the memorised checkpoint is compared at its final one
 CHECKPOINTS = {"final": ("final",), "memorised": ("memorised", "final")}
+# a hidden-state trial's (L+1, N, H) array, under checkpoints/<trial_id>/ (raymem/stages/hidden.py)
+HIDDEN_FILE = "hidden.npy"
 
 
 class Technique:
@@ -102,9 +105,11 @@ class PairInputs:
         return self.runtime.load_classifier(self.p["model"], self.p["n_labels"], self.tokenizer.pad_token_id)
 
     def hidden(self) -> np.ndarray:
-        from raymem.stages.hidden import read_hidden
-
         return read_hidden(self.runtime.store, self.p["hidden_trial"])
+
+
+def read_hidden(store, trial_id: str) -> np.ndarray:
+    return np.load(io.BytesIO(store.get_bytes("checkpoints", trial_id, HIDDEN_FILE)), allow_pickle=False)
 
 
 def layer_rows(p: dict, technique: str, scores: np.ndarray) -> pl.DataFrame:

@@ -25,8 +25,9 @@ from raymem.localise.layers import body_layers, is_decoder_model, pool
 from raymem.models import embedding_parameters
 from raymem.runtime import Runtime, TrainingState
 from raymem.stages import search
-from raymem.stages.common import encode_split, runtime_options, train_split
-from raymem.train import Encoded, TrainSettings, make_optimiser
+from raymem.settings import resolve_settings
+from raymem.stages.common import runtime_options
+from raymem.train import Encoded, TrainSettings, encode_split, make_optimiser, train_split
 from raymem.trial import PlanContext, Tables, Trial
 
 STAGE = "control"
@@ -41,7 +42,7 @@ def default_pairs(n_layers: int) -> list[tuple[int, int]]:
 def run(trial: Trial, runtime: Runtime) -> Tables:
     """Train the noisy (or clean) control model of a planted pair; keep its final checkpoint."""
     p = trial.params
-    s = TrainSettings(**search.resolve(p["settings"], runtime.store))
+    s = TrainSettings(**resolve_settings(p["settings"], runtime.store))
     tokenizer = runtime.load_tokenizer(p["model"], s.max_length)
     train = train_split(runtime.store, p["examples_trial"])
     task = encode_split(tokenizer, train, train["label" if p["variant"] == "noisy" else "original_label"]

@@ -15,9 +15,10 @@ import polars as pl
 from raymem.config import Study
 from raymem.runtime import Runtime
 from raymem.stages import search
-from raymem.stages.common import encode_split, runtime_options, train_split
+from raymem.settings import resolve_settings
+from raymem.stages.common import runtime_options
 from raymem.store import Store
-from raymem.train import TrainSettings, fine_tune, predict
+from raymem.train import TrainSettings, encode_split, fine_tune, predict, train_split
 from raymem.trial import PlanContext, Tables, Trial
 
 STAGE = "counterfactual"
@@ -54,7 +55,7 @@ def plan(study: Study, context: PlanContext) -> list[Trial]:
 
 def run(trial: Trial, runtime: Runtime) -> Tables:
     p = trial.params
-    s = TrainSettings(**search.resolve(p["settings"], runtime.store))
+    s = TrainSettings(**resolve_settings(p["settings"], runtime.store))
     train = train_split(runtime.store, p["examples_trial"])
     labels = train["label"].to_numpy()  # the perturbed labels: noisy examples can only be memorised
     in_subset = subset_mask(train["example_id"].to_list(), p["subset_seed"], p["index"])

@@ -20,8 +20,9 @@ import torch
 from raymem.config import Study
 from raymem.runtime import Runtime
 from raymem.stages import search
-from raymem.stages.common import encode_split, runtime_options
-from raymem.train import TrainSettings, fine_tune, macro_f1, predict
+from raymem.settings import resolve_settings
+from raymem.stages.common import runtime_options
+from raymem.train import TrainSettings, encode_split, fine_tune, macro_f1, predict
 from raymem.trial import PlanContext, Tables, Trial
 
 STAGE = "finetune"
@@ -82,7 +83,7 @@ def run_clean_twin(p: dict, model, train_data, s: TrainSettings, runtime: Runtim
 
 def run(trial: Trial, runtime: Runtime) -> Tables:
     p = trial.params
-    settings = search.resolve(p["settings"], runtime.store)
+    settings = resolve_settings(p["settings"], runtime.store)
     memorised_f1 = settings.pop("memorised_f1")
     s = TrainSettings(**settings)
     examples = runtime.store.read_shard("examples", "examples", p["examples_trial"])

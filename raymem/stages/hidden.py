@@ -15,10 +15,9 @@ import numpy as np
 import torch
 
 from raymem.localise.layers import pooled_hidden_states
-from raymem.localise.technique import CHECKPOINTS
+from raymem.localise.technique import CHECKPOINTS, HIDDEN_FILE
 from raymem.runtime import Runtime
-from raymem.stages.common import encode_split, train_split
-from raymem.store import Store
+from raymem.train import encode_split, train_split
 from raymem.trial import Tables, Trial
 
 STAGE = "hidden"
@@ -41,9 +40,6 @@ def run(trial: Trial, runtime: Runtime) -> Tables:
     hidden = np.concatenate(batches, axis=1)  # (L+1, N, H), in example-id order
     buffer = io.BytesIO()
     np.save(buffer, hidden.astype(np.float32), allow_pickle=False)
-    runtime.store.put_bytes(buffer.getvalue(), "checkpoints", trial.trial_id, "hidden.npy")
+    runtime.store.put_bytes(buffer.getvalue(), "checkpoints", trial.trial_id, HIDDEN_FILE)
     return {}
 
-
-def read_hidden(store: Store, trial_id: str) -> np.ndarray:
-    return np.load(io.BytesIO(store.get_bytes("checkpoints", trial_id, "hidden.npy")), allow_pickle=False)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from raymem.localise.registry import TECHNIQUES
+from raymem.localise.registry import technique as registered
 from raymem.localise.summary import m_cog
 from raymem.localise.technique import PairInputs, layer_rows
 from raymem.runtime import Runtime
@@ -82,7 +82,7 @@ def plan_pair(study, context: PlanContext, memorised: Trial, clean: Trial,
                    name, uri, (memorised.trial_id, examples.trial_id), runtime_options(cfg.hidden_resources))
     needs = (memorised.trial_id, base["clean_trial"], examples.trial_id)
     techniques, uses_hidden = [], False
-    for technique in (TECHNIQUES[t] for t in cfg.techniques):
+    for technique in (registered(t) for t in cfg.techniques):
         reads_hidden = "hidden" in technique.uses
         uses_hidden |= reads_hidden
         pair_base = {**base, "checkpoint": "memorised" if twins else technique.noisy_checkpoint,
@@ -100,7 +100,7 @@ def plan_pair(study, context: PlanContext, memorised: Trial, clean: Trial,
 def run(trial: Trial, runtime: Runtime) -> Tables:
     p = trial.params
     runtime.seed(p["seed"])  # nothing of a previous trial in this worker carries over
-    return TECHNIQUES[p["technique"]].run(p, PairInputs(p, runtime), runtime)
+    return registered(p["technique"]).run(p, PairInputs(p, runtime), runtime)
 
 
 # -- the pair's summary (driver) ------------------------------------------------------------
@@ -113,7 +113,7 @@ def summarise(summary: Trial, techniques: list[Trial], store: Store) -> Tables:
     per_layer = []
     for name in dict.fromkeys(t.params["technique"] for t in techniques):
         mine = [t for t in techniques if t.params["technique"] == name]
-        scores, extra = TECHNIQUES[name].reduce(store, mine, keys)
+        scores, extra = registered(name).reduce(store, mine, keys)
         per_layer.append(layer_rows(keys, name, scores))
         for table, rows in extra.items():
             tables.setdefault(table, []).append(rows)

@@ -24,10 +24,10 @@ def plan(study: Study, context: PlanContext) -> list[Trial]:
 
 
 def run(trial: Trial, examples: pl.DataFrame, model: ModelSpec, study: Study, info: dict,
-        reserved=None) -> Tables:
+        reserved=None, restarts: bool = True) -> Tables:
     """Score the examples of the study's PreCog splits (from the driver, through Ray Data, in
-    the placement group `reserved` when given); `info` gets the device and precision the
-    actors ran on."""
+    the placement group `reserved` when given, restarting lost actors with `restarts`);
+    `info` gets the device and precision the actors ran on."""
     examples = examples.filter(pl.col("split").is_in(study.precog.splits))
-    rows = precog_rows(examples, model, study.precog, info, reserved)
+    rows = precog_rows(examples, model, study.precog, info, reserved, restarts)
     return {"precog": rows.with_columns(pl.lit(trial.params["task"]).alias("task"))}

@@ -26,14 +26,14 @@ import polars as pl
 from raymem.config import Study
 from raymem.errors import ConfigError
 from raymem.runtime import Runtime
-from raymem.stages.common import encode_split, runtime_options
+from raymem.settings import SEARCH_STAGE, SEARCHED, deferred_settings
+from raymem.stages.common import runtime_options
 from raymem.store import Store
-from raymem.train import TrainSettings, fine_tune, macro_f1, predict
+from raymem.train import TrainSettings, encode_split, fine_tune, macro_f1, predict
 from raymem.trial import PlanContext, Tables, Trial
 
-STAGE = "search"
+STAGE = SEARCH_STAGE
 WHERE = "driver"  # the trial itself is a Tune search: its candidates are Tune's trials
-SEARCHED = ("lr", "epochs", "batch_size")
 FIXED = ("max_length", "warmup", "clip", "weight_decay", "freeze_embeddings", "memorised_f1")
 
 
@@ -71,22 +71,7 @@ def with_search(settings: dict, context: PlanContext, task: str, model: str,
     found = [t for t in context.of_stage(STAGE) if (t.params["task"], t.params["model"]) == (task, model)]
     if not found:
         return settings, ()
-    return deferred(settings, found[0].trial_id, keep), (found[0].trial_id,)
-
-
-def deferred(settings: dict, search_trial: str, keep: tuple[str, ...] = ()) -> dict:
-    """`settings` with the searched keys, but those in `keep`, replaced by the search trial's id."""
-    return {**{k: v for k, v in settings.items() if k not in SEARCHED or k in keep}, "search_trial": search_trial}
-
-
-def resolve(settings: dict, store) -> dict:
-    """Settings as a trial records them -> the values to train with (the winner's, where searched)."""
-    settings = dict(settings)
-    search_trial = settings.pop("search_trial", None)
-    if search_trial is None:
-        return settings
-    winner = store.read_shard("search", STAGE, search_trial).filter(pl.col("winner")).row(0, named=True)
-    return {**{k: winner[k] for k in SEARCHED if k not in settings}, **settings}
+    return deferred_settings(settings, found[0].trial_id, keep), (found[0].trial_id,)
 
 
 def n_candidates(p: dict) -> int:

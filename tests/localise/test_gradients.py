@@ -213,10 +213,10 @@ def test_gradient_variants(data):
 
 def test_gradient_variants_enter_only_their_own_trial_ids():
     from raymem.config import LocaliseConfig
-    from raymem.localise.registry import TECHNIQUES
+    from raymem.localise.registry import technique
 
-    gradients = TECHNIQUES["gradients"]
+    gradients = technique("gradients")
     assert gradients.settings(LocaliseConfig()) == {}  # the published measure: ids as before
     assert gradients.settings(LocaliseConfig(gradient_norm="l2", gradient_control=False)) == {
         "gradient_norm": "l2", "gradient_control": False}
-    assert TECHNIQUES["swapping"].settings(LocaliseConfig(gradient_norm="l2")) == {}
+    assert technique("swapping").settings(LocaliseConfig(gradient_norm="l2")) == {}

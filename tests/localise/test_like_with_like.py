@@ -6,7 +6,7 @@ memorised checkpoint with a clean twin trained to that same epoch."""
 from pathlib import Path
 
 from raymem.config import load_study
-from raymem.localise.registry import TECHNIQUES
+from raymem.localise.registry import technique
 from raymem.localise.technique import PairInputs
 from raymem.study import make_plan
 
@@ -56,7 +56,7 @@ def test_the_memorised_setting_pairs_the_memorised_checkpoint_with_a_clean_twin_
         assert {k: v for k, v in twin.params.items() if k != "until_epoch_of"} == clean[key].params
     for trial in plan.of_stage("localise"):
         if trial.params["pair"]:  # the control setup: final checkpoints, its own clean model
-            assert trial.params["checkpoint"] == TECHNIQUES[trial.params["technique"]].noisy_checkpoint
+            assert trial.params["checkpoint"] == technique(trial.params["technique"]).noisy_checkpoint
             assert trial.params["clean_trial"] not in {t.trial_id for t in twins.values()}
         else:
             assert trial.params["checkpoint"] == "memorised"
