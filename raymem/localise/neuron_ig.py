@@ -36,8 +36,8 @@ def ig_scores(model, data: Encoded, memorised_index, steps: int = 20, batch_size
     n_layers = num_layers(model)
     total = torch.zeros(n_layers, units_per_layer(model), dtype=torch.float64)
     alphas = torch.linspace(0, 1, steps, device=device)
-    for batch in length_sorted_batches(data, memorised_index, batch_size):
-        batch = to_device(batch, device)
+    for host_batch in length_sorted_batches(data, memorised_index, batch_size):
+        batch = to_device(host_batch, device)
         inputs, labels = inputs_of(batch), batch["labels"]
         mask = inputs["attention_mask"].float()[..., None]
         with torch.no_grad(), recorded_units(model) as units:
@@ -48,7 +48,9 @@ def ig_scores(model, data: Encoded, memorised_index, steps: int = 20, batch_size
             for start in range(0, steps, step_chunk):
                 chunk = alphas[start:start + step_chunk]
                 scaled = (chunk[:, None, None, None] * original[None]).flatten(0, 1).requires_grad_(True)
-                repeated = {k: v.repeat(len(chunk), *([1] * (v.dim() - 1))) for k, v in inputs.items()}
+                # replicated on the host, then moved like every batch a model is handed
+                repeated = to_device({k: v.repeat(len(chunk), *([1] * (v.dim() - 1)))
+                                      for k, v in inputs_of(host_batch).items()}, device)
                 with units_hook(model, layer, lambda _, scaled=scaled: scaled):
                     p = label_probability(model(**repeated).logits, labels.repeat(len(chunk)))
                 # each row's probability depends on its own row alone: one backward of the sum

@@ -40,8 +40,8 @@ def zero_out_scores(model, data: Encoded, memorised_index, batch_size: int = 16,
     device = model_device(model)
     n_layers, n_units = num_layers(model), units_per_layer(model)
     drops = torch.zeros(n_layers, n_units, dtype=torch.float64)
-    for batch in length_sorted_batches(data, memorised_index, batch_size):
-        batch = to_device(batch, device)
+    for host_batch in length_sorted_batches(data, memorised_index, batch_size):
+        batch = to_device(host_batch, device)
         inputs, labels = inputs_of(batch), batch["labels"]
         base = label_probability(model(**inputs).logits, labels)  # (B,)
         for layer in range(n_layers):
@@ -55,14 +55,18 @@ def zero_out_scores(model, data: Encoded, memorised_index, batch_size: int = 16,
                 continue
             for start in range(0, n_units, chunk):
                 units = torch.arange(start, min(start + chunk, n_units), device=device)
-                drops[layer, units.cpu()] += _chunk_drops(model, inputs, labels, base, layer, units, n_units)
+                drops[layer, units.cpu()] += _chunk_drops(model, inputs_of(host_batch), labels, base, layer, units,
+                                                          n_units)
     return (drops / len(memorised_index)).numpy()
 
 
-def _chunk_drops(model, inputs, labels, base, layer: int, units: torch.Tensor, n_units: int) -> torch.Tensor:
-    """Summed over the batch, the probability drop for each of `units` zeroed in turn."""
+def _chunk_drops(model, host_inputs, labels, base, layer: int, units: torch.Tensor, n_units: int) -> torch.Tensor:
+    """Summed over the batch, the probability drop for each of `units` zeroed in turn.
+    `host_inputs` are the batch's inputs before the move: replicated there, then moved like
+    every batch a model is handed."""
     replicas, rows = len(units), len(labels)
-    repeated = {k: v.repeat(replicas, *([1] * (v.dim() - 1))) for k, v in inputs.items()}  # replica-major
+    repeated = to_device({k: v.repeat(replicas, *([1] * (v.dim() - 1))) for k, v in host_inputs.items()},
+                         labels.device)  # replica-major
     mask = torch.ones(replicas, n_units, device=labels.device)
     mask[torch.arange(replicas, device=labels.device), units] = 0
     mask = mask.repeat_interleave(rows, 0)[:, None, :]  # (C*B, 1, U): replica r zeroes units[r]
