@@ -75,3 +75,17 @@ def test_layer_agreement_query(tmp_path):
     (row,) = query("neuron_layer_agreement", db).iter_rows(named=True)
     assert row["spearman"] == 1.0 and row["neuron_mcog"] == pytest.approx(14 / 6, abs=0.01)
     assert row["layer_mcog"] == pytest.approx(1.4 / 0.6, abs=0.01)
+
+
+def test_neuron_charts_build_from_the_queries(tmp_path):
+    from raymem.charts import available_charts, build_chart
+
+    good = np.zeros((2, 4))
+    good[1, 2:] = 1
+    runs = [_trial_tables(f"planted-2-{s}", {"a": good}, np.array([[1, 2], [1, 3]])) for s in range(2)]
+    db = _db(tmp_path / "c.duckdb", {name: pl.concat([r[name] for r in runs]) for name in runs[0]})
+    assert {"neuron_recall", "neuron_deletion"} <= set(available_charts(db))
+    (recall,) = build_chart("neuron_recall", db).to_dict()["datasets"].values()
+    assert recall[0]["recall_at_k"] == 1.0
+    (deletion,) = build_chart("neuron_deletion", db).to_dict()["datasets"].values()
+    assert {v["examples"] for v in deletion} == {"memorised_acc", "heldout_acc"}
