@@ -89,3 +89,13 @@ def test_neuron_charts_build_from_the_queries(tmp_path):
     assert recall[0]["recall_at_k"] == 1.0
     (deletion,) = build_chart("neuron_deletion", db).to_dict()["datasets"].values()
     assert {v["examples"] for v in deletion} == {"memorised_acc", "heldout_acc"}
+
+
+def test_planted_layers_query(tmp_path):
+    scores = np.array([[0.0, 1], [3, 3], [1, -5]])  # layer profile 1, 6, 1; b's 6, 1, 1
+    hit = _trial_tables("planted-2-0", {"a": scores, "b": scores[[1, 0, 2]]}, np.array([[1, 0], [1, 1]]))
+    db = _db(tmp_path / "p.duckdb", hit)
+    rows = {r["technique"]: r for r in query("neuron_planted_layers", db).iter_rows(named=True)}
+    assert rows["a"]["hit_at_1"] == 1.0 and rows["a"]["planted_mass"] == 0.75
+    assert rows["b"]["hit_at_1"] == 0.0 and rows["b"]["planted_mass"] == 0.125
+    assert rows["a"]["chance_mass"] == pytest.approx(1 / 3, abs=1e-3)
