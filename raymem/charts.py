@@ -160,11 +160,13 @@ def neuron_deletion(db) -> alt.Chart:
     return alt.Chart(data).mark_line(point=True).encode(
         x=alt.X("percent:Q", title="top units dropped (% of all FFN units)"),
         y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("technique:N"), strokeDash=alt.StrokeDash("examples:N"),
+        color=alt.Color("technique:N"),
+        strokeDash=alt.StrokeDash("examples:N", legend=None, scale=alt.Scale(
+            domain=["heldout_acc", "memorised_acc"], range=[[1, 0], [4, 3]])),
         tooltip=["model", "kind", "technique", "percent", "examples", "accuracy"],
     ).properties(width=240, height=180).facet(
         column=alt.Column("kind:N", title=None), row=alt.Row("model:N", title=None)).properties(
-        title="Neurons: deletion test (memorised vs held-out accuracy)")
+        title="Neurons: deletion test (dashed: memorised examples; solid: held-out clean examples)")
 
 
 # name -> (builder, the result tables it needs, the query its data comes from)
