@@ -135,6 +135,40 @@ def control(db) -> alt.Chart:
         title="Control setup: accuracy@2 per technique (dashed: chance; black tick: published)")
 
 
+def neuron_recall(db) -> alt.Chart:
+    """Recall@k of the planted units per neuron technique, its 95% t interval over runs, and
+    chance (dashed)."""
+    data = query("neuron_recall", db)
+    title = "recall@k of the planted units (95% interval)"
+    base = alt.Chart(data).encode(x=alt.X("technique:N", title=None, sort=list(data["technique"])))
+    bars = base.mark_bar(opacity=0.7).encode(
+        y=alt.Y("recall_at_k:Q", title=title, scale=alt.Scale(domain=[0, 1])),
+        tooltip=["technique", "n_runs", "k", "recall_at_k", "low", "high", "chance", "times_chance"])
+    interval = base.mark_errorbar().encode(y=alt.Y("low:Q", title=title), y2="high:Q")
+    chance = alt.Chart(data).mark_rule(strokeDash=[4, 4], color="gray").encode(y=alt.Y("mean(chance):Q", title=title))
+    return (bars + interval + chance).properties(width=260, height=200).facet(
+        column=alt.Column("model:N", title=None)).properties(
+        title="Neurons: recall@k of the planted units per technique (dashed: chance)")
+
+
+def neuron_deletion(db) -> alt.Chart:
+    """Accuracy on the memorised and on held-out clean examples as each technique's top
+    units are dropped; random sets as the floor."""
+    data = query("neuron_deletion", db).unpivot(
+        index=["model", "kind", "technique", "percent"], on=["memorised_acc", "heldout_acc"],
+        variable_name="examples", value_name="accuracy")
+    return alt.Chart(data).mark_line(point=True).encode(
+        x=alt.X("percent:Q", title="top units dropped (% of all FFN units)"),
+        y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("technique:N"),
+        strokeDash=alt.StrokeDash("examples:N", legend=None, scale=alt.Scale(
+            domain=["heldout_acc", "memorised_acc"], range=[[1, 0], [4, 3]])),
+        tooltip=["model", "kind", "technique", "percent", "examples", "accuracy"],
+    ).properties(width=240, height=180).facet(
+        column=alt.Column("kind:N", title=None), row=alt.Row("model:N", title=None)).properties(
+        title="Neurons: deletion test (dashed: memorised examples; solid: held-out clean examples)")
+
+
 # name -> (builder, the result tables it needs, the query its data comes from)
 CHARTS = {"precog_accuracy_by_bin": (precog_accuracy_by_bin, {"precog", "predictions"}, "precog_accuracy_by_bin"),
           "precog_planted": (precog_planted, {"precog", "examples"}, "precog_distribution"),
@@ -142,7 +176,9 @@ CHARTS = {"precog_accuracy_by_bin": (precog_accuracy_by_bin, {"precog", "predict
           "windows": (windows, {"window_scores"}, "window_heatmap"),
           "counterfactual": (counterfactual, {"counterfactual", "examples"}, "counterfactual_distribution"),
           "mcog": (mcog, {"mcog"}, "mcog_by_task"),
-          "control": (control, {"control_accuracy"}, "control_accuracy")}
+          "control": (control, {"control_accuracy"}, "control_accuracy"),
+          "neuron_recall": (neuron_recall, {"neuron_summary"}, "neuron_recall"),
+          "neuron_deletion": (neuron_deletion, {"neuron_deletion"}, "neuron_deletion")}
 
 
 def available_charts(db) -> list[str]:

@@ -12,6 +12,7 @@ to change. A check whose inputs the study did not produce is left out. The check
                          wide confidence interval asks for more subset models
     control_moves        a technique's top layers move with the planted pair
     class_size           every class keeps enough training examples after subsampling
+    neuron_recall        a neuron technique finds the planted units well above chance
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ ABOVE_MAJORITY_MARGIN = 0.05
 FITS_NOISY = 0.9
 AUROC_CHANCE, AUROC_CI_WIDTH = 0.5, 0.2
 MIN_CLASS_EXAMPLES = 20
+NEURON_TIMES_CHANCE = 2.0
 SCHEMA = {"task": pl.Utf8, "model": pl.Utf8, "seed": pl.Int64, "check_name": pl.Utf8, "value": pl.Float64,
           "threshold": pl.Float64, "status": pl.Utf8, "message": pl.Utf8}
 
@@ -138,6 +140,20 @@ def class_size(examples: pl.DataFrame) -> list[dict]:
     return rows
 
 
+def neuron_recall(neuron_summary: pl.DataFrame) -> list[dict]:
+    planted = neuron_summary.filter(pl.col("target").str.starts_with("planted-"))
+    rows = []
+    for (task, model, seed, technique), group in planted.group_by(
+            "task", "model", "seed", "technique", maintain_order=True):
+        recall, chance = group["recall_at_k"].mean(), group["chance"].mean()
+        times = recall / chance
+        rows.append(_row(task, model, seed, f"neuron_recall:{technique}", times, NEURON_TIMES_CHANCE,
+                         times >= NEURON_TIMES_CHANCE,
+                         f"{technique} finds {recall:.3f} of the planted units, {times:.1f}x a random "
+                         f"ranking's {chance:.4f}: at random's level on the planted set"))
+    return rows
+
+
 # Aggregates computed inside DuckDB, so that no check holds the predictions in memory.
 DERIVED = {
     "fit": """SELECT p.task, p.model, p.seed, p.variant, p.split, e.noisy, COUNT(*) AS n,
@@ -156,6 +172,7 @@ INPUTS = {
     memorised_checkpoint: (("runs",), {"runs"}),
     counterfactual_auroc: (("counterfactual", "examples"), {"counterfactual", "examples"}),
     control_moves: (("control_accuracy",), {"control_accuracy"}),
+    neuron_recall: (("neuron_summary",), {"neuron_summary"}),
 }
 
 

@@ -405,6 +405,75 @@ class Trackers(Strict):
     wandb: WandbTracker | None = Field(None, description="Weights & Biases (null: off; {} for the defaults)")
 
 
+NEURON_TECHNIQUES = ("activations", "zero_out", "integrated_gradients", "slimming", "hard_concrete")
+
+
+class NeuronsConfig(Strict):
+    """Neuron-level localisation over every layer's FFN units (Chang et al., 2024), with a
+    planted ground truth. Technique defaults are MemPi's settings for GPT-2 (docs/neurons.md)."""
+    enabled: bool = Field(False, description="score every FFN unit for the memorised examples, on planted "
+                                             "control models (recall of the planted units) and the noisy model")
+    techniques: list[Literal[NEURON_TECHNIQUES]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(NEURON_TECHNIQUES), min_length=1, description="neuron techniques to run")
+    noisy_model: bool = Field(True, description="also score the noisy fine-tuned model (deletion test on the "
+                                                "memorisation fine-tuning put wherever it did)")
+    planted_layers: list[list[int]] | None = Field(
+        None, description="planted sets' layers, one or two layers each, 1-based (null: [L/2] and [L-1, L])")
+    planted_fraction: float = Field(0.01, gt=0, le=0.05, description="planted units, as a share of all FFN "
+                                                                       "units of the model")
+    planted_seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1,
+                                     description="one planted set of units per seed and planted layers")
+    plant_lr: float = Field(0.01, gt=0, description="planting: Adam learning rate (MemPi's at a 1% ratio)")
+    plant_epochs: int = Field(200, ge=1, description="planting: most epochs over the noisy set (MemPi: 200)")
+    plant_stop_loss: float = Field(0.05, ge=0, description="planting: stop once the noisy set's mean loss is "
+                                                           "below this (MemPi: 0.05)")
+    batch_size: int = Field(16, ge=1, description="examples per forward (activations, zero-out, planting)")
+    zero_out_chunk: int = Field(64, ge=1, description="zero-out: units scored per forward of the replicated batch")
+    ig_steps: int = Field(20, ge=2, description="integrated gradients: steps from 0 to the units (MemPi: 20)")
+    ig_batch_size: int = Field(8, ge=1, description="integrated gradients: examples per forward (x steps rows)")
+    mask_batch_size: int = Field(32, ge=1, description="slimming, hard concrete: memorised examples per step")
+    slim_lambda: float = Field(15000.0, gt=0, description="slimming: weight of the mean L1 penalty (MemPi: 15000)")
+    slim_lr: float = Field(5e-3, gt=0, description="slimming: Adam learning rate (MemPi: 5e-3)")
+    slim_epochs: int = Field(4000, ge=1, description="slimming: most steps (MemPi: 4000)")
+    slim_stop_loss: float = Field(0.2, ge=0, description="slimming: stop once the penalty is below (MemPi: 0.2)")
+    hc_lambda: float = Field(100.0, gt=0, description="hard concrete: weight of the L0 penalty (MemPi: 100)")
+    hc_lr: float = Field(1e-3, gt=0, description="hard concrete: Adam learning rate (MemPi: 1e-3)")
+    hc_epochs: int = Field(4000, ge=1, description="hard concrete: most steps (MemPi: 4000)")
+    hc_stop_loss: float = Field(0.6, ge=0, description="hard concrete: stop once the penalty is below (MemPi: 0.6)")
+    hc_mask_p: float = Field(0.5, gt=0, lt=1, description="hard concrete: initial mean gate (MemPi: 0.5)")
+    hc_beta: float = Field(0.67, gt=0, description="hard concrete: temperature (MemPi: 0.67)")
+    deletion_percents: list[float] = Field(default_factory=lambda: [0.1, 0.5, 1.0, 2.0], min_length=1,
+                                           description="deletion test: top p% of all units dropped, per p")
+    deletion_random_draws: int = Field(3, ge=1, description="deletion test: random sets per size (the floor)")
+    heldout: int = Field(200, ge=1, description="deletion test: clean held-out examples of eval_split")
+    resources: Resources = Field(Resources(), description="per neuron trial")
+
+    @field_validator("techniques")
+    @classmethod
+    def _distinct_techniques(cls, techniques):
+        return _no_duplicates(techniques, "neuron technique")
+
+    @field_validator("planted_layers")
+    @classmethod
+    def _one_or_two(cls, sets):
+        for layers in sets or []:
+            if not 1 <= len(layers) <= 2 or len(set(layers)) != len(layers):
+                raise ValueError(f"a planted set lies in one or two distinct layers, got {layers}")
+        return _no_duplicates(sets or [], "planted layer set") if sets else sets
+
+    @field_validator("deletion_percents")
+    @classmethod
+    def _percents(cls, percents):
+        if any(not 0 < p <= 100 for p in percents):
+            raise ValueError("deletion percents lie in (0, 100]")
+        return _no_duplicates(percents, "deletion percent")
+
+    @field_validator("planted_seeds")
+    @classmethod
+    def _distinct_planted_seeds(cls, seeds):
+        return _no_duplicates(seeds, "planted seed")
+
+
 class RayConfig(Strict):
     """Where the study runs."""
     address: str | None = Field(None, description="a Ray cluster to connect to (null: RAY_ADDRESS if set, "
@@ -441,6 +510,7 @@ class Study(Strict):
     finetune: FinetuneConfig = Field(FinetuneConfig(), description="fine-tuning")
     counterfactual: CounterfactualConfig = Field(CounterfactualConfig(), description="counterfactual memorisation")
     localise: LocaliseConfig = Field(LocaliseConfig(), description="localisation and the control setup")
+    neurons: NeuronsConfig = Field(NeuronsConfig(), description="neuron-level localisation (docs/neurons.md)")
     ray: RayConfig = Field(RayConfig(), description="where the study runs")
     trackers: Trackers = Field(Trackers(), description="experiment trackers (MLflow, Weights & Biases)")
 

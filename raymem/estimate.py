@@ -130,7 +130,25 @@ def trial_cost(trial: Trial, study: Study, tasks: dict, shapes: dict[str, Shape]
         return epochs * 6 * P * train * (T + min(aux_tokens, study.finetune.max_length)), 4 * P
     if stage == "hidden":
         return 2 * P * train * T, (shape.layers + 1) * train * shape.hidden * 4
+    if stage == "neurons":
+        return neuron_cost(p, study, shape, train, T)
     return localise_flops(p, study, shape, train, T), shape.layers * BYTES_PER_ROW
+
+
+def neuron_cost(p: dict, study: Study, shape: Shape, train: int, T: float) -> tuple[float, float]:
+    """(FLOPs, bytes) of one neuron trial, units taken as 4x the hidden size; the mask
+    techniques and planting at their most steps (they may stop early)."""
+    forward, noisy = 2 * shape.parameters * T, study.noise_ratio * train
+    units = shape.layers * 4 * shape.hidden
+    per_technique = {"activations": 2 * noisy * forward, "zero_out": units * noisy * forward,
+                     "integrated_gradients": 3 * shape.layers * p["ig_steps"] * noisy * forward,
+                     "slimming": 3 * p["slim_epochs"] * p["mask_batch_size"] * forward,
+                     "hard_concrete": 3 * p["hc_epochs"] * p["mask_batch_size"] * forward}
+    flops = sum(per_technique[t] for t in p["techniques"])
+    flops += 3 * p["plant_epochs"] * 2 * noisy * forward if "planted_layers" in p else 0
+    flops += len(p["deletion_percents"]) * (len(p["techniques"]) + p["deletion_random_draws"]) * \
+        (noisy + p["heldout"]) * forward
+    return flops, units * len(p["techniques"]) * BYTES_PER_ROW
 
 
 def localise_flops(p: dict, study: Study, shape: Shape, train: int, T: float) -> float:

@@ -25,6 +25,7 @@ HEADLINES = [  # (query, filter, title) printed at the end of a study, where the
     ("counterfactual_auroc", pl.col("annotators") == "all", "Counterfactual memorisation: noisy vs clean"),
     ("mcog_by_task", None, "Memorisation centre of gravity (M-CoG) per task and technique"),
     ("control_accuracy", None, "Control setup: does each technique find the planted layers?"),
+    ("neuron_recall", None, "Neurons: recall@k of the planted units per technique"),
     ("intervals", pl.col("low").is_not_null(), "95% bootstrap intervals"),
 ]
 

@@ -80,6 +80,8 @@ PRODUCED_BY = {
     **{t: "localise: {enabled: true}" for t in ("layer_scores", "window_scores", "mcog", "events",
                                                  "retrain_windows", "probe_curves")},
     "control_accuracy": "localise: {enabled: true, control: {enabled: true}}",
+    **{t: "neurons: {enabled: true}" for t in ("neuron_scores", "neuron_layers", "neuron_summary",
+                                                "neuron_deletion", "neuron_planted")},
 }
 
 

@@ -114,7 +114,7 @@ RESULTS_SCHEMA = 2
 SHARD_TABLES = frozenset({
     "examples", "precog", "search", "predictions", "runs", "subset_predictions", "counterfactual",
     "layer_scores", "window_scores", "mcog", "events", "retrain_windows", "probe_curves",
-    "control_accuracy"})
+    "control_accuracy", "neuron_scores", "neuron_layers", "neuron_summary", "neuron_deletion", "neuron_planted"})
 DERIVED_TABLES = frozenset({"checks", "intervals", "precog_regression"})
 PARQUET_MAGIC = b"PAR1"
 

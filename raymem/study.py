@@ -29,7 +29,7 @@ from raymem.errors import ConfigError, is_disk_full
 from raymem.lock import hold_study
 from raymem.models import ModelSpec, check_masked_lm, check_model, layer_count, model_spec
 from raymem.runtime import Runtime
-from raymem.stages import control, counterfactual, examples as examples_stage, finetune, localise, precog, search
+from raymem.stages import control, counterfactual, examples as examples_stage, finetune, localise, neurons, precog, search
 from raymem.store import Store, check_local_path, database_path, is_ingested
 from raymem.sweep import error_kind, interruptible, record_run, run_sweep, storage_full, write_tables
 from raymem.tasks import load_task
@@ -38,7 +38,7 @@ from raymem.trackers import check_trackers
 from raymem.trial import PlanContext, Trial
 
 # Stages in the order they are planned and run (each may read what the ones before planned).
-STAGES = (precog, search, finetune, counterfactual, control, localise)
+STAGES = (precog, search, finetune, counterfactual, control, localise, neurons)
 
 
 @dataclass
@@ -66,7 +66,8 @@ def _stage_enabled(study: Study, stage) -> bool:
     return {"precog": study.precog.enabled, "finetune": study.finetune.enabled,
             "search": study.search.enabled and study.finetune.enabled,
             "counterfactual": study.counterfactual.enabled, "localise": study.localise.enabled,
-            "control": study.localise.enabled and study.localise.control.enabled}[stage.STAGE]
+            "control": study.localise.enabled and study.localise.control.enabled,
+            "neurons": study.neurons.enabled}[stage.STAGE]
 
 
 def make_plan(study: Study, log=print) -> Plan:
@@ -124,7 +125,11 @@ def make_plan(study: Study, log=print) -> Plan:
                 .group_by("split", maintain_order=True).len().iter_rows()))
     if unknown := sorted(set(study.subsample) - have_splits):  # one task without it is fine
         raise ConfigError(f"subsample: no task of this study has a {unknown[0]!r} split")
-    n_layers = {name: layer_count(spec) for name, spec in models.items()} if study.localise.enabled else {}
+    if study.neurons.enabled and (not study.finetune.enabled or set(study.finetune.variants) != {"clean", "noisy"}):
+        raise ConfigError("neurons: needs finetune enabled with variants [clean, noisy] "
+                          "(the noisy model, and the clean model the planted units are fitted into)")
+    n_layers = ({name: layer_count(spec) for name, spec in models.items()}
+                if study.localise.enabled or study.neurons.enabled else {})
     trials = plan_trials(study, store.uri, n_labels, n_layers)
     if control_on:
         n_control = sum(t.stage == control.STAGE for t in trials)

@@ -48,6 +48,7 @@ STAGE_MODULES = {
     "control": "raymem.stages.control",
     "localise": "raymem.stages.localise",
     "hidden": "raymem.stages.hidden",
+    "neurons": "raymem.stages.neurons",
 }
 TRANSIENT_RETRIES = 3
 BACKOFF_SECONDS, BACKOFF_CAP_SECONDS = 2.0, 30.0

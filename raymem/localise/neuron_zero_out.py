@@ -1,0 +1,75 @@
+"""Zero-Out (Chang et al., 2024): how much the memorised labels need each unit alone.
+
+A unit's score is the drop in the memorised label's probability when that unit alone is
+set to 0 at every token, averaged over the memorised examples:
+
+    score(l, j) = mean over memorised x of  p(y~ | x) - p(y~ | x, unit (l, j) zeroed)
+
+MemPi scores the rise in a sequence's LM loss; a classifier's memorised target is one label
+per example, so its probability is the measure (a unit that alone carries the label drops
+it to the other classes' level).
+
+Batched as MemPi's `fast_zero_out_vector`: for a chunk of C units of one layer, the batch
+of B examples is replicated C times (C*B rows) and the layer's units are multiplied by a
+per-replica mask, (C*B, 1, U), all ones but a 0 at the replica's own unit; one forward
+scores C units. `method: loop` is the reference, one forward of the batch per unit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from raymem.localise.gradients import length_sorted_batches
+from raymem.localise.layers import num_layers
+from raymem.localise.neurons import inputs_of, label_probability, scaled_units, units_per_layer
+from raymem.runtime import model_device, to_device
+from raymem.train import Encoded
+
+METHODS = ("batched", "loop")
+
+
+@torch.inference_mode()
+def zero_out_scores(model, data: Encoded, memorised_index, batch_size: int = 16, chunk: int = 64,
+                    method: str = "batched") -> np.ndarray:
+    """(L, U) mean drop of the label's probability over `memorised_index` per zeroed unit.
+    `chunk` units share one forward of the replicated batch (batched)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+    model.eval()
+    device = model_device(model)
+    n_layers, n_units = num_layers(model), units_per_layer(model)
+    drops = torch.zeros(n_layers, n_units, dtype=torch.float64)
+    for host_batch in length_sorted_batches(data, memorised_index, batch_size):
+        batch = to_device(host_batch, device)
+        inputs, labels = inputs_of(batch), batch["labels"]
+        base = label_probability(model(**inputs).logits, labels)  # (B,)
+        for layer in range(n_layers):
+            if method == "loop":
+                for unit in range(n_units):
+                    mask = torch.ones(n_units, device=device)
+                    mask[unit] = 0
+                    with scaled_units(model, {layer: mask}):
+                        p = label_probability(model(**inputs).logits, labels)
+                    drops[layer, unit] += float((base - p).sum())
+                continue
+            for start in range(0, n_units, chunk):
+                units = torch.arange(start, min(start + chunk, n_units), device=device)
+                drops[layer, units.cpu()] += _chunk_drops(model, inputs_of(host_batch), labels, base, layer, units,
+                                                          n_units)
+    return (drops / len(memorised_index)).numpy()
+
+
+def _chunk_drops(model, host_inputs, labels, base, layer: int, units: torch.Tensor, n_units: int) -> torch.Tensor:
+    """Summed over the batch, the probability drop for each of `units` zeroed in turn.
+    `host_inputs` are the batch's inputs before the move: replicated there, then moved like
+    every batch a model is handed."""
+    replicas, rows = len(units), len(labels)
+    repeated = to_device({k: v.repeat(replicas, *([1] * (v.dim() - 1))) for k, v in host_inputs.items()},
+                         labels.device)  # replica-major
+    mask = torch.ones(replicas, n_units, device=labels.device)
+    mask[torch.arange(replicas, device=labels.device), units] = 0
+    mask = mask.repeat_interleave(rows, 0)[:, None, :]  # (C*B, 1, U): replica r zeroes units[r]
+    with scaled_units(model, {layer: mask}):
+        p = label_probability(model(**repeated).logits, labels.repeat(replicas))
+    return (base.repeat(replicas) - p).view(replicas, rows).sum(1).double().cpu()

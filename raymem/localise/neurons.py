@@ -1,0 +1,151 @@
+"""FFN neurons: reading, scaling and replacing the intermediate units of every layer.
+
+A neuron (unit) is one intermediate unit of a layer's feed-forward block after its
+activation: BERT's `intermediate` output, a decoder MLP's fc1 after the activation (a gated
+MLP's gate-times-up product). All of these are the input of the block's output projection
+(BERT `output.dense`, OPT `fc2`, GPT-2/GPT-Neo `mlp.c_proj`, Pythia `mlp.dense_4h_to_h`,
+Llama `mlp.down_proj`), so one forward pre-hook on that projection reads or changes the
+units of every architecture, and the projection's weights say what each unit writes.
+
+Layers are 0-based here (the list index into `body_layers`); rows and tables number them
+1..L like every other technique.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from transformers.pytorch_utils import Conv1D
+
+from raymem.localise.layers import body_layers
+
+# per layer, where its FFN's input and output projections live, first found first
+_OUT_PATHS = ("output.dense", "fc2", "mlp.c_proj", "mlp.dense_4h_to_h", "mlp.down_proj")
+_IN_PATHS = ("intermediate.dense", "fc1", "mlp.c_fc", "mlp.dense_h_to_4h", "mlp.up_proj")
+
+
+def _find(layer, paths):
+    for path in paths:
+        module = layer
+        for attr in path.split("."):
+            module = getattr(module, attr, None)
+            if module is None:
+                break
+        if isinstance(module, (torch.nn.Linear, Conv1D)):
+            return module
+    raise TypeError(f"cannot find the feed-forward projections of a {type(layer).__name__}")
+
+
+def out_projections(model) -> list[torch.nn.Module]:
+    """Per layer, the FFN's output projection: its input is the layer's units."""
+    return [_find(layer, _OUT_PATHS) for layer in body_layers(model)]
+
+
+def in_projections(model) -> list[torch.nn.Module]:
+    """Per layer, the FFN's input projection (fc1): its outputs, activated, are the units."""
+    return [_find(layer, _IN_PATHS) for layer in body_layers(model)]
+
+
+def units_per_layer(model) -> int:
+    projection = out_projections(model)[0]
+    return projection.weight.shape[0] if isinstance(projection, Conv1D) else projection.in_features
+
+
+def out_weight_norms(model) -> torch.Tensor:
+    """(L, U): the L2 norm of what each unit writes into the residual stream."""
+    norms = []
+    for projection in out_projections(model):
+        weight = projection.weight.detach().float()  # Linear (hidden, U); Conv1D (U, hidden)
+        norms.append(weight.norm(dim=1 if isinstance(projection, Conv1D) else 0))
+    return torch.stack(norms).cpu()
+
+
+@contextmanager
+def units_hook(model, layer: int, change):
+    """Within the block, layer `layer`'s units (batch, tokens, U) go through `change(units)`,
+    whose result the output projection reads instead (a pre-hook: nothing else changes)."""
+    handle = out_projections(model)[layer].register_forward_pre_hook(
+        lambda module, args: (change(args[0]), *args[1:]))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def scaled_units(model, scales: dict[int, torch.Tensor]):
+    """Multiply each listed layer's units by `scales[layer]`, a tensor broadcastable to
+    (batch, tokens, U): (U,) for one mask for all rows, (batch, 1, U) for one per row."""
+    handles = []
+    for layer, scale in scales.items():
+        def change(units, scale=scale):
+            return units * scale.to(units.dtype)
+        handles.append(out_projections(model)[layer].register_forward_pre_hook(
+            lambda module, args, change=change: (change(args[0]), *args[1:])))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def recorded_units(model, layers=None):
+    """Record the units of `layers` (default all) in the forwards within: layer -> tensor
+    (batch, tokens, U), kept with its graph (detach it where no gradient is wanted)."""
+    seen: dict[int, torch.Tensor] = {}
+    projections = out_projections(model)
+    layers = range(len(projections)) if layers is None else layers
+    handles = [projections[layer].register_forward_pre_hook(
+        lambda module, args, layer=layer: seen.__setitem__(layer, args[0])) for layer in layers]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def inputs_of(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+def label_probability(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each row's softmax probability of its label, in fp32."""
+    return torch.softmax(logits.float(), -1).gather(-1, labels[:, None]).squeeze(-1)
+
+
+def top_units(scores: np.ndarray, count: int) -> np.ndarray:
+    """(count, 2) [layer, unit] of the highest scores over all layers (global ranking, ties
+    broken by position: callers that must not reward ties use `recall_at_k`)."""
+    flat = np.argsort(-np.asarray(scores, dtype=float).ravel(), kind="stable")[:count]
+    return np.stack(np.unravel_index(flat, scores.shape), axis=1)
+
+
+def recall_at_k(scores: np.ndarray, planted: np.ndarray) -> float:
+    """Share of the planted units among the top k of `scores` (L, U), k = len(planted),
+    ranked over all layers. Ties share the last places: units tied with the k-th score
+    count in proportion to the places left (the expected recall of a random tie-break), so
+    a technique that scores every unit alike gets chance, k / (L*U), never more.
+    `planted` is (k, 2) of [layer, unit], 0-based."""
+    scores = np.asarray(scores, dtype=float)
+    if np.isnan(scores).any():
+        raise ValueError("recall_at_k: scores hold NaN")
+    planted = np.asarray(planted)
+    k = len(planted)
+    if k == 0:
+        raise ValueError("recall_at_k needs at least one planted unit")
+    threshold = np.sort(scores.ravel())[::-1][k - 1]
+    is_planted = np.zeros(scores.shape, dtype=bool)
+    is_planted[planted[:, 0], planted[:, 1]] = True
+    above, tied = scores > threshold, scores == threshold
+    places_left = k - above.sum()
+    hits = (above & is_planted).sum() + (tied & is_planted).sum() * places_left / tied.sum()
+    return float(hits / k)
+
+
+def layer_profile(scores: np.ndarray) -> np.ndarray:
+    """(L,) a technique's neuron scores summed per layer, negatives counted as 0 (a negative
+    score says the unit works against the memorised labels, not that it holds them)."""
+    return np.clip(np.asarray(scores, dtype=float), 0, None).sum(1)

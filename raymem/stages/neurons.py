@@ -1,0 +1,160 @@
+"""Neuron-level localisation (Chang et al., 2024, for classification): which FFN units hold
+the memorised (noisy) labels, with a planted ground truth.
+
+Per (task, model, seed), trials of one stage, each scoring every unit of every layer with
+every technique of `neurons.techniques` (raymem/localise/neuron_*.py):
+
+    target "noisy"                the noisy fine-tuned model (final checkpoint): where
+                                  fine-tuning put the memorised labels; deletion test only
+    target "planted-<layers>-<s>" the clean model (final checkpoint) with the noisy labels
+                                  fitted through planted units of those layers alone
+                                  (raymem/localise/neuron_planting.py): recall@k of the
+                                  planted units, k their number, and the deletion test
+
+Tables (long format, small types: a unit's row is two int16 and a float32):
+neuron_scores (layer, unit, score per technique), neuron_layers (per-layer sums, the layer
+profile), neuron_summary (per technique: recall@k and chance where planted, M-CoG,
+seconds), neuron_deletion (accuracy with the top p% dropped, random floor), neuron_planted
+(the planted units).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import polars as pl
+
+from raymem.localise.gradients import matched_clean_index
+from raymem.localise.layers import num_layers
+from raymem.localise.neuron_activations import activation_scores
+from raymem.localise.neuron_hard_concrete import hard_concrete_scores
+from raymem.localise.neuron_ig import ig_scores
+from raymem.localise.neuron_planting import choose_planted, deletion_rows, plant
+from raymem.localise.neuron_slimming import slimming_scores
+from raymem.localise.neuron_zero_out import zero_out_scores
+from raymem.localise.neurons import layer_profile, recall_at_k, units_per_layer
+from raymem.localise.summary import m_cog
+from raymem.errors import ConfigError
+from raymem.runtime import Runtime
+from raymem.stages.common import encode_split, runtime_options
+from raymem.trial import PlanContext, Tables, Trial
+
+STAGE = "neurons"
+WHERE = "tune"
+KEYS = ("task", "model", "seed", "target")
+SETTINGS = ("techniques", "planted_fraction", "plant_lr", "plant_epochs", "plant_stop_loss", "batch_size",
+            "zero_out_chunk", "ig_steps", "ig_batch_size", "mask_batch_size", "slim_lambda", "slim_lr",
+            "slim_epochs", "slim_stop_loss", "hc_lambda", "hc_lr", "hc_epochs", "hc_stop_loss", "hc_mask_p",
+            "hc_beta", "deletion_percents", "deletion_random_draws", "heldout")
+
+
+def default_planted_layers(n_layers: int) -> list[list[int]]:
+    return [[max(1, n_layers // 2)], [n_layers - 1, n_layers]] if n_layers > 1 else [[1]]
+
+
+def plan(study, context: PlanContext) -> list[Trial]:
+    cfg = study.neurons
+    finetuned = {tuple(t.params[k] for k in ("task", "model", "seed", "variant")): t
+                 for t in context.of_stage("finetune")}
+    settings = cfg.model_dump(include=set(SETTINGS))
+    trials = []
+    for task in study.task_names():
+        for model in study.models:
+            layers = context.n_layers[model]
+            sets = cfg.planted_layers or default_planted_layers(layers)
+            for chosen in sets:
+                if any(not 1 <= layer <= layers for layer in chosen):
+                    raise ConfigError(f"neurons.planted_layers: {chosen} is outside model {model} "
+                                      f"(layers 1..{layers})")
+            examples = context.examples_trials[task, model]
+            for seed in study.seeds:
+                base = {"task": task, "model": model, "seed": seed, "n_labels": context.n_labels[task],
+                        "examples_trial": examples.trial_id, "max_length": study.finetune.max_length,
+                        "eval_split": study.eval_split, **settings}
+                targets = [("noisy", finetuned[task, model, seed, "noisy"], {})] if cfg.noisy_model else []
+                targets += [(f"planted-{'+'.join(map(str, chosen))}-{s}", finetuned[task, model, seed, "clean"],
+                             {"planted_layers": chosen, "planted_seed": s})
+                            for chosen in sets for s in cfg.planted_seeds]
+                trials += [Trial(STAGE, {**base, "target": target, "model_trial": source.trial_id, **extra},
+                                 study.study, context.results, (source.trial_id, examples.trial_id),
+                                 runtime_options(cfg.resources))
+                           for target, source, extra in targets]
+    return trials
+
+
+def score_units(name: str, p: dict, model, data, memorised, clean) -> np.ndarray:
+    """(L, U) scores of technique `name` with the trial's settings."""
+    if name == "activations":
+        return activation_scores(model, data, memorised, clean, p["batch_size"])
+    if name == "zero_out":
+        return zero_out_scores(model, data, memorised, p["batch_size"], p["zero_out_chunk"])
+    if name == "integrated_gradients":
+        return ig_scores(model, data, memorised, p["ig_steps"], p["ig_batch_size"])
+    if name == "slimming":
+        return slimming_scores(model, data, memorised, p["slim_lambda"], p["slim_lr"], p["slim_epochs"],
+                               p["slim_stop_loss"], p["mask_batch_size"], p["seed"])
+    if name == "hard_concrete":
+        return hard_concrete_scores(model, data, memorised, p["hc_lambda"], p["hc_lr"], p["hc_epochs"],
+                                    p["hc_stop_loss"], p["hc_mask_p"], p["hc_beta"], p["mask_batch_size"], p["seed"])
+    raise ValueError(f"unknown neuron technique {name!r}")
+
+
+def run(trial: Trial, runtime: Runtime) -> Tables:
+    p = trial.params
+    runtime.seed(p["seed"])
+    examples = runtime.store.read_shard("examples", "examples", p["examples_trial"]).sort("example_id")
+    train = examples.filter(pl.col("split") == "train")
+    heldout = examples.filter(pl.col("split") == p["eval_split"]).head(p["heldout"])
+    tokenizer = runtime.load_tokenizer(p["model"], p["max_length"])
+    data = encode_split(tokenizer, train, train["label"].to_numpy(), p["max_length"])
+    heldout_data = encode_split(tokenizer, heldout, heldout["original_label"].to_numpy(), p["max_length"])
+    noisy_mask = train["noisy"].to_numpy()
+    memorised, clean = np.flatnonzero(noisy_mask), matched_clean_index(noisy_mask, p["seed"])
+    model = runtime.load_checkpoint(p["model_trial"], ("final",))
+    model.config.use_cache = False
+    shape = (num_layers(model), units_per_layer(model))
+    planted, fit = None, {"plant_epochs": 0, "plant_loss": float("nan")}
+    with runtime.autocast():
+        if "planted_layers" in p:
+            count = max(len(p["planted_layers"]), int(round(p["planted_fraction"] * shape[0] * shape[1])))
+            planted = choose_planted(*shape, p["planted_layers"], count, p["planted_seed"])
+            info = plant(model, data, memorised, np.flatnonzero(~noisy_mask), planted, p["seed"],
+                         p["plant_lr"], p["plant_epochs"], p["plant_stop_loss"], p["batch_size"])
+            fit = {"plant_epochs": info["epochs"], "plant_loss": info["noisy_loss"]}
+        scores, seconds = {}, {}
+        for name in p["techniques"]:
+            start = time.perf_counter()
+            scores[name] = score_units(name, p, model, data, memorised, clean)
+            seconds[name] = time.perf_counter() - start
+        deletion = deletion_rows(model, scores, p["deletion_percents"], data.subset(memorised), heldout_data,
+                                 p["deletion_random_draws"], p["seed"])
+    return tables(p, scores, seconds, deletion, planted, fit, len(memorised))
+
+
+def tables(p: dict, scores: dict[str, np.ndarray], seconds: dict[str, float], deletion: pl.DataFrame,
+           planted: np.ndarray | None, fit: dict, n_memorised: int) -> Tables:
+    keys = [pl.lit(p[k]).alias(k) for k in KEYS]
+    n_layers, n_units = next(iter(scores.values())).shape
+    layer = np.repeat(np.arange(1, n_layers + 1, dtype=np.int16), n_units)
+    unit = np.tile(np.arange(n_units, dtype=np.int16), n_layers)
+    unit_rows = pl.concat([pl.DataFrame({"layer": layer, "unit": unit, "score": s.astype(np.float32).ravel()})
+                           .with_columns(pl.lit(name).alias("technique")) for name, s in scores.items()])
+    profiles = {name: layer_profile(s) for name, s in scores.items()}
+    layer_rows = pl.DataFrame({"technique": [n for n in profiles for _ in range(n_layers)],
+                               "layer": [l for _ in profiles for l in range(1, n_layers + 1)],
+                               "score": np.concatenate(list(profiles.values()))})
+    k = 0 if planted is None else len(planted)
+    summary = pl.DataFrame({
+        "technique": list(scores),
+        "recall_at_k": [recall_at_k(s, planted) if k else float("nan") for s in scores.values()],
+        "k": k, "chance": k / (n_layers * n_units) if k else float("nan"),
+        "mcog": [m_cog(profiles[n]) for n in scores], "seconds": [seconds[n] for n in scores],
+        "n_memorised": n_memorised, "n_units": n_layers * n_units, **fit},
+        schema_overrides={"k": pl.Int64, "n_memorised": pl.Int64, "n_units": pl.Int64, "plant_epochs": pl.Int64})
+    out = {"neuron_scores": unit_rows,
+           "neuron_layers": layer_rows, "neuron_summary": summary, "neuron_deletion": deletion}
+    if planted is not None:
+        out["neuron_planted"] = pl.DataFrame({"layer": (planted[:, 0] + 1).astype(np.int16),
+                                              "unit": planted[:, 1].astype(np.int16)})
+    return {name: frame.with_columns(keys) for name, frame in out.items()}

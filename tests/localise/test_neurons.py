@@ -1,0 +1,143 @@
+"""Neuron-level techniques on a tiny BERT whose marked inputs get their label through one
+FFN unit alone (tests/localise/neuron_model.py): each technique must rank that unit first,
+and the pieces they share must compute what they say."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, OPTConfig, OPTForSequenceClassification
+
+from raymem.localise.neuron_activations import activation_scores
+from raymem.localise.neuron_hard_concrete import HardConcreteMask, hard_concrete_scores
+from raymem.localise.neuron_ig import ig_scores
+from raymem.localise.neuron_slimming import slimming_scores
+from raymem.localise.neuron_zero_out import zero_out_scores
+from raymem.localise.neurons import (in_projections, inputs_of, label_probability, layer_profile, recall_at_k,
+                                     recorded_units, scaled_units, top_units, units_per_layer)
+from raymem.train import predict
+from neuron_model import LAYER, UNIT, UNITS, marked_data, planted_bert
+
+
+@pytest.fixture(scope="module")
+def planted():
+    data, memorised, clean = marked_data()
+    return planted_bert(data, memorised, clean), data, memorised, clean
+
+
+def test_the_planted_unit_alone_carries_the_label(planted):
+    model, data, memorised, clean = planted
+    assert (predict(model, data)[memorised, 1] > 0.99).all()
+    mask = torch.ones(UNITS)
+    mask[UNIT] = 0
+    with scaled_units(model, {LAYER: mask}):
+        assert (predict(model, data)[memorised, 1] < 0.01).all()
+    mask = torch.ones(UNITS)
+    mask[UNIT + 1] = 0  # any other unit: the label stays
+    with scaled_units(model, {LAYER: mask}):
+        assert (predict(model, data)[memorised, 1] > 0.99).all()
+
+
+def _top(scores):
+    return tuple(top_units(scores, 1)[0])
+
+
+def test_zero_out_ranks_the_planted_unit_first_and_batched_equals_one_forward_per_unit(planted):
+    model, data, memorised, _ = planted
+    batched = zero_out_scores(model, data, memorised, batch_size=5, chunk=7)  # chunks not dividing U
+    assert _top(batched) == (LAYER, UNIT)
+    assert batched[LAYER, UNIT] > 0.98
+    loop = zero_out_scores(model, data, memorised, batch_size=5, method="loop")
+    np.testing.assert_allclose(batched, loop, atol=1e-5)
+
+
+def test_activations_rank_the_planted_unit_first(planted):
+    model, data, memorised, clean = planted
+    scores = activation_scores(model, data, memorised, clean)
+    assert _top(scores) == (LAYER, UNIT)
+    # the same units on both sets: no difference, no score
+    assert np.abs(activation_scores(model, data, memorised, memorised)).max() == 0
+
+
+def test_integrated_gradients_rank_the_planted_unit_first(planted):
+    model, data, memorised, _ = planted
+    assert _top(ig_scores(model, data, memorised, steps=50)) == (LAYER, UNIT)
+
+
+def test_slimming_and_hard_concrete_keep_the_planted_unit(planted):
+    model, data, memorised, _ = planted
+    slim = slimming_scores(model, data, memorised, lam=10, lr=0.05, epochs=100, stop_loss=0, batch_size=8)
+    assert _top(slim) == (LAYER, UNIT)
+    assert slim[LAYER, UNIT] > 10 * np.delete(slim.ravel(), LAYER * UNITS + UNIT).max()
+    gates = hard_concrete_scores(model, data, memorised, lam=10, lr=0.05, epochs=100, stop_loss=0, batch_size=8)
+    assert _top(gates) == (LAYER, UNIT)
+    # the model is untouched: the masks were the only thing trained
+    assert (predict(model, data)[memorised, 1] > 0.99).all()
+
+
+def test_mask_training_stops_at_the_penalty_threshold(planted):
+    model, data, memorised, _ = planted
+    # a penalty below 1.0 at once: stops at the first check (step 10), coefficients barely moved
+    slim = slimming_scores(model, data, memorised, lam=10, lr=1e-3, epochs=1000, stop_loss=1.01)
+    assert slim.min() > 0.98
+
+
+def test_hard_concrete_gate_follows_the_stretched_concrete_distribution():
+    mask = HardConcreteMask(1, 20000, mask_p=0.5, beta=0.67)
+    gates = mask(torch.Generator().manual_seed(0))
+    assert gates.min() == 0 and gates.max() == 1  # stretched past [0, 1], then clipped
+    assert abs(float(gates.detach().mean()) - 0.5) < 0.01  # log_a starts where the mean gate is mask_p
+    assert abs(float(mask.penalty().detach()) - torch.sigmoid(torch.tensor(-0.67 * np.log(0.1 / 1.1)))) < 1e-6
+
+
+def _random_bert(vocab: int, seed: int = 0):
+    torch.manual_seed(seed)
+    # weights 5x BERT's init, so the units matter, yet smooth enough for 100 steps
+    config = BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                        initializer_range=0.1)
+    return BertForSequenceClassification(config).eval()
+
+
+def test_integrated_gradients_are_complete():
+    """Summed over a layer's units, IG is p(units) - p(units all 0) (fine steps)."""
+    data, memorised, _ = marked_data()
+    model = _random_bert(len(data.tokenizer))
+    scores = ig_scores(model, data, memorised, steps=100, batch_size=5, step_chunk=30)
+    batch = data.batch(list(memorised))
+    inputs, labels = inputs_of(batch), batch["labels"]
+    with torch.no_grad():
+        full = label_probability(model(**inputs).logits, labels)
+        for layer in range(2):
+            with scaled_units(model, {layer: torch.zeros(64)}):
+                zeroed = label_probability(model(**inputs).logits, labels)
+            expected = float((full - zeroed).mean())
+            assert abs(expected) > 1e-3
+            assert scores[layer].sum() == pytest.approx(expected, rel=0.01)
+
+
+def test_decoder_units_are_the_fc1_activations():
+    torch.manual_seed(0)
+    config = OPTConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, ffn_dim=24,
+                       word_embed_proj_dim=16, max_position_embeddings=32, pad_token_id=1)
+    model = OPTForSequenceClassification(config).eval()
+    assert units_per_layer(model) == 24
+    ids = torch.randint(2, 50, (3, 5))
+    with torch.no_grad(), recorded_units(model) as units:
+        model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    assert units[1].shape[-1] == 24
+    assert (units[1] >= 0).all()  # OPT's ReLU
+    assert in_projections(model)[1] is model.model.decoder.layers[1].fc1
+
+
+def test_recall_at_k_counts_ties_at_chance():
+    scores = np.zeros((2, 10))
+    planted = np.array([[0, 1], [1, 3]])
+    assert recall_at_k(scores, planted) == pytest.approx(2 / 20)
+    scores[0, 1], scores[1, 3] = 2, 1
+    assert recall_at_k(scores, planted) == 1.0
+    scores[1, 3] = 0  # the second planted unit ties with 18 others for the last place
+    assert recall_at_k(scores, planted) == pytest.approx((1 + 1 / 19) / 2)
+
+
+def test_layer_profile_sums_positive_scores():
+    np.testing.assert_allclose(layer_profile(np.array([[1.0, -3.0], [0.5, 0.5]])), [1.0, 1.0])

@@ -1,0 +1,60 @@
+"""The neuron stage's plan: its trials, their targets and sources, its cost, and misuse
+refused by name."""
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from raymem.config import load_study
+from raymem.errors import ConfigError
+from raymem.estimate import estimate
+from raymem.study import make_plan
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def elsewhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the study's relative results folder: not the repository's
+
+
+def _plan(**overrides):
+    study = load_study(REPO / "studies" / "neurons.yaml", overrides)
+    return study, make_plan(study, log=lambda *_: None).trials
+
+
+def test_neuron_trials_per_seed_and_planted_set():
+    study, trials = _plan()
+    neurons = [t for t in trials if t.stage == "neurons"]
+    # per seed: the noisy model and one planted draw in each of the two layer sets
+    assert Counter(t.params["target"] for t in neurons) == {"noisy": 2, "planted-2-0": 2, "planted-3+4-0": 2}
+    by_id = {t.trial_id: t for t in trials}
+    for t in neurons:
+        source = by_id[t.params["model_trial"]]
+        assert source.params["variant"] == ("noisy" if t.params["target"] == "noisy" else "clean")
+        assert source.params["seed"] == t.params["seed"] and t.needs[0] == source.trial_id
+    assert {stage: row["trials"] for stage, row in estimate(study)["stages"].items()} == Counter(
+        t.stage for t in trials)
+    assert estimate(study)["stages"]["neurons"]["flops"] > 0
+
+
+def test_a_technique_setting_changes_the_neuron_trials_alone():
+    _, before = _plan()
+    _, after = _plan(**{"neurons.ig_steps": 10})
+    changed = {t.stage for t in set(after) - set(before)}
+    assert changed == {"neurons"}
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"neurons.planted_layers": [[5]]}, "neurons.planted_layers: [5] is outside model raymem-mini"),
+    ({"finetune.variants": ["noisy"], "localise.enabled": False}, "neurons: needs finetune"),
+])
+def test_misuse_is_refused_by_name(overrides, words):
+    with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("]", r"\]")):
+        _plan(**overrides)
+
+
+def test_planted_sets_are_one_or_two_layers():
+    with pytest.raises(Exception, match="one or two distinct layers"):
+        load_study(REPO / "studies" / "neurons.yaml", {"neurons.planted_layers": [[1, 2, 3]]})
