@@ -37,7 +37,8 @@ from raymem.localise.neurons import layer_profile, recall_at_k, units_per_layer
 from raymem.localise.summary import m_cog
 from raymem.errors import ConfigError
 from raymem.runtime import Runtime
-from raymem.stages.common import encode_split, runtime_options
+from raymem.stages.common import runtime_options
+from raymem.train import encode_split
 from raymem.trial import PlanContext, Tables, Trial
 
 STAGE = "neurons"
