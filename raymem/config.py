@@ -405,16 +405,14 @@ class Trackers(Strict):
     wandb: WandbTracker | None = Field(None, description="Weights & Biases (null: off; {} for the defaults)")
 
 
-NEURON_TECHNIQUES = ("activations", "zero_out", "integrated_gradients", "slimming", "hard_concrete")
-
-
 class NeuronsConfig(Strict):
     """Neuron-level localisation over every layer's FFN units (Chang et al., 2024), with a
     planted ground truth. Technique defaults are MemPi's settings for GPT-2 (docs/neurons.md)."""
     enabled: bool = Field(False, description="score every FFN unit for the memorised examples, on planted "
                                              "control models (recall of the planted units) and the noisy model")
-    techniques: list[Literal[NEURON_TECHNIQUES]] = Field(  # type: ignore[valid-type]
-        default_factory=lambda: list(NEURON_TECHNIQUES), min_length=1, description="neuron techniques to run")
+    techniques: list[str] = Field(
+        default_factory=lambda: ["activations", "zero_out", "integrated_gradients", "slimming", "hard_concrete"],
+        min_length=1, description="neuron techniques to run, by name (raymem/localise/registry.py)")
     noisy_model: bool = Field(True, description="also score the noisy fine-tuned model (deletion test on the "
                                                 "memorisation fine-tuning put wherever it did)")
     planted_layers: list[list[int]] | None = Field(
@@ -450,7 +448,13 @@ class NeuronsConfig(Strict):
 
     @field_validator("techniques")
     @classmethod
-    def _distinct_techniques(cls, techniques):
+    def _registered(cls, techniques):
+        from raymem.localise.registry import NEURON_TECHNIQUES
+
+        unknown = [t for t in techniques if t not in NEURON_TECHNIQUES]
+        if unknown:
+            raise ValueError(f"unknown neuron technique {unknown[0]!r}"
+                             f"{did_you_mean(unknown[0], NEURON_TECHNIQUES)}; known: {', '.join(NEURON_TECHNIQUES)}")
         return _no_duplicates(techniques, "neuron technique")
 
     @field_validator("planted_layers")

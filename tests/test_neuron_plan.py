@@ -58,3 +58,17 @@ def test_misuse_is_refused_by_name(overrides, words):
 def test_planted_sets_are_one_or_two_layers():
     with pytest.raises(Exception, match="one or two distinct layers"):
         load_study(REPO / "studies" / "neurons.yaml", {"neurons.planted_layers": [[1, 2, 3]]})
+
+
+def test_neuron_techniques_are_registry_entries_named_in_the_study_file():
+    import inspect
+
+    from raymem.localise.registry import NEURON_TECHNIQUES, neuron_technique
+
+    study, _ = _plan()
+    assert set(study.neurons.techniques) == set(NEURON_TECHNIQUES)
+    for name in NEURON_TECHNIQUES:  # one entry point each, with the same signature
+        assert list(inspect.signature(neuron_technique(name)).parameters) == [
+            "model", "data", "memorised_index", "clean_index", "p"]
+    with pytest.raises(ConfigError, match="unknown neuron technique 'zero-out'.*zero_out"):
+        load_study(REPO / "studies" / "neurons.yaml", {"neurons.techniques": ["zero-out"]})

@@ -46,3 +46,8 @@ def activation_scores(model, data: Encoded, memorised_index, clean_index, batch_
     difference = (mean_unit_activations(model, data, memorised_index, batch_size)
                   - mean_unit_activations(model, data, clean_index, batch_size))
     return (difference.abs() * out_weight_norms(model)).numpy()
+
+
+def score(model, data: Encoded, memorised_index, clean_index, p: dict) -> np.ndarray:
+    """The registry's entry point (raymem/localise/registry.py): settings from the trial's `p`."""
+    return activation_scores(model, data, memorised_index, clean_index, p["batch_size"])

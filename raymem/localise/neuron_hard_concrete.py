@@ -61,3 +61,9 @@ def hard_concrete_scores(model, data: Encoded, memorised_index, lam: float = DEF
     mask = HardConcreteMask(num_layers(model), units_per_layer(model), mask_p, beta)
     train_mask(model, data, memorised_index, mask, lam, lr, epochs, stop_loss, batch_size, seed)
     return torch.sigmoid(mask.log_alpha).detach().float().cpu().numpy()
+
+
+def score(model, data: Encoded, memorised_index, clean_index, p: dict) -> np.ndarray:
+    """The registry's entry point (raymem/localise/registry.py): settings from the trial's `p`."""
+    return hard_concrete_scores(model, data, memorised_index, p["hc_lambda"], p["hc_lr"], p["hc_epochs"],
+                                p["hc_stop_loss"], p["hc_mask_p"], p["hc_beta"], p["mask_batch_size"], p["seed"])

@@ -59,3 +59,8 @@ def ig_scores(model, data: Encoded, memorised_index, steps: int = 20, batch_size
             attribution = original.float() * gradient_sum / steps * mask  # (B, T, U)
             total[layer] += attribution.sum((0, 1)).double().cpu()
     return (total / len(memorised_index)).numpy()
+
+
+def score(model, data: Encoded, memorised_index, clean_index, p: dict) -> np.ndarray:
+    """The registry's entry point (raymem/localise/registry.py): settings from the trial's `p`."""
+    return ig_scores(model, data, memorised_index, p["ig_steps"], p["ig_batch_size"])

@@ -41,3 +41,9 @@ def slimming_scores(model, data: Encoded, memorised_index, lam: float = DEFAULTS
     mask = SlimMask(num_layers(model), units_per_layer(model))
     train_mask(model, data, memorised_index, mask, lam, lr, epochs, stop_loss, batch_size, seed)
     return mask().detach().float().cpu().numpy()
+
+
+def score(model, data: Encoded, memorised_index, clean_index, p: dict) -> np.ndarray:
+    """The registry's entry point (raymem/localise/registry.py): settings from the trial's `p`."""
+    return slimming_scores(model, data, memorised_index, p["slim_lambda"], p["slim_lr"], p["slim_epochs"],
+                           p["slim_stop_loss"], p["mask_batch_size"], p["seed"])

@@ -73,3 +73,8 @@ def _chunk_drops(model, host_inputs, labels, base, layer: int, units: torch.Tens
     with scaled_units(model, {layer: mask}):
         p = label_probability(model(**repeated).logits, labels.repeat(replicas))
     return (base.repeat(replicas) - p).view(replicas, rows).sum(1).double().cpu()
+
+
+def score(model, data: Encoded, memorised_index, clean_index, p: dict) -> np.ndarray:
+    """The registry's entry point (raymem/localise/registry.py): settings from the trial's `p`."""
+    return zero_out_scores(model, data, memorised_index, p["batch_size"], p["zero_out_chunk"])

@@ -17,9 +17,30 @@ TECHNIQUES: dict[str, str] = {
     "centroids": "raymem.localise.centroids:Centroids",
 }
 
+# Neuron-level techniques (docs/neurons.md): each module's `score(model, data, memorised,
+# clean, settings)` gives an (L, U) array, one score per FFN unit of every layer; `settings`
+# is the neurons stage's trial parameters (the study file's `neurons:` section).
+NEURON_TECHNIQUES: dict[str, str] = {
+    "activations": "raymem.localise.neuron_activations:score",
+    "zero_out": "raymem.localise.neuron_zero_out:score",
+    "integrated_gradients": "raymem.localise.neuron_ig:score",
+    "slimming": "raymem.localise.neuron_slimming:score",
+    "hard_concrete": "raymem.localise.neuron_hard_concrete:score",
+}
+
+
+def _attribute(entry: str):
+    module, _, attribute = entry.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+@functools.cache
+def neuron_technique(name: str):
+    """The registered neuron technique's `score` function."""
+    return _attribute(NEURON_TECHNIQUES[name])
+
 
 @functools.cache
 def technique(name: str):
     """The registered Technique of that name (raymem.localise.technique.Technique), made once."""
-    module, _, attribute = TECHNIQUES[name].partition(":")
-    return getattr(importlib.import_module(module), attribute)()
+    return _attribute(TECHNIQUES[name])()

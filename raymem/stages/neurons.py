@@ -2,7 +2,7 @@
 the memorised (noisy) labels, with a planted ground truth.
 
 Per (task, model, seed), trials of one stage, each scoring every unit of every layer with
-every technique of `neurons.techniques` (raymem/localise/neuron_*.py):
+every technique of `neurons.techniques` (raymem/localise/registry.py: NEURON_TECHNIQUES):
 
     target "noisy"                the noisy fine-tuned model (final checkpoint): where
                                   fine-tuning put the memorised labels; deletion test only
@@ -27,12 +27,8 @@ import polars as pl
 
 from raymem.localise.gradients import matched_clean_index
 from raymem.localise.layers import num_layers
-from raymem.localise.neuron_activations import activation_scores
-from raymem.localise.neuron_hard_concrete import hard_concrete_scores
-from raymem.localise.neuron_ig import ig_scores
 from raymem.localise.neuron_planting import choose_planted, deletion_rows, plant
-from raymem.localise.neuron_slimming import slimming_scores
-from raymem.localise.neuron_zero_out import zero_out_scores
+from raymem.localise.registry import neuron_technique
 from raymem.localise.neurons import layer_profile, recall_at_k, units_per_layer
 from raymem.localise.summary import m_cog
 from raymem.errors import ConfigError
@@ -84,23 +80,6 @@ def plan(study, context: PlanContext) -> list[Trial]:
     return trials
 
 
-def score_units(name: str, p: dict, model, data, memorised, clean) -> np.ndarray:
-    """(L, U) scores of technique `name` with the trial's settings."""
-    if name == "activations":
-        return activation_scores(model, data, memorised, clean, p["batch_size"])
-    if name == "zero_out":
-        return zero_out_scores(model, data, memorised, p["batch_size"], p["zero_out_chunk"])
-    if name == "integrated_gradients":
-        return ig_scores(model, data, memorised, p["ig_steps"], p["ig_batch_size"])
-    if name == "slimming":
-        return slimming_scores(model, data, memorised, p["slim_lambda"], p["slim_lr"], p["slim_epochs"],
-                               p["slim_stop_loss"], p["mask_batch_size"], p["seed"])
-    if name == "hard_concrete":
-        return hard_concrete_scores(model, data, memorised, p["hc_lambda"], p["hc_lr"], p["hc_epochs"],
-                                    p["hc_stop_loss"], p["hc_mask_p"], p["hc_beta"], p["mask_batch_size"], p["seed"])
-    raise ValueError(f"unknown neuron technique {name!r}")
-
-
 def run(trial: Trial, runtime: Runtime) -> Tables:
     p = trial.params
     runtime.seed(p["seed"])
@@ -126,7 +105,7 @@ def run(trial: Trial, runtime: Runtime) -> Tables:
         scores, seconds = {}, {}
         for name in p["techniques"]:
             start = time.perf_counter()
-            scores[name] = score_units(name, p, model, data, memorised, clean)
+            scores[name] = neuron_technique(name)(model, data, memorised, clean, p)
             seconds[name] = time.perf_counter() - start
         deletion = deletion_rows(model, scores, p["deletion_percents"], data.subset(memorised), heldout_data,
                                  p["deletion_random_draws"], p["seed"])
