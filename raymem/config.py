@@ -267,6 +267,10 @@ class LocaliseConfig(Strict):
                                                        "training statistics (the original does not)")
     probe_split_by: Literal["random", "stratified"] = Field(
         "random", description="probing: the 70/10/20 split, shuffled (the original) or stratified on noisy")
+    probe_baseline: Literal["pretrained", "embeddings"] = Field(
+        "pretrained", description="probing: what layer 1's F1 gain is measured against: a probe on the "
+                                  "pre-trained model's layer 1 (the original) or on the fine-tuned model's "
+                                  "embeddings (an encoder's [CLS] there is one vector: a constant predictor)")
     probe_label_events: bool = Field(True, description="probing: class probes on the training and the original "
                                                        "labels, for the consolidation events (probe_memorisation, "
                                                        "probe_initiation) and `probe_curves`; the studied pair only")
