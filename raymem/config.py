@@ -279,6 +279,10 @@ class LocaliseConfig(Strict):
     gradient_subtract_clean: bool = Field(True, description="forgetting gradients: the noisy set's mean "
                                                             "gradient minus the clean set's (as published), "
                                                             "or the noisy set's alone")
+    gradient_loss: Literal["log_softmax", "raw_logit_nll"] = Field(
+        "log_softmax", description="forgetting gradients: the loss whose negative is differentiated: "
+                                   "cross-entropy (log-softmax), or the original's NLL applied to the raw "
+                                   "logits (the label's logit: reproduces the published numbers)")
     gradient_control: bool = Field(True, description="forgetting gradients: divide by a head-only control "
                                                      "model's differences (as published), or not")
     resources: Resources = Field(Resources(), description="per technique trial")
