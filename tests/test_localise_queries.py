@@ -314,7 +314,9 @@ def test_control_accuracy(tmp_path):
     df = query("control_accuracy", make_db(tmp_path / "r.duckdb", control_accuracy=rows))
     assert df.columns == ["model", "technique", "n_runs", "accuracy_at_1", "accuracy_at_2",
                           "chance_at_1", "chance_at_2", "times_chance_at_2", "pair_on_top",
-                          "chance_pair_on_top", "at_1_low", "at_1_high", "at_2_low", "at_2_high"]
+                          "chance_pair_on_top", "at_1_low", "at_1_high", "at_2_low", "at_2_high",
+                          "normalised_at_1", "normalised_at_2", "published_at_2", "published_chance_at_2",
+                          "published_normalised_at_2"]
     got = {(r["model"], r["technique"]): r for r in df.iter_rows(named=True)}
     # best at accuracy@2 first, ties by name
     assert list(got) == [("m", "swapping"), ("m", "probing"), ("m", "gradients"),
@@ -413,10 +415,26 @@ def test_control_accuracy_has_wilson_intervals(tmp_path):
     (r,) = query("control_accuracy", make_db(tmp_path / "r.duckdb", control_accuracy=rows)).iter_rows(named=True)
     assert (r["accuracy_at_1"], r["accuracy_at_2"]) == (0.667, 0.5)
     at_1 = binomtest(2, 3).proportion_ci(0.95, method="wilson")  # top layer in the pair in runs 1 and 2
-    at_2 = binomtest(3, 6).proportion_ci(0.95, method="wilson")  # 3 of the 6 top-two places
+    # @2 counts runs too, not the 6 top-two places as independent: the interval of a share of 1.5 in 3
+    places = binomtest(3, 6).proportion_ci(0.95, method="wilson")
+    z = stats.norm.ppf(0.975)
+    centre, half = (0.5 + z * z / 6) / (1 + z * z / 3), z / (1 + z * z / 3) * np.sqrt(0.25 / 3 + z * z / 36)
     assert (r["at_1_low"], r["at_1_high"]) == (round(at_1.low, 3), round(at_1.high, 3))
-    assert (r["at_2_low"], r["at_2_high"]) == (round(at_2.low, 3), round(at_2.high, 3))
+    assert (r["at_2_low"], r["at_2_high"]) == (round(centre - half, 3), round(centre + half, 3))
+    assert r["at_2_high"] - r["at_2_low"] > places.high - places.low + 0.1  # wider than six places would give
     assert r["at_2_low"] < 0.5 < r["at_2_high"]  # three runs cannot tell this from chance
+
+
+def test_control_accuracy_is_chance_normalised_beside_the_published_values(tmp_path):
+    # a 4-layer model (chance 1/2) at accuracy@2 0.75 against the published 12-layer values (chance 1/6)
+    rows = [_control_row("m", 4, "probing", (1, 2), [4, 3, 0, 0]),
+            _control_row("m", 4, "probing", (2, 3), [0, 4, 3, 0])]
+    rows[1]["hit_at_2"] = 0.5
+    (r,) = query("control_accuracy", make_db(tmp_path / "r.duckdb", control_accuracy=rows)).iter_rows(named=True)
+    assert r["accuracy_at_2"] == 0.75 and r["chance_at_2"] == 0.5
+    assert r["normalised_at_2"] == 0.5  # (0.75 - 0.5) / (1 - 0.5)
+    assert (r["published_at_2"], r["published_chance_at_2"]) == (0.49, 0.167)
+    assert r["published_normalised_at_2"] == round((0.49 - 1 / 6) / (5 / 6), 3)  # 0.388: below ours, though 0.49 < 0.75 raw
 
 
 def test_model_agreement_matches_scipy(tmp_path):
