@@ -212,7 +212,12 @@ class CounterfactualConfig(Strict):
     enabled: bool = Field(False, description="train subset models and score mem / gen per example")
     n_models: int = Field(30, ge=2, description="subset models per task and model, each on a random half")
     subset_seed: int = Field(1, description="fixes the random halves")
-    epochs: int | None = Field(None, ge=1, description="epochs per subset model (null: finetune.epochs)")
+    # the original's generalisation-score models (src/submit_scripts/run_training.sh, `--training_type
+    # mmap`): 10 epochs at lr 3e-5, not the 50 at 1e-5 of its fine-tuning
+    epochs: int | None = Field(10, ge=1, description="epochs per subset model (null: finetune.epochs); "
+                                                     "10 as the original's")
+    lr: float | None = Field(3e-5, gt=0, description="learning rate of the subset models (null: finetune.lr); "
+                                                     "3e-5 as the original's")
 
 
 class ControlConfig(Strict):

@@ -74,3 +74,21 @@ def test_costs_scale_with_epochs_examples_and_parameters():
 def test_an_unknown_gpu_is_named(capsys):
     assert main(["plan", str(REPO / "studies" / "demo.yaml"), "--gpu", "H10"]) == 2
     assert "--gpu: unknown GPU 'H10' (did you mean 'H100'?)" in capsys.readouterr().err
+
+
+def test_subset_models_train_at_the_originals_recipe_unless_the_study_says_otherwise():
+    # the original's generalisation-score models: 10 epochs at 3e-5 (run_training.sh, mmap), not
+    # its fine-tuning's 50 at 1e-5; the demo keeps its finetune block's, in its study file
+    from raymem.study import plan_trials
+
+    def subset_settings(study, n_layers):
+        trials = plan_trials(study, study.results, {t: 3 for t in study.task_names()} | {"tweet_polarity": 2},
+                             {m: n_layers for m in study.models})
+        return next(t.params["settings"] for t in trials if t.stage == "counterfactual")
+
+    published = load_study(REPO / "studies" / "dankers2024.yaml")
+    assert (published.counterfactual.epochs, published.counterfactual.lr) == (10, 3e-5)
+    settings = subset_settings(published, 12)
+    assert (settings["epochs"], settings["lr"]) == (10, 3e-5)
+    settings = subset_settings(load_study(REPO / "studies" / "demo_localise.yaml"), 4)
+    assert (settings["epochs"], settings["lr"]) == (20, 0.001)
