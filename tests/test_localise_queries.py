@@ -186,10 +186,14 @@ def agreement_db(tmp_path_factory):
 
 def test_technique_agreement_matches_scipy(agreement_db):
     df = query("technique_agreement", agreement_db)
-    assert df.columns == ["model", "technique_a", "technique_b", "n_tasks", "spearman"]
+    assert df.columns == ["model", "technique_a", "technique_b", "n_tasks", "spearman", "pearson",
+                          "pearson_low", "pearson_high"]
     assert df.select("model", "technique_a", "technique_b").rows() == [
         ("m", "centroids", "gradients"), ("m", "centroids", "swapping"),
-        ("m", "gradients", "swapping"), ("m2", "probing", "swapping")]
+        ("m", "gradients", "swapping"), ("m2", "probing", "swapping"),
+        ("ALL", "centroids", "gradients"), ("ALL", "centroids", "swapping"),
+        ("ALL", "gradients", "swapping"), ("ALL", "probing", "swapping")]
+    df = df.filter(pl.col("model") != "ALL")
     for row in df.iter_rows(named=True):
         a, b = AGREE[row["model"]][row["technique_a"]], AGREE[row["model"]][row["technique_b"]]
         tasks = [t for t in sorted(a) if t in b and not np.isnan(_task_mcog(a[t]))
@@ -447,7 +451,8 @@ def test_model_agreement_matches_scipy(tmp_path):
     rows = [_mcog(task, tech, 1, v, model=model) for model, tasks in mcogs.items()
             for task, techs in tasks.items() for tech, v in techs.items()]
     df = query("model_agreement", make_db(tmp_path / "r.duckdb", mcog=rows))
-    assert df.columns == ["model_a", "model_b", "n_tasks", "spearman"]
+    assert df.columns == ["model_a", "model_b", "n_points", "spearman", "spearman_low", "spearman_high",
+                          "n_tasks", "spearman_mean_mcog", "spearman_mean_mcog_low", "spearman_mean_mcog_high"]
 
     def mean(techs):
         return np.nanmean([v for t, v in techs.items() if t != "centroids"])
@@ -457,10 +462,10 @@ def test_model_agreement_matches_scipy(tmp_path):
         tasks = sorted(set(mcogs[a]) & set(mcogs[b]))
         assert r["n_tasks"] == len(tasks)
         expected = stats.spearmanr([mean(mcogs[a][t]) for t in tasks], [mean(mcogs[b][t]) for t in tasks]).statistic
-        assert r["spearman"] == pytest.approx(expected, abs=5.1e-4)
+        assert r["spearman_mean_mcog"] == pytest.approx(expected, abs=5.1e-4)
     # by hand: m's means 1.5, 3, 3 (centroids left out), 4 rank 1, 2.5, 2.5, 4; n's 1.5, 2, 3.5,
     # 2.5 (the NaN left out) rank 1, 2, 4, 3: Pearson of the ranks 3 / sqrt(4.5 * 5)
-    assert got["m", "n"]["spearman"] == pytest.approx(3 / np.sqrt(22.5), abs=5.1e-4)
+    assert got["m", "n"]["spearman_mean_mcog"] == pytest.approx(3 / np.sqrt(22.5), abs=5.1e-4)
 
 
 def test_generalisation_correlation_matches_scipy(tmp_path):
@@ -570,3 +575,46 @@ def test_layer_agreement_is_pearson_over_layers_per_model_and_pooled(tmp_path):
         for a, b in (("centroids", "probing"), ("centroids", "swapping"), ("probing", "swapping")):
             expected = stats.pearsonr(score[a], score[b]).statistic
             assert got[model, a, b] == (len(score[a]), pytest.approx(expected, abs=5.1e-4)), (model, a, b)
+
+
+def test_model_agreement_pools_technique_by_task_mcogs_as_the_original(tmp_path):
+    # summarising_visualisations.ipynb: per pair of models, Spearman over the concatenated
+    # (technique, task) M-CoGs of the four techniques; here 2 techniques x 4 tasks, 2 seeds each
+    rng = np.random.default_rng(3)
+    values = {(m, tech, task, seed): float(rng.uniform(1, 6)) for m in ("m", "n")
+              for tech in ("swapping", "probing") for task in ("T1", "T2", "T3", "T4") for seed in (1, 2)}
+    rows = [_mcog(task, tech, seed, v, model=m) for (m, tech, task, seed), v in values.items()]
+    rows.append(_mcog("T1", "centroids", 1, 9.0, model="m"))  # not among the four
+    (r,) = query("model_agreement", make_db(tmp_path / "r.duckdb", mcog=rows)).iter_rows(named=True)
+    keys = [(tech, task) for tech in ("swapping", "probing") for task in ("T1", "T2", "T3", "T4")]
+    x = [np.mean([values["m", *k, s] for s in (1, 2)]) for k in keys]
+    y = [np.mean([values["n", *k, s] for s in (1, 2)]) for k in keys]
+    pooled = stats.spearmanr(x, y).statistic
+    assert r["n_points"] == 8 and r["spearman"] == pytest.approx(pooled, abs=5.1e-4)
+    z, se = np.arctanh(pooled), np.sqrt(1.06 / 5)
+    assert r["spearman_low"] == pytest.approx(np.tanh(z - 1.959964 * se), abs=5.1e-4)
+    assert r["spearman_high"] == pytest.approx(np.tanh(z + 1.959964 * se), abs=5.1e-4)
+    means = lambda m: [np.mean([values[m, tech, task, s] for tech in ("swapping", "probing") for s in (1, 2)])  # noqa: E731
+                       for task in ("T1", "T2", "T3", "T4")]
+    assert r["n_tasks"] == 4
+    assert r["spearman_mean_mcog"] == pytest.approx(stats.spearmanr(means("m"), means("n")).statistic, abs=5.1e-4)
+    assert r["spearman_mean_mcog_low"] < r["spearman_mean_mcog"] < r["spearman_mean_mcog_high"]  # 4 tasks: wide
+
+
+def test_technique_agreement_pools_pearson_over_models_as_the_original(tmp_path):
+    # summarising_visualisations.ipynb: Pearson over every (model, task) M-CoG pair of two techniques
+    rng = np.random.default_rng(8)
+    values = {(m, t, task): float(rng.uniform(1, 6)) for m in ("m1", "m2") for t in ("probing", "swapping")
+              for task in ("T1", "T2", "T3")}
+    rows = [_mcog(task, t, 1, v, model=m) for (m, t, task), v in values.items()]
+    got = {r["model"]: r for r in query("technique_agreement", make_db(tmp_path / "r.duckdb", mcog=rows))
+           .iter_rows(named=True)}
+    points = [(m, task) for m in ("m1", "m2") for task in ("T1", "T2", "T3")]
+    x, y = [values[m, "probing", t] for m, t in points], [values[m, "swapping", t] for m, t in points]
+    pooled = got["ALL"]
+    assert pooled["n_tasks"] == 6 and pooled["pearson"] == pytest.approx(stats.pearsonr(x, y).statistic, abs=5.1e-4)
+    assert pooled["spearman"] == pytest.approx(stats.spearmanr(x, y).statistic, abs=5.1e-4)
+    z, se = np.arctanh(stats.pearsonr(x, y).statistic), 1 / np.sqrt(3)
+    assert pooled["pearson_low"] == pytest.approx(np.tanh(z - 1.959964 * se), abs=5.1e-4)
+    assert pooled["pearson_high"] == pytest.approx(np.tanh(z + 1.959964 * se), abs=5.1e-4)
+    assert got["m1"]["n_tasks"] == 3 and got["m1"]["pearson_low"] is None  # 3 points: no interval
