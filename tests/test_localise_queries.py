@@ -500,7 +500,12 @@ def test_generalisation_correlation_matches_scipy(tmp_path):
     db = make_db(tmp_path / "r.duckdb", examples=examples, counterfactual=counterfactual, mcog=mcog,
                  events=pl.DataFrame(events, schema_overrides=schema), predictions=predictions)
     df = query("generalisation_correlation", db)
-    assert df.columns == ["model", "measure", "n_tasks", "spearman_with_gen", "spearman_with_norm_accuracy"]
+    assert df.columns == ["model", "measure", "n_tasks", "spearman_with_gen", "spearman_with_gen_low",
+                          "spearman_with_gen_high", "spearman_with_norm_accuracy"]
+    # one model: the pooled 'ALL' rows are its own
+    pooled = df.filter(pl.col("model") == "ALL").drop("model")
+    assert pooled.equals(df.filter(pl.col("model") == "m").drop("model"))
+    df = df.filter(pl.col("model") == "m")
     got = {r["measure"]: (r["n_tasks"], r["spearman_with_gen"]) for r in df.iter_rows(named=True)}
     mean_gen = {t: np.mean(v) for t, v in gen.items()}
     chance = {t: sum((np.array(y) == c).mean() ** 2 for c in set(y)) for t, y in labels.items()}
@@ -575,6 +580,11 @@ def test_layer_agreement_is_pearson_over_layers_per_model_and_pooled(tmp_path):
         for a, b in (("centroids", "probing"), ("centroids", "swapping"), ("probing", "swapping")):
             expected = stats.pearsonr(score[a], score[b]).statistic
             assert got[model, a, b] == (len(score[a]), pytest.approx(expected, abs=5.1e-4)), (model, a, b)
+    # every correlation with its Fisher-z interval
+    for r in query("layer_agreement", db).iter_rows(named=True):
+        z, se = np.arctanh(r["pearson"]), 1 / np.sqrt(r["n_layers"] - 3)
+        assert r["pearson_low"] == pytest.approx(np.tanh(z - 1.959964 * se), abs=2e-3)
+        assert r["pearson_high"] == pytest.approx(np.tanh(z + 1.959964 * se), abs=2e-3)
 
 
 def test_model_agreement_pools_technique_by_task_mcogs_as_the_original(tmp_path):
@@ -618,3 +628,31 @@ def test_technique_agreement_pools_pearson_over_models_as_the_original(tmp_path)
     assert pooled["pearson_low"] == pytest.approx(np.tanh(z - 1.959964 * se), abs=5.1e-4)
     assert pooled["pearson_high"] == pytest.approx(np.tanh(z + 1.959964 * se), abs=5.1e-4)
     assert got["m1"]["n_tasks"] == 3 and got["m1"]["pearson_low"] is None  # 3 points: no interval
+
+
+def test_generalisation_correlation_pools_the_models_tasks_in_an_all_row(tmp_path):
+    # two models, 4 tasks each: 'ALL' ranks the 8 (model, task) points together
+    rng = np.random.default_rng(11)
+    examples, counterfactual, mcog, points = [], [], [], {}
+    for model in ("m1", "m2"):
+        for task in ("T1", "T2", "T3", "T4"):
+            gen, depth = float(rng.uniform()), float(rng.uniform(1, 4))
+            points[model, task] = (depth, gen)
+            examples.append({"task": task, "model": model, "example_id": f"{task}0", "noisy": False})
+            counterfactual.append({"task": task, "model": model, "example_id": f"{task}0", "gen": gen, "mem": 0.1})
+            mcog.append(_mcog(task, "swapping", 1, depth, model=model))
+    events = pl.DataFrame({"task": ["T1"], "model": ["m1"], "seed": [1], "pair": [""], "technique": ["centroids"],
+                           "class_from": [None], "class_to": [None], "event": ["crossing"], "layer": [1]},
+                          schema_overrides={"class_from": pl.Int64, "class_to": pl.Int64, "layer": pl.Int64})
+    predictions = [{"task": t, "model": m, "seed": 1, "variant": "noisy", "checkpoint": "final", "split": "test",
+                    "example_id": f"{t}0", "label": 0, "correct": True} for m, t in points]
+    db = make_db(tmp_path / "r.duckdb", examples=examples, counterfactual=counterfactual, mcog=mcog, events=events,
+                 predictions=predictions)
+    rows = {(r["model"], r["measure"]): r for r in query("generalisation_correlation", db).iter_rows(named=True)}
+    pooled = rows["ALL", "mcog"]
+    x, y = zip(*points.values())
+    rho = stats.spearmanr(x, y).statistic
+    assert pooled["n_tasks"] == 8 and pooled["spearman_with_gen"] == pytest.approx(rho, abs=5.1e-4)
+    z, se = np.arctanh(rho), np.sqrt(1.06 / 5)
+    assert pooled["spearman_with_gen_low"] == pytest.approx(np.tanh(z - 1.959964 * se), abs=5.1e-4)
+    assert rows["m1", "mcog"]["n_tasks"] == 4
