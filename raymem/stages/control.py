@@ -85,8 +85,8 @@ def train_two_tasks(model, aux_head, task: Encoded, auxiliary: Encoded, pair: tu
     decoder = is_decoder_model(model)
     for epoch in range(runtime.resume(state), s.epochs + 1):
         model.train()
-        batches = ([(True, b) for b in task.batches(s.batch_size, generator)]
-                   + [(False, b) for b in auxiliary.batches(s.batch_size, generator)])
+        batches = ([(True, b) for b in task.batches(s.batch_size, generator, s.batch_order)]
+                   + [(False, b) for b in auxiliary.batches(s.batch_size, generator, s.batch_order)])
         for i in torch.randperm(len(batches), generator=generator).tolist():
             is_main, batch = batches[i]
             batch = runtime.to_device(batch)
@@ -151,7 +151,7 @@ def plan(study, context: PlanContext) -> list[Trial]:
     cfg, ft = study.localise.control, study.finetune
     auxiliary_n_labels = context.n_labels[cfg.auxiliary_task]
     own = ft.model_dump(include={"epochs", "lr", "batch_size", "max_length", "warmup",
-                                 "clip", "weight_decay", "freeze_embeddings"})
+                                 "clip", "weight_decay", "freeze_embeddings", "batch_order"})
     own["epochs"] = cfg.epochs or own["epochs"]
     trials = []
     for task, model in ((t, m) for t in study.task_names() for m in study.models):

@@ -37,7 +37,7 @@ def plan(study: Study, context: PlanContext) -> list[Trial]:
     """`n_models` subset-model trials per (task, model), then one summary trial each."""
     cf, ft = study.counterfactual, study.finetune
     own = ft.model_dump(include={"lr", "batch_size", "max_length", "warmup", "clip",
-                                 "weight_decay", "freeze_embeddings", "epochs"})
+                                 "weight_decay", "freeze_embeddings", "epochs", "batch_order"})
     own["epochs"] = cf.epochs or own["epochs"]
     own["lr"] = cf.lr or own["lr"]
     kept = tuple(key for key in ("epochs", "lr") if getattr(cf, key))  # set here, not by a search
