@@ -13,6 +13,7 @@ planted layers above all others (chance 1/C(L,2)), is the stricter extra.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -26,7 +27,7 @@ from raymem.models import embedding_parameters
 from raymem.runtime import Runtime, TrainingState
 from raymem.stages import search
 from raymem.stages.common import encode_split, runtime_options, train_split
-from raymem.train import Encoded, TrainSettings, make_optimiser
+from raymem.train import Encoded, TrainSettings, macro_f1, make_optimiser, predict
 from raymem.trial import PlanContext, Tables, Trial
 
 STAGE = "control"
@@ -39,7 +40,10 @@ def default_pairs(n_layers: int) -> list[tuple[int, int]]:
 
 
 def run(trial: Trial, runtime: Runtime) -> Tables:
-    """Train the noisy (or clean) control model of a planted pair; keep its final checkpoint."""
+    """Train the noisy (or clean) control model of a planted pair; keep its final checkpoint,
+    and the noisy one's memorised checkpoint (the first epoch whose training macro-F1 reaches
+    `memorised_f1`), which forgetting gradients read, as the original's main.py kept one for
+    every model it trained and its gradient analysis read it."""
     p = trial.params
     s = TrainSettings(**search.resolve(p["settings"], runtime.store))
     tokenizer = runtime.load_tokenizer(p["model"], s.max_length)
@@ -51,14 +55,28 @@ def run(trial: Trial, runtime: Runtime) -> Tables:
     generator = runtime.seed(p["seed"])
     model = runtime.load_classifier(p["model"], p["n_labels"], tokenizer.pad_token_id)
     aux_head = runtime.on_device(torch.nn.Linear(model.config.hidden_size, p["auxiliary_n_labels"]))
-    train_two_tasks(model, aux_head, task, auxiliary, tuple(p["pair"]), s, p["auxiliary_lr"], generator, runtime)
+    kept = {"memorised_epoch": None}  # resumable: a restarted trial knows whether it kept one
+
+    def after_epoch(epoch: int) -> None:
+        if p["variant"] != "noisy" or kept["memorised_epoch"] is not None:
+            return
+        with runtime.autocast():
+            predicted = predict(model, task).argmax(-1)
+        if macro_f1(task.labels.numpy(), predicted, p["n_labels"]) >= p["memorised_f1"]:
+            kept["memorised_epoch"] = epoch
+            runtime.save_checkpoint(model, "memorised")
+
+    train_two_tasks(model, aux_head, task, auxiliary, tuple(p["pair"]), s, p["auxiliary_lr"], generator, runtime,
+                    after_epoch, kept)
+    runtime.info["memorised_epoch"] = kept["memorised_epoch"]
     runtime.save_checkpoint(model, "final")
     runtime.finish_training()
     return {}
 
 
 def train_two_tasks(model, aux_head, task: Encoded, auxiliary: Encoded, pair: tuple[int, int],
-                    s: TrainSettings, auxiliary_lr: float, generator: torch.Generator, runtime: Runtime) -> None:
+                    s: TrainSettings, auxiliary_lr: float, generator: torch.Generator, runtime: Runtime,
+                    after_epoch: Callable[[int], None] | None = None, extra: dict | None = None) -> None:
     """Train in place as the original (src/main.py `train`): each epoch, the task's batches
     and one pass over the auxiliary task's, shuffled together; each batch steps its own
     AdamW. The task's optimiser holds the planted pair, the head and the modules after the
@@ -66,7 +84,8 @@ def train_two_tasks(model, aux_head, task: Encoded, auxiliary: Encoded, pair: tu
     auxiliary task's holds everything but the embeddings, at `auxiliary_lr` with its own
     schedule. Gradients are clipped over every parameter, as the original. Not
     train.fine_tune's loop: two tasks, two optimisers. In fp16 one loss scaler serves both:
-    a step whose gradients overflowed is skipped and the scale lowered, as torch's."""
+    a step whose gradients overflowed is skipped and the scale lowered, as torch's.
+    `after_epoch(epoch)` runs after each epoch, before its progress is kept with `extra`."""
     for q in embedding_parameters(model):
         q.requires_grad_(False)
     start, end = pair
@@ -81,7 +100,7 @@ def train_two_tasks(model, aux_head, task: Encoded, auxiliary: Encoded, pair: tu
     scaler = runtime.grad_scaler()
     state = TrainingState({"model": model, "aux_head": aux_head, "optimiser": optimiser, "schedule": schedule,
                            "aux_optimiser": aux_optimiser, "aux_schedule": aux_schedule, "scaler": scaler},
-                          generator)
+                          generator, extra if extra is not None else {})
     decoder = is_decoder_model(model)
     for epoch in range(runtime.resume(state), s.epochs + 1):
         model.train()
@@ -112,6 +131,8 @@ def train_two_tasks(model, aux_head, task: Encoded, auxiliary: Encoded, pair: tu
             for each in (optimiser, aux_optimiser):
                 each.zero_grad(set_to_none=True)
         runtime.report(epoch=epoch)
+        if after_epoch is not None:
+            after_epoch(epoch)
         runtime.save_progress(state, epoch)
     model.eval()
 
@@ -172,7 +193,7 @@ def plan(study, context: PlanContext) -> list[Trial]:
                     "n_labels": context.n_labels[task], "examples_trial": examples.trial_id,
                     "auxiliary_examples_trial": auxiliary.trial_id,
                     "auxiliary_n_labels": auxiliary_n_labels, "auxiliary_lr": cfg.auxiliary_lr,
-                    "settings": settings},
+                    "settings": settings, "memorised_f1": ft.memorised_f1},
                     study.study, context.results, (examples.trial_id, auxiliary.trial_id, *searched),
                     runtime_options(ft.resources, ft.checkpoint_every))
                     for variant in ("noisy", "clean")]

@@ -140,3 +140,42 @@ def test_fp16_control_training_unscales_each_gradient_once_and_steps_both_tasks(
     moved = [any(not torch.equal(v, b[k]) for k, v in layer.state_dict().items())
              for layer, b in zip(body_layers(model), before)]
     assert moved == [True, True, True, True]
+
+
+@pytest.mark.parametrize("variant, memorised_f1, kept", [("noisy", 0.0, True), ("noisy", 1.01, False),
+                                                         ("clean", 0.0, False)])
+def test_a_noisy_control_model_keeps_a_memorised_checkpoint_for_forgetting_gradients(monkeypatch, variant,
+                                                                                      memorised_f1, kept):
+    """As the original's main.py, which saved `epoch=memorised` for every model it trained, and
+    its gradient analysis read it: the first epoch whose training macro-F1 reaches memorised_f1."""
+    import numpy as np
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from raymem.pretrain import train_tokenizer
+    from raymem.runtime import Runtime
+    from raymem.stages import control
+    from raymem.trial import Trial
+
+    rng = np.random.default_rng(0)
+    words = "red green blue cat dog fish run jump sit tall small big".split()
+    texts = list(dict.fromkeys(" ".join(rng.choice(words, rng.integers(3, 9))) for _ in range(60)))[:32]
+    frame = pl.DataFrame({"text": texts, "text_pair": [None] * 32, "label": [i % 2 for i in range(32)],
+                          "original_label": [i % 2 for i in range(32)]})
+    tokenizer = train_tokenizer(texts, 80, 32)
+    monkeypatch.setattr(control, "train_split", lambda store, trial: frame)
+    runtime = Runtime("cpu", "fp32")
+    saved = []
+    monkeypatch.setattr(runtime, "load_tokenizer", lambda model, max_length=None: tokenizer)
+    monkeypatch.setattr(runtime, "load_classifier", lambda model, n, pad: BertForSequenceClassification(BertConfig(
+        vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, num_labels=n, pad_token_id=pad)))
+    monkeypatch.setattr(runtime, "save_checkpoint", lambda model, name: saved.append(name))
+    settings = {"epochs": 6, "lr": 3e-3, "batch_size": 8, "max_length": 32, "warmup": 0.0, "clip": 1.0,
+                "weight_decay": 0.0, "freeze_embeddings": False, "batch_order": "shuffled"}
+    trial = Trial("control", {"task": "t", "model": "m", "seed": 1, "variant": variant, "pair": [1, 2],
+                              "n_labels": 2, "examples_trial": "e", "auxiliary_examples_trial": "a",
+                              "auxiliary_n_labels": 2, "auxiliary_lr": 1e-3, "settings": settings,
+                              "memorised_f1": memorised_f1}, "s", "/r")
+    control.run(trial, runtime)
+    assert saved == (["memorised", "final"] if kept else ["final"])
+    assert runtime.info["memorised_epoch"] == (1 if kept else None)  # F1 >= 0 at the first epoch
