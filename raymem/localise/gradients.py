@@ -289,9 +289,10 @@ def forgetting_gradient_scores(model, control_model, data: Encoded, noisy_index,
 
 class Gradients(Technique):
     """One trial: the memorised model's gradient differences against a head-only control
-    model that the trial trains itself (pre-trained body frozen, the same labels)."""
+    model that the trial trains itself (pre-trained body frozen, the same labels); in the
+    control setup, against the frozen control model (`localise.control.gradient_normaliser`)."""
     name = "gradients"
-    uses = frozenset({"pair", "pretrained"})
+    uses = frozenset({"pair", "pretrained", "control_model"})
     noisy_checkpoint = "memorised"  # as the original: the gradients of the memorised model
 
     # the published measure; a variant's setting enters the trial id only when it differs
@@ -309,7 +310,11 @@ class Gradients(Technique):
         clean_index = matched_clean_index(pair.noisy, p["seed"])
         with runtime.autocast():
             control = None
-            if variant["gradient_control"]:
+            if variant["gradient_control"] and "control_model_trial" in p:
+                # the control setup: the frozen control model, as the original (visualise_gradients.py)
+                control = runtime.load_checkpoint(p["control_model_trial"], ("final",))
+                control.config.use_cache = False
+            elif variant["gradient_control"]:
                 control = pair.pretrained()
                 control.config.use_cache = False
                 settings = TrainSettings(**search.resolve(p["control_training"], runtime.store))

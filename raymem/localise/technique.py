@@ -30,8 +30,9 @@ from raymem.trial import Tables, Trial
 
 STAGE = "localise"
 # pair: the noisy model and its clean twin; pretrained: the weights fine-tuning started
-# from; hidden: pooled hidden states of the noisy model's final checkpoint (one trial per pair)
-USES = ("pair", "pretrained", "hidden")
+# from; hidden: pooled hidden states of the noisy model's final checkpoint (one trial per pair);
+# control_model: in the control setup, a trained model to normalise by (the "frozen" control model)
+USES = ("pair", "pretrained", "hidden", "control_model")
 # the checkpoints of the noisy model a trial may load, first found first: a noisy model that
 # never reached the memorised checkpoint is compared at its final one
 CHECKPOINTS = {"final": ("final",), "memorised": ("memorised", "final")}

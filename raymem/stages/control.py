@@ -48,7 +48,8 @@ def run(trial: Trial, runtime: Runtime) -> Tables:
     s = TrainSettings(**search.resolve(p["settings"], runtime.store))
     tokenizer = runtime.load_tokenizer(p["model"], s.max_length)
     train = train_split(runtime.store, p["examples_trial"])
-    task = encode_split(tokenizer, train, train["label" if p["variant"] == "noisy" else "original_label"]
+    # "frozen": the noisy task with no layer of its own, the normaliser of forgetting gradients
+    task = encode_split(tokenizer, train, train["original_label" if p["variant"] == "clean" else "label"]
                         .to_numpy(), s.max_length)
     aux_train = train_split(runtime.store, p["auxiliary_examples_trial"])
     auxiliary = encode_split(tokenizer, aux_train, aux_train["original_label"].to_numpy(), s.max_length)
@@ -74,7 +75,7 @@ def run(trial: Trial, runtime: Runtime) -> Tables:
     return {}
 
 
-def train_two_tasks(model, aux_head, task: Encoded, auxiliary: Encoded, pair: tuple[int, int],
+def train_two_tasks(model, aux_head, task: Encoded, auxiliary: Encoded, pair: tuple[int, int] | tuple[()],
                     s: TrainSettings, auxiliary_lr: float, generator: torch.Generator, runtime: Runtime,
                     after_epoch: Callable[[int], None] | None = None, extra: dict | None = None) -> None:
     """Train in place as the original (src/main.py `train`): each epoch, the task's batches
@@ -88,7 +89,7 @@ def train_two_tasks(model, aux_head, task: Encoded, auxiliary: Encoded, pair: tu
     `after_epoch(epoch)` runs after each epoch, before its progress is kept with `extra`."""
     for q in embedding_parameters(model):
         q.requires_grad_(False)
-    start, end = pair
+    start, end = pair if pair else (1, 0)  # no pair: the task's loss changes no layer
     outside = {id(q) for i, layer in enumerate(body_layers(model)) if not start - 1 <= i < end
                for q in layer.parameters()}
     trainable = [q for q in model.parameters() if q.requires_grad]
@@ -167,8 +168,17 @@ def accuracy_rows(layer_scores: pl.DataFrame, pair: tuple[int, int], n_layers: i
     return pl.DataFrame(rows)
 
 
+def gradient_normaliser_planned(study) -> bool:
+    cfg = study.localise
+    return (cfg.control.gradient_normaliser == "auxiliary_frozen" and "gradients" in cfg.techniques
+            and cfg.gradient_control)
+
+
 def plan(study, context: PlanContext) -> list[Trial]:
-    """Per (task, model, seed, planted pair) a noisy and a clean control model, in that order."""
+    """Per (task, model, seed, planted pair) a noisy and a clean control model, in that order;
+    per (task, model, seed) a "frozen" one (no planted pair: the noisy task trains the head
+    alone while the auxiliary task moves every layer), the model the original divided the
+    control models' forgetting gradients by (visualise_gradients.py, `freeze=embeddings-0-..-11`)."""
     cfg, ft = study.localise.control, study.finetune
     auxiliary_n_labels = context.n_labels[cfg.auxiliary_task]
     own = ft.model_dump(include={"epochs", "lr", "batch_size", "max_length", "warmup",
@@ -197,4 +207,13 @@ def plan(study, context: PlanContext) -> list[Trial]:
                     study.study, context.results, (examples.trial_id, auxiliary.trial_id, *searched),
                     runtime_options(ft.resources, ft.checkpoint_every))
                     for variant in ("noisy", "clean")]
+            if gradient_normaliser_planned(study):
+                trials.append(Trial(STAGE, {
+                    "task": task, "model": model, "seed": seed, "variant": "frozen", "pair": [],
+                    "n_labels": context.n_labels[task], "examples_trial": examples.trial_id,
+                    "auxiliary_examples_trial": auxiliary.trial_id,
+                    "auxiliary_n_labels": auxiliary_n_labels, "auxiliary_lr": cfg.auxiliary_lr,
+                    "settings": settings, "memorised_f1": ft.memorised_f1},
+                    study.study, context.results, (examples.trial_id, auxiliary.trial_id, *searched),
+                    runtime_options(ft.resources, ft.checkpoint_every)))
     return trials

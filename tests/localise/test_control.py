@@ -179,3 +179,54 @@ def test_a_noisy_control_model_keeps_a_memorised_checkpoint_for_forgetting_gradi
     control.run(trial, runtime)
     assert saved == (["memorised", "final"] if kept else ["final"])
     assert runtime.info["memorised_epoch"] == (1 if kept else None)  # F1 >= 0 at the first epoch
+
+
+def test_the_frozen_control_model_moves_no_layer_through_the_noisy_task():
+    import numpy as np
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from raymem.localise.layers import body_layers
+    from raymem.pretrain import train_tokenizer
+    from raymem.runtime import Runtime
+    from raymem.stages.control import train_two_tasks
+    from raymem.train import Encoded, TrainSettings
+
+    rng = np.random.default_rng(0)
+    words = "red green blue cat dog fish run jump sit tall small big".split()
+    texts = [" ".join(rng.choice(words, rng.integers(3, 9))) for _ in range(40)]
+    tokenizer = train_tokenizer(texts, 80, 32)
+    task = Encoded(tokenizer, texts[:24], None, rng.integers(0, 2, 24), 32)
+    auxiliary = Encoded(tokenizer, texts[24:], None, rng.integers(0, 3, 16), 32)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+        intermediate_size=32, num_labels=2, pad_token_id=tokenizer.pad_token_id))
+    before = [{k: v.clone() for k, v in layer.state_dict().items()} for layer in body_layers(model)]
+    head_before = model.classifier.weight.clone()
+    train_two_tasks(model, torch.nn.Linear(16, 3), task, auxiliary, (), TrainSettings(epochs=2, lr=1e-2, batch_size=8),
+                    1e-30, torch.Generator().manual_seed(1), Runtime("cpu", "fp32"))
+    assert all(torch.allclose(v, b[k], atol=1e-12, rtol=0) for layer, b in zip(body_layers(model), before)
+               for k, v in layer.state_dict().items())
+    assert not torch.allclose(model.classifier.weight, head_before)  # the head learnt the task
+
+
+def test_control_pairs_divide_forgetting_gradients_by_the_frozen_control_model():
+    from pathlib import Path
+
+    from raymem.config import load_study
+    from raymem.study import plan_trials
+
+    study = load_study(Path(__file__).resolve().parents[2] / "studies" / "control.yaml")
+    assert study.localise.control.gradient_normaliser == "auxiliary_frozen"
+    trials = plan_trials(study, study.results, {"tweet_sentiment": 3, "tweet_polarity": 2},
+                         {m: 4 for m in study.models})
+    frozen = [t for t in trials if t.stage == "control" and t.params["variant"] == "frozen"]
+    assert len(frozen) == len(study.seeds) * len(study.models) and all(t.params["pair"] == [] for t in frozen)
+    by_seed = {t.params["seed"]: t.trial_id for t in frozen}
+    planted = [t for t in trials if t.stage == "localise" and t.params["pair"]]
+    gradients = [t for t in planted if t.params["technique"] == "gradients"]
+    assert gradients and all(t.params["control_model_trial"] == by_seed[t.params["seed"]] for t in gradients)
+    assert all(by_seed[t.params["seed"]] in t.needs for t in gradients)
+    assert not any("control_model_trial" in t.params for t in planted if t.params["technique"] != "gradients")
+    studied = [t for t in trials if t.stage == "localise" and not t.params["pair"] and "technique" in t.params]
+    assert not any("control_model_trial" in t.params for t in studied)  # the studied pairs: head-only, as published

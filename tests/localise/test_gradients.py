@@ -253,3 +253,29 @@ def test_the_gradient_loss_setting_enters_the_trial_id_only_off_its_default():
     gradients = TECHNIQUES["gradients"]
     assert LocaliseConfig().gradient_loss == "log_softmax"
     assert gradients.settings(LocaliseConfig(gradient_loss="raw_logit_nll")) == {"gradient_loss": "raw_logit_nll"}
+
+
+def test_a_control_pair_is_divided_by_its_frozen_control_model(monkeypatch, data):
+    """visualise_gradients.py: the control models' gradients over the auxiliary-trained model
+    whose every layer was frozen for the noisy task, not a head-only one."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from raymem.localise import gradients
+
+    frozen = model_for("bert", data, seed=1)
+    seen = {}
+
+    def scores(model, control, *args, **kwargs):
+        seen["control"] = control
+        return np.full(3, 1 / 3)
+
+    monkeypatch.setattr(gradients, "forgetting_gradient_scores", scores)
+    loaded = []
+    runtime = SimpleNamespace(autocast=nullcontext,
+                              load_checkpoint=lambda trial, names: loaded.append((trial, names)) or frozen)
+    pair = SimpleNamespace(memorised=model_for("bert", data), data=data, noisy=np.arange(len(data)) % 4 == 0,
+                           pretrained=lambda: pytest.fail("a control pair trains no head-only model"))
+    p = {"task": "t", "model": "m", "seed": 1, "pair": "1-2", "control_model_trial": "control-frozen"}
+    gradients.Gradients().run(p, pair, runtime)
+    assert seen["control"] is frozen and loaded == [("control-frozen", ("final",))]
