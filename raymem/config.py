@@ -233,10 +233,11 @@ class ControlConfig(Strict):
                                                         "original's 5e-6, half its main 1e-5)")
     pairs: list[tuple[int, int]] | None = Field(None, description="planted layer pairs, adjacent "
                                                                   "(null: {1,2}, {L/2, L/2+1}, {L-1, L})")
-    gradient_normaliser: Literal["auxiliary_frozen", "head_only"] = Field(
-        "auxiliary_frozen", description="forgetting gradients on the control models: divided by a control model "
-                                        "trained with the auxiliary task but no layer free for the noisy task (one "
-                                        "per task, model and seed: the original's), or by a head-only model")
+    frozen_model: bool = Field(
+        True, description="train a frozen control model per task, model and seed (the auxiliary task moves every "
+                          "layer, the noisy task only the head), the original's baseline of the control setup: "
+                          "forgetting gradients divide by it, probing scores layer 1 against it; false: the "
+                          "head-only model and the pre-trained model's layer 1, as for the studied pairs")
 
     @field_validator("pairs")
     @classmethod

@@ -290,7 +290,7 @@ def forgetting_gradient_scores(model, control_model, data: Encoded, noisy_index,
 class Gradients(Technique):
     """One trial: the memorised model's gradient differences against a head-only control
     model that the trial trains itself (pre-trained body frozen, the same labels); in the
-    control setup, against the frozen control model (`localise.control.gradient_normaliser`)."""
+    control setup, against the frozen control model (`localise.control.frozen_model`)."""
     name = "gradients"
     uses = frozenset({"pair", "pretrained", "control_model"})
     noisy_checkpoint = "memorised"  # as the original: the gradients of the memorised model
@@ -301,6 +301,9 @@ class Gradients(Technique):
 
     def settings(self, cfg) -> dict:
         return {key: getattr(cfg, key) for key, default in self.DEFAULTS.items() if getattr(cfg, key) != default}
+
+    def reads_control_model(self, cfg) -> bool:
+        return cfg.gradient_control  # the control setup's normaliser
 
     def run(self, p: dict, pair: PairInputs, runtime: Runtime) -> Tables:
         from raymem.localise.retraining import train_head

@@ -24,7 +24,10 @@ pre-trained ones), not against layer 0 of the fine-tuned model. `pretrained` (th
 does that: one more probe per seed, in the same stacked run, on the pre-trained model's
 pooled layer 1. `embeddings` keeps F1_0 of the fine-tuned model, which for an encoder is
 degenerate: the pooled [CLS] at the embeddings is one vector for every example, a constant
-predictor, so layer 1's score is inflated and probing's M-CoG moves towards layer 1.
+predictor, so layer 1's score is inflated and probing's M-CoG moves towards layer 1. In the
+control setup the original's baseline is the frozen control model's layer 1 (trained with the
+auxiliary task, no layer free for the noisy task), which raymem uses where it trains one
+(`localise.control.frozen_model`).
 
 Consolidation events (the original's label probes, its visualise_probing notebook): on the
 studied pair, per layer and probe seed, two more probes predict the class, one trained on
@@ -384,10 +387,10 @@ def probing_scores(hidden: np.ndarray, noisy: np.ndarray, s: ProbeSettings = Pro
 BASELINE_BATCH = 64
 
 
-def pretrained_layer1(pair: PairInputs, runtime: Runtime) -> np.ndarray:
-    """(N, H): the pre-trained (not fine-tuned) model's pooled layer 1 for the pair's training
-    examples, in example-id order as the stored hidden states."""
-    model = pair.pretrained()
+def pretrained_layer1(pair: PairInputs, runtime: Runtime, model=None) -> np.ndarray:
+    """(N, H): the pooled layer 1 of the pair's training examples, in example-id order as the
+    stored hidden states, of `model`: by default the pre-trained (not fine-tuned) one."""
+    model = model if model is not None else pair.pretrained()
     model.eval()
     data, rows = pair.data, []
     with torch.inference_mode(), runtime.autocast():
@@ -400,7 +403,10 @@ def pretrained_layer1(pair: PairInputs, runtime: Runtime) -> np.ndarray:
 class Probing(Technique):
     """One trial on the pair's stored hidden states; the probes train on the runtime's device."""
     name = "probing"
-    uses = frozenset({"hidden", "pretrained"})
+    uses = frozenset({"hidden", "pretrained", "control_model"})
+
+    def reads_control_model(self, cfg) -> bool:
+        return cfg.probe_baseline == "pretrained"  # the control setup's layer-1 baseline
 
     def settings(self, cfg) -> dict:
         return {"probe": {key: getattr(cfg, f"probe_{key}") for key in PROBE_KEYS},
@@ -409,7 +415,12 @@ class Probing(Technique):
     def run(self, p: dict, pair: PairInputs, runtime: Runtime) -> Tables:
         settings = ProbeSettings(**{**p["probe"], "seeds": tuple(p["probe"]["seeds"])})
         hidden = pair.hidden()
-        layer1 = pretrained_layer1(pair, runtime) if p["baseline"] == "pretrained" else None
+        layer1 = None
+        if p["baseline"] == "pretrained":
+            # in the control setup the original's baseline is the frozen control model (trained with
+            # the auxiliary task, no layer free for the noisy one): `localise.control.frozen_model`
+            frozen = runtime.load_checkpoint(p["control_model_trial"], ("final",)) if "control_model_trial" in p else None
+            layer1 = pretrained_layer1(pair, runtime, frozen)
         scores = probing_scores(hidden, pair.noisy, settings, runtime.device, pretrained_layer1=layer1)
         tables = {"layer_scores": layer_rows(p, self.name, scores)}
         if p["label_events"] and p["pair"] == "":  # the studied pair; the control setup scores layers only

@@ -46,6 +46,10 @@ class Technique:
     def settings(self, cfg) -> dict:
         return {}
 
+    def reads_control_model(self, cfg) -> bool:
+        """Whether its control-setup trials read the frozen control model (`control_model_trial`)."""
+        return "control_model" in self.uses
+
     def trials(self, base: dict, n_layers: int, cfg) -> list[dict]:
         return [{**base, "technique": self.name, **self.settings(cfg)}]
 

@@ -168,17 +168,20 @@ def accuracy_rows(layer_scores: pl.DataFrame, pair: tuple[int, int], n_layers: i
     return pl.DataFrame(rows)
 
 
-def gradient_normaliser_planned(study) -> bool:
+def frozen_model_planned(study) -> bool:
+    """Whether the frozen control model is trained: asked for, and some technique reads it."""
+    from raymem.localise.registry import TECHNIQUES
+
     cfg = study.localise
-    return (cfg.control.gradient_normaliser == "auxiliary_frozen" and "gradients" in cfg.techniques
-            and cfg.gradient_control)
+    return cfg.control.frozen_model and any(TECHNIQUES[t].reads_control_model(cfg) for t in cfg.techniques)
 
 
 def plan(study, context: PlanContext) -> list[Trial]:
     """Per (task, model, seed, planted pair) a noisy and a clean control model, in that order;
     per (task, model, seed) a "frozen" one (no planted pair: the noisy task trains the head
-    alone while the auxiliary task moves every layer), the model the original divided the
-    control models' forgetting gradients by (visualise_gradients.py, `freeze=embeddings-0-..-11`)."""
+    alone while the auxiliary task moves every layer), the original's baseline of the control
+    setup (`freeze=embeddings-0-..-11`): forgetting gradients divide by it
+    (visualise_gradients.py) and probing scores layer 1 against it (visualise_probing.ipynb)."""
     cfg, ft = study.localise.control, study.finetune
     auxiliary_n_labels = context.n_labels[cfg.auxiliary_task]
     own = ft.model_dump(include={"epochs", "lr", "batch_size", "max_length", "warmup",
@@ -207,7 +210,7 @@ def plan(study, context: PlanContext) -> list[Trial]:
                     study.study, context.results, (examples.trial_id, auxiliary.trial_id, *searched),
                     runtime_options(ft.resources, ft.checkpoint_every))
                     for variant in ("noisy", "clean")]
-            if gradient_normaliser_planned(study):
+            if frozen_model_planned(study):
                 trials.append(Trial(STAGE, {
                     "task": task, "model": model, "seed": seed, "variant": "frozen", "pair": [],
                     "n_labels": context.n_labels[task], "examples_trial": examples.trial_id,

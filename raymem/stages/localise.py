@@ -91,7 +91,7 @@ def plan_pair(study, context: PlanContext, memorised: Trial, clean: Trial,
     for technique in (TECHNIQUES[t] for t in cfg.techniques):
         reads_hidden = "hidden" in technique.uses
         uses_hidden |= reads_hidden
-        normalised = normaliser is not None and "control_model" in technique.uses
+        normalised = normaliser is not None and technique.reads_control_model(cfg)
         pair_base = {**base, "checkpoint": "memorised" if twins else technique.noisy_checkpoint,
                      **({"hidden_trial": hidden.trial_id} if reads_hidden else {}),
                      **({"control_model_trial": normaliser.trial_id} if normalised else {})}

@@ -217,7 +217,7 @@ def test_control_pairs_divide_forgetting_gradients_by_the_frozen_control_model()
     from raymem.study import plan_trials
 
     study = load_study(Path(__file__).resolve().parents[2] / "studies" / "control.yaml")
-    assert study.localise.control.gradient_normaliser == "auxiliary_frozen"
+    assert study.localise.control.frozen_model
     trials = plan_trials(study, study.results, {"tweet_sentiment": 3, "tweet_polarity": 2},
                          {m: 4 for m in study.models})
     frozen = [t for t in trials if t.stage == "control" and t.params["variant"] == "frozen"]
@@ -227,6 +227,30 @@ def test_control_pairs_divide_forgetting_gradients_by_the_frozen_control_model()
     gradients = [t for t in planted if t.params["technique"] == "gradients"]
     assert gradients and all(t.params["control_model_trial"] == by_seed[t.params["seed"]] for t in gradients)
     assert all(by_seed[t.params["seed"]] in t.needs for t in gradients)
-    assert not any("control_model_trial" in t.params for t in planted if t.params["technique"] != "gradients")
+    # probing reads it too (its layer-1 baseline); the other techniques do not
+    assert not any("control_model_trial" in t.params for t in planted
+                   if t.params["technique"] not in ("gradients", "probing"))
     studied = [t for t in trials if t.stage == "localise" and not t.params["pair"] and "technique" in t.params]
     assert not any("control_model_trial" in t.params for t in studied)  # the studied pairs: head-only, as published
+
+
+def test_probing_in_the_control_setup_scores_layer_one_against_the_frozen_control_model(monkeypatch):
+    """visualise_probing.ipynb, control_setup: layer 1's baseline is the frozen (auxiliary-trained) model's."""
+    from pathlib import Path
+
+    from raymem.config import load_study
+    from raymem.study import plan_trials
+
+    study = load_study(Path(__file__).resolve().parents[2] / "studies" / "control.yaml")
+    trials = plan_trials(study, study.results, {"tweet_sentiment": 3, "tweet_polarity": 2},
+                         {m: 4 for m in study.models})
+    frozen = {t.params["seed"]: t.trial_id for t in trials if t.stage == "control" and t.params["variant"] == "frozen"}
+    probing = [t for t in trials if t.stage == "localise" and t.params.get("technique") == "probing"]
+    planted = [t for t in probing if t.params["pair"]]
+    assert planted and all(t.params["control_model_trial"] == frozen[t.params["seed"]] for t in planted)
+    assert not any("control_model_trial" in t.params for t in probing if not t.params["pair"])
+    # no technique reads it: none is trained
+    bare = study.model_copy(update={"localise": study.localise.model_copy(update={"techniques": ["swapping"]})})
+    assert not any(t.stage == "control" and t.params["variant"] == "frozen"
+                   for t in plan_trials(bare, bare.results, {"tweet_sentiment": 3, "tweet_polarity": 2},
+                                        {m: 4 for m in bare.models}))

@@ -210,3 +210,20 @@ def test_the_pretrained_layer_one_is_the_pooled_layer_one_of_each_example_in_ord
     assert got.shape == (len(texts), 16)
     assert np.allclose(got, want, atol=1e-5)  # batched and padded, or one at a time: the same rows
     assert np.unique(got.round(4), axis=0).shape[0] > 1  # unlike layer 0's [CLS], it varies
+
+
+def test_a_control_pairs_layer_one_baseline_is_its_frozen_control_model(monkeypatch):
+    from types import SimpleNamespace
+
+    import raymem.localise.probing as probing
+
+    frozen, seen = object(), {}
+    monkeypatch.setattr(probing, "pretrained_layer1", lambda pair, runtime, model=None: seen.setdefault("model", model)
+                        or np.zeros((4, 2)))
+    monkeypatch.setattr(probing, "probing_scores", lambda *a, **k: np.zeros(3))
+    runtime = SimpleNamespace(device="cpu", load_checkpoint=lambda trial, names: frozen)
+    pair = SimpleNamespace(hidden=lambda: np.zeros((4, 4, 2)), noisy=np.array([True, False, False, False]))
+    p = {"task": "t", "model": "m", "seed": 1, "pair": "1-2", "baseline": "pretrained", "label_events": True,
+         "probe": {"seeds": [0]}, "control_model_trial": "control-frozen", "n_labels": 2}
+    probing.Probing().run(p, pair, runtime)
+    assert seen["model"] is frozen
