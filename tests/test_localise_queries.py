@@ -656,3 +656,21 @@ def test_generalisation_correlation_pools_the_models_tasks_in_an_all_row(tmp_pat
     z, se = np.arctanh(rho), np.sqrt(1.06 / 5)
     assert pooled["spearman_with_gen_low"] == pytest.approx(np.tanh(z - 1.959964 * se), abs=5.1e-4)
     assert rows["m1", "mcog"]["n_tasks"] == 4
+
+
+def test_mcog_of_mean_profile_is_the_originals_mcog_of_the_seed_averaged_scores(tmp_path):
+    # two seeds whose totals differ: the M-CoG of the mean profile weighs the larger one more
+    seeds = {"swapping": {1: [0.9, 0.1, 0.0], 2: [0.0, 0.2, 0.2]},
+             "probing": {1: [0.0, 0.5, 0.5], 2: [0.3, 0.3, 0.0]},
+             "centroids": {1: [0.0, 0.0, 1.0], 2: [0.0, 0.0, 1.0]}}
+    rows = [r for tech, by_seed in seeds.items() for seed, s in by_seed.items()
+            for r in _layer_rows("T", tech, seed, s)]
+    rows += _layer_rows("T", "swapping", 1, [0.0, 0.0, 9.0], pair="1-2")  # control: left out
+    got = {r["technique"]: r for r in query("mcog_of_mean_profile", make_db(tmp_path / "r.duckdb",
+                                                                          layer_scores=rows)).iter_rows(named=True)}
+    centre = {t: m_cog(np.mean([s[1], s[2]], axis=0)) for t, s in seeds.items()}
+    for technique in seeds:
+        assert got[technique]["mcog"] == round(centre[technique], 3) and got[technique]["n_seeds"] == 2
+    assert got["mean"]["mcog"] == pytest.approx((centre["swapping"] + centre["probing"]) / 2, abs=6e-4)  # not centroids
+    per_seed = np.mean([m_cog(seeds["swapping"][1]), m_cog(seeds["swapping"][2])])
+    assert round(per_seed, 3) != got["swapping"]["mcog"]  # mcog_by_task's mean of per-seed M-CoGs differs
