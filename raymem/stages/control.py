@@ -48,7 +48,7 @@ def run(trial: Trial, runtime: Runtime) -> Tables:
     s = TrainSettings(**search.resolve(p["settings"], runtime.store))
     tokenizer = runtime.load_tokenizer(p["model"], s.max_length)
     train = train_split(runtime.store, p["examples_trial"])
-    # "frozen": the noisy task with no layer of its own, the normaliser of forgetting gradients
+    # "frozen": the noisy task with no layer of its own (the baseline of gradients and probing)
     task = encode_split(tokenizer, train, train["original_label" if p["variant"] == "clean" else "label"]
                         .to_numpy(), s.max_length)
     aux_train = train_split(runtime.store, p["auxiliary_examples_trial"])

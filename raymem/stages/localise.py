@@ -60,8 +60,8 @@ def plan(study, context: PlanContext) -> list[Trial]:
 
 def plan_pair(study, context: PlanContext, memorised: Trial, clean: Trial,
               planted: tuple[int, int] | None = None, normaliser: Trial | None = None) -> list[Trial]:
-    """A pair's trials; `normaliser`, in the control setup, the frozen control model whose
-    gradients forgetting gradients divides by (techniques that use "control_model")."""
+    """A pair's trials; `normaliser`, in the control setup, the frozen control model that the
+    techniques reading it (`Technique.reads_control_model`) take as their baseline."""
     p = memorised.params
     task, model, seed = p["task"], p["model"], p["seed"]
     examples = context.examples_trials[task, model]
