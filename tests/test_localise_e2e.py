@@ -61,7 +61,7 @@ def study_run(tiny_mlm, tmp_path_factory):
         # the techniques see a memorised checkpoint rather than a majority-class predictor
         "finetune": {"variants": ["clean", "noisy"], "epochs": 40, "lr": 3e-3, "batch_size": 8,
                      "max_length": 32},
-        "counterfactual": {"enabled": True, "n_models": N_MODELS, "epochs": 20},
+        "counterfactual": {"enabled": True, "n_models": N_MODELS, "epochs": 20, "lr": None},  # finetune.lr
         "localise": {"enabled": True, "techniques": TECHNIQUES, "retrain_epochs": 1,
                      "retrain_batch_size": 16, "retrain_lr": 5e-4, "probe_seeds": [1],
                      "probe_epochs": 5,
