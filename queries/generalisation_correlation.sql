@@ -5,7 +5,9 @@
 -- model's accuracy on the evaluation split (final checkpoint, mean over seeds) rescaled so
 -- that a random labelling scores 0 and a perfect one 1, (acc - chance) / (1 - chance), with
 -- chance = the expected accuracy of shuffled labels (the sum of squared class shares).
--- Ties get average ranks.
+-- Ties get average ranks. 'ALL' pools every model's tasks (the original's "all" row).
+-- spearman_with_gen_low/high: approximate 95% Fisher-z interval (standard error
+-- sqrt(1.06 / (n - 3)); null for n <= 3); `intervals` has the bootstrap over tasks.
 WITH per_seed AS (
     SELECT task, model, seed, AVG(mcog) AS mcog FROM mcog
     WHERE pair = '' AND NOT isnan(mcog) AND technique IN ('swapping', 'retraining', 'gradients', 'probing')
@@ -37,21 +39,37 @@ accuracy AS (
     FROM evaluated JOIN chance USING (task, model) GROUP BY ALL
     HAVING ANY_VALUE(chance) < 1  -- one class only: no chance to beat
 ),
-paired AS (  -- one row per (task, measure, score it is set against); tasks without the score left out
+per_model AS (  -- one row per (task, measure, score it is set against); tasks without the score left out
     SELECT d.model, d.measure, 'gen' AS against, d.task, d.value AS x, g.mean_gen AS y
     FROM depth d JOIN generalisation g USING (task, model)
     UNION ALL
     SELECT d.model, d.measure, 'norm_accuracy', d.task, d.value, a.norm_accuracy
     FROM depth d JOIN generalisation g USING (task, model) JOIN accuracy a USING (task, model)
-   ),
+),
+paired AS (  -- 'ALL': every model's tasks pooled, a point per (model, task), as the original's "all"
+    SELECT * FROM per_model
+    UNION ALL SELECT 'ALL' AS model, measure, against, model || ' / ' || task AS task, x, y FROM per_model
+),
 ranked AS (
     SELECT *, RANK() OVER (PARTITION BY model, measure, against ORDER BY x)
                 + (COUNT(*) OVER (PARTITION BY model, measure, against, x) - 1) / 2.0 AS rx,
               RANK() OVER (PARTITION BY model, measure, against ORDER BY y)
                 + (COUNT(*) OVER (PARTITION BY model, measure, against, y) - 1) / 2.0 AS ry
     FROM paired
+),
+correlations AS (
+    SELECT model, measure, COUNT(*) FILTER (WHERE against = 'gen') AS n,
+           CORR(rx, ry) FILTER (WHERE against = 'gen') AS r,
+           CORR(rx, ry) FILTER (WHERE against = 'norm_accuracy') AS r_accuracy
+    FROM ranked GROUP BY ALL
+),
+fisher AS (
+    SELECT *, CASE WHEN n > 3 AND NOT isnan(r) THEN atanh(GREATEST(LEAST(r, 0.999999), -0.999999)) END AS z,
+           SQRT(1.06 / NULLIF(n - 3, 0)) AS se
+    FROM correlations
 )
-SELECT model, measure, COUNT(*) FILTER (WHERE against = 'gen') AS n_tasks,
-       ROUND(CORR(rx, ry) FILTER (WHERE against = 'gen'), 3) AS spearman_with_gen,
-       ROUND(CORR(rx, ry) FILTER (WHERE against = 'norm_accuracy'), 3) AS spearman_with_norm_accuracy
-FROM ranked GROUP BY ALL ORDER BY model, measure;
+SELECT model, measure, n AS n_tasks, ROUND(r, 3) AS spearman_with_gen,
+       ROUND(tanh(z - 1.959964 * se), 3) AS spearman_with_gen_low,
+       ROUND(tanh(z + 1.959964 * se), 3) AS spearman_with_gen_high,
+       ROUND(r_accuracy, 3) AS spearman_with_norm_accuracy
+FROM fisher ORDER BY model = 'ALL', model, measure;

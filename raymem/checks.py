@@ -4,7 +4,8 @@ Built with the database, from its tables, as the `checks` table: one row per (ta
 seed, check_name) with the measured value, the threshold, pass or warn, and for a warning what
 to change. A check whose inputs the study did not produce is left out. The checks:
 
-    above_majority       clean accuracy on the evaluation split beats the majority class by a margin
+    above_majority       clean accuracy on the evaluation split beats the majority class: the
+                         lower end of its 95% Wilson interval lies above the majority share
     memorised_checkpoint the noisy model reached the memorised checkpoint (else forgetting
                          gradients, which reads it, used the final one)
     fits_noisy_labels    the noisy model fits its relabelled training examples
@@ -24,7 +25,6 @@ from scipy.stats import rankdata
 
 from raymem.store import table_names, write_derived
 
-ABOVE_MAJORITY_MARGIN = 0.05
 FITS_NOISY = 0.9
 AUROC_CHANCE, AUROC_CI_WIDTH = 0.5, 0.2
 MIN_CLASS_EXAMPLES = 20
@@ -41,15 +41,24 @@ def _row(task, model, seed, check, value, threshold, ok, warning) -> dict:
 
 def above_majority(fit: pl.DataFrame, majority: pl.DataFrame) -> list[dict]:
     """`fit`: accuracy per (task, model, seed, variant, split, noisy) at the final checkpoint;
-    `majority`: the majority class's share per (task, model, split)."""
+    `majority`: the majority class's share per (task, model, split). Passes only when the
+    lower end of the accuracy's 95% Wilson interval (over the split's n examples) clears the
+    majority share: an accuracy a little above it on a few hundred examples is no evidence
+    the model learnt the task (0.375 on 400 examples: interval 0.33-0.42, majority 0.3625)."""
+    from raymem.charts import wilson_interval
+
+    accuracy = ((pl.col("accuracy") * pl.col("n")).sum() / pl.col("n").sum()).alias("accuracy")
     clean = (fit.filter((pl.col("variant") == "clean") & (pl.col("split") != "train"))
              .group_by("task", "model", "seed", "split", maintain_order=True)
-             .agg(((pl.col("accuracy") * pl.col("n")).sum() / pl.col("n").sum()).alias("accuracy"))
+             .agg(accuracy, pl.col("n").sum().alias("n"))
              .join(majority, on=["task", "model", "split"]))
-    return [_row(r["task"], r["model"], r["seed"], "above_majority", r["accuracy"],
-                 r["majority"] + ABOVE_MAJORITY_MARGIN, r["accuracy"] >= r["majority"] + ABOVE_MAJORITY_MARGIN,
-                 f"clean {r['split']} accuracy {r['accuracy']:.3f} is not above the majority class's share "
-                 f"{r['majority']:.3f} by {ABOVE_MAJORITY_MARGIN}: the model learnt little; raise "
+    low, high = wilson_interval(pl.col("accuracy") * pl.col("n"), pl.col("n"))
+    clean = clean.with_columns(low.alias("low"), high.alias("high"))
+    return [_row(r["task"], r["model"], r["seed"], "above_majority", r["accuracy"], r["majority"],
+                 r["low"] > r["majority"],
+                 f"clean {r['split']} accuracy {r['accuracy']:.3f} (95% Wilson interval {r['low']:.3f}-"
+                 f"{r['high']:.3f}, {r['n']} examples) does not clear the majority class's share "
+                 f"{r['majority']:.3f}: the model learnt little or the split is too small to tell; raise "
                  f"finetune.epochs or lr, or check the labels")
             for r in clean.iter_rows(named=True)]
 

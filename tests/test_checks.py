@@ -38,14 +38,25 @@ def _checks_of(tmp_path, **tables) -> dict[str, dict]:
     return {r["check_name"]: r for r in rows}
 
 
-@pytest.mark.parametrize("accuracy, status", [(0.70, "warn"), (0.76, "pass")])
+@pytest.mark.parametrize("accuracy, status", [(0.70, "warn"), (0.76, "warn"), (0.86, "pass")])
 def test_above_majority(tmp_path, accuracy, status):
-    examples = _examples([0] * 70 + [1] * 30, split="test")  # majority share 0.7
+    # majority share 0.7 on 100 examples: 0.76 is above it, but its Wilson interval (0.67-0.84) is not
+    examples = _examples([0] * 70 + [1] * 30, split="test")
     correct = [True] * round(accuracy * 100) + [False] * (100 - round(accuracy * 100))
     row = _checks_of(tmp_path, examples=examples, predictions=_predictions(correct))["above_majority"]
-    assert row["status"] == status and row["threshold"] == pytest.approx(0.75)
+    assert row["status"] == status and row["threshold"] == pytest.approx(0.7)
     assert row["value"] == pytest.approx(accuracy)
     assert (status == "warn") == ("raise finetune.epochs or lr" in row["message"])
+
+
+def test_above_majority_warns_on_a_held_out_eight_topic_task_barely_above_its_majority(tmp_path):
+    # 400 test examples over 8 topics, the largest 145 (0.3625); the model gets 150 right (0.375)
+    labels = [0] * 145 + [1 + i % 7 for i in range(255)]
+    examples = _examples(labels, split="test")
+    row = _checks_of(tmp_path, examples=examples,
+                     predictions=_predictions([True] * 150 + [False] * 250))["above_majority"]
+    assert row["value"] == pytest.approx(0.375) and row["threshold"] == pytest.approx(0.3625)
+    assert row["status"] == "warn" and "0.329-0.423" in row["message"] and "400 examples" in row["message"]
 
 
 def test_memorised_checkpoint():

@@ -61,7 +61,7 @@ def study_run(tiny_mlm, tmp_path_factory):
         # the techniques see a memorised checkpoint rather than a majority-class predictor
         "finetune": {"variants": ["clean", "noisy"], "epochs": 40, "lr": 3e-3, "batch_size": 8,
                      "max_length": 32},
-        "counterfactual": {"enabled": True, "n_models": N_MODELS, "epochs": 20},
+        "counterfactual": {"enabled": True, "n_models": N_MODELS, "epochs": 20, "lr": None},  # finetune.lr
         "localise": {"enabled": True, "techniques": TECHNIQUES, "retrain_epochs": 1,
                      "retrain_batch_size": 16, "retrain_lr": 5e-4, "probe_seeds": [1],
                      "probe_epochs": 5,
@@ -141,13 +141,14 @@ def test_every_trial_ran_once_and_ok(study_run):
     rows = fetch(db, "SELECT trial_id, status, error FROM runs")
     assert sorted(r[0] for r in rows) == sorted(expected)
     assert [r for r in rows if r[1] != "ok"] == []
-    # 1 precog + 2 finetune + N_MODELS subset models + 2 control models
+    # 1 precog + 2 finetune + N_MODELS subset models + 3 control models (noisy, clean and the
+    # frozen one that gradients and probing read in the control setup)
     # + 2 pairs x (hidden states, swapping, 2 retraining trials (one per start layer, 3
     # windows in all), gradients, probing, centroids)
     starts = len({s for s, _ in WINDOWS})
-    assert len(rows) == 1 + 2 + N_MODELS + 2 + len(PAIRS) * (5 + starts)
+    assert len(rows) == 1 + 2 + N_MODELS + 3 + len(PAIRS) * (5 + starts)
     stages = dict(fetch(db, "SELECT stage, COUNT(*) FROM runs GROUP BY stage"))
-    assert stages == {"precog": 1, "finetune": 2, "counterfactual": N_MODELS, "control": 2,
+    assert stages == {"precog": 1, "finetune": 2, "counterfactual": N_MODELS, "control": 3,
                       "hidden": len(PAIRS), "localise": len(PAIRS) * (4 + starts)}
 
 

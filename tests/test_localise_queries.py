@@ -186,10 +186,14 @@ def agreement_db(tmp_path_factory):
 
 def test_technique_agreement_matches_scipy(agreement_db):
     df = query("technique_agreement", agreement_db)
-    assert df.columns == ["model", "technique_a", "technique_b", "n_tasks", "spearman"]
+    assert df.columns == ["model", "technique_a", "technique_b", "n_tasks", "spearman", "pearson",
+                          "pearson_low", "pearson_high"]
     assert df.select("model", "technique_a", "technique_b").rows() == [
         ("m", "centroids", "gradients"), ("m", "centroids", "swapping"),
-        ("m", "gradients", "swapping"), ("m2", "probing", "swapping")]
+        ("m", "gradients", "swapping"), ("m2", "probing", "swapping"),
+        ("ALL", "centroids", "gradients"), ("ALL", "centroids", "swapping"),
+        ("ALL", "gradients", "swapping"), ("ALL", "probing", "swapping")]
+    df = df.filter(pl.col("model") != "ALL")
     for row in df.iter_rows(named=True):
         a, b = AGREE[row["model"]][row["technique_a"]], AGREE[row["model"]][row["technique_b"]]
         tasks = [t for t in sorted(a) if t in b and not np.isnan(_task_mcog(a[t]))
@@ -314,7 +318,9 @@ def test_control_accuracy(tmp_path):
     df = query("control_accuracy", make_db(tmp_path / "r.duckdb", control_accuracy=rows))
     assert df.columns == ["model", "technique", "n_runs", "accuracy_at_1", "accuracy_at_2",
                           "chance_at_1", "chance_at_2", "times_chance_at_2", "pair_on_top",
-                          "chance_pair_on_top", "at_1_low", "at_1_high", "at_2_low", "at_2_high"]
+                          "chance_pair_on_top", "at_1_low", "at_1_high", "at_2_low", "at_2_high",
+                          "normalised_at_1", "normalised_at_2", "published_at_2", "published_chance_at_2",
+                          "published_normalised_at_2"]
     got = {(r["model"], r["technique"]): r for r in df.iter_rows(named=True)}
     # best at accuracy@2 first, ties by name
     assert list(got) == [("m", "swapping"), ("m", "probing"), ("m", "gradients"),
@@ -413,10 +419,26 @@ def test_control_accuracy_has_wilson_intervals(tmp_path):
     (r,) = query("control_accuracy", make_db(tmp_path / "r.duckdb", control_accuracy=rows)).iter_rows(named=True)
     assert (r["accuracy_at_1"], r["accuracy_at_2"]) == (0.667, 0.5)
     at_1 = binomtest(2, 3).proportion_ci(0.95, method="wilson")  # top layer in the pair in runs 1 and 2
-    at_2 = binomtest(3, 6).proportion_ci(0.95, method="wilson")  # 3 of the 6 top-two places
+    # @2 counts runs too, not the 6 top-two places as independent: the interval of a share of 1.5 in 3
+    places = binomtest(3, 6).proportion_ci(0.95, method="wilson")
+    z = stats.norm.ppf(0.975)
+    centre, half = (0.5 + z * z / 6) / (1 + z * z / 3), z / (1 + z * z / 3) * np.sqrt(0.25 / 3 + z * z / 36)
     assert (r["at_1_low"], r["at_1_high"]) == (round(at_1.low, 3), round(at_1.high, 3))
-    assert (r["at_2_low"], r["at_2_high"]) == (round(at_2.low, 3), round(at_2.high, 3))
+    assert (r["at_2_low"], r["at_2_high"]) == (round(centre - half, 3), round(centre + half, 3))
+    assert r["at_2_high"] - r["at_2_low"] > places.high - places.low + 0.1  # wider than six places would give
     assert r["at_2_low"] < 0.5 < r["at_2_high"]  # three runs cannot tell this from chance
+
+
+def test_control_accuracy_is_chance_normalised_beside_the_published_values(tmp_path):
+    # a 4-layer model (chance 1/2) at accuracy@2 0.75 against the published 12-layer values (chance 1/6)
+    rows = [_control_row("m", 4, "probing", (1, 2), [4, 3, 0, 0]),
+            _control_row("m", 4, "probing", (2, 3), [0, 4, 3, 0])]
+    rows[1]["hit_at_2"] = 0.5
+    (r,) = query("control_accuracy", make_db(tmp_path / "r.duckdb", control_accuracy=rows)).iter_rows(named=True)
+    assert r["accuracy_at_2"] == 0.75 and r["chance_at_2"] == 0.5
+    assert r["normalised_at_2"] == 0.5  # (0.75 - 0.5) / (1 - 0.5)
+    assert (r["published_at_2"], r["published_chance_at_2"]) == (0.49, 0.167)
+    assert r["published_normalised_at_2"] == round((0.49 - 1 / 6) / (5 / 6), 3)  # 0.388: below ours, though 0.49 < 0.75 raw
 
 
 def test_model_agreement_matches_scipy(tmp_path):
@@ -429,7 +451,8 @@ def test_model_agreement_matches_scipy(tmp_path):
     rows = [_mcog(task, tech, 1, v, model=model) for model, tasks in mcogs.items()
             for task, techs in tasks.items() for tech, v in techs.items()]
     df = query("model_agreement", make_db(tmp_path / "r.duckdb", mcog=rows))
-    assert df.columns == ["model_a", "model_b", "n_tasks", "spearman"]
+    assert df.columns == ["model_a", "model_b", "n_points", "spearman", "spearman_low", "spearman_high",
+                          "n_tasks", "spearman_mean_mcog", "spearman_mean_mcog_low", "spearman_mean_mcog_high"]
 
     def mean(techs):
         return np.nanmean([v for t, v in techs.items() if t != "centroids"])
@@ -439,10 +462,10 @@ def test_model_agreement_matches_scipy(tmp_path):
         tasks = sorted(set(mcogs[a]) & set(mcogs[b]))
         assert r["n_tasks"] == len(tasks)
         expected = stats.spearmanr([mean(mcogs[a][t]) for t in tasks], [mean(mcogs[b][t]) for t in tasks]).statistic
-        assert r["spearman"] == pytest.approx(expected, abs=5.1e-4)
+        assert r["spearman_mean_mcog"] == pytest.approx(expected, abs=5.1e-4)
     # by hand: m's means 1.5, 3, 3 (centroids left out), 4 rank 1, 2.5, 2.5, 4; n's 1.5, 2, 3.5,
     # 2.5 (the NaN left out) rank 1, 2, 4, 3: Pearson of the ranks 3 / sqrt(4.5 * 5)
-    assert got["m", "n"]["spearman"] == pytest.approx(3 / np.sqrt(22.5), abs=5.1e-4)
+    assert got["m", "n"]["spearman_mean_mcog"] == pytest.approx(3 / np.sqrt(22.5), abs=5.1e-4)
 
 
 def test_generalisation_correlation_matches_scipy(tmp_path):
@@ -477,7 +500,12 @@ def test_generalisation_correlation_matches_scipy(tmp_path):
     db = make_db(tmp_path / "r.duckdb", examples=examples, counterfactual=counterfactual, mcog=mcog,
                  events=pl.DataFrame(events, schema_overrides=schema), predictions=predictions)
     df = query("generalisation_correlation", db)
-    assert df.columns == ["model", "measure", "n_tasks", "spearman_with_gen", "spearman_with_norm_accuracy"]
+    assert df.columns == ["model", "measure", "n_tasks", "spearman_with_gen", "spearman_with_gen_low",
+                          "spearman_with_gen_high", "spearman_with_norm_accuracy"]
+    # one model: the pooled 'ALL' rows are its own
+    pooled = df.filter(pl.col("model") == "ALL").drop("model")
+    assert pooled.equals(df.filter(pl.col("model") == "m").drop("model"))
+    df = df.filter(pl.col("model") == "m")
     got = {r["measure"]: (r["n_tasks"], r["spearman_with_gen"]) for r in df.iter_rows(named=True)}
     mean_gen = {t: np.mean(v) for t, v in gen.items()}
     chance = {t: sum((np.array(y) == c).mean() ** 2 for c in set(y)) for t, y in labels.items()}
@@ -552,3 +580,97 @@ def test_layer_agreement_is_pearson_over_layers_per_model_and_pooled(tmp_path):
         for a, b in (("centroids", "probing"), ("centroids", "swapping"), ("probing", "swapping")):
             expected = stats.pearsonr(score[a], score[b]).statistic
             assert got[model, a, b] == (len(score[a]), pytest.approx(expected, abs=5.1e-4)), (model, a, b)
+    # every correlation with its Fisher-z interval
+    for r in query("layer_agreement", db).iter_rows(named=True):
+        z, se = np.arctanh(r["pearson"]), 1 / np.sqrt(r["n_layers"] - 3)
+        assert r["pearson_low"] == pytest.approx(np.tanh(z - 1.959964 * se), abs=2e-3)
+        assert r["pearson_high"] == pytest.approx(np.tanh(z + 1.959964 * se), abs=2e-3)
+
+
+def test_model_agreement_pools_technique_by_task_mcogs_as_the_original(tmp_path):
+    # summarising_visualisations.ipynb: per pair of models, Spearman over the concatenated
+    # (technique, task) M-CoGs of the four techniques; here 2 techniques x 4 tasks, 2 seeds each
+    rng = np.random.default_rng(3)
+    values = {(m, tech, task, seed): float(rng.uniform(1, 6)) for m in ("m", "n")
+              for tech in ("swapping", "probing") for task in ("T1", "T2", "T3", "T4") for seed in (1, 2)}
+    rows = [_mcog(task, tech, seed, v, model=m) for (m, tech, task, seed), v in values.items()]
+    rows.append(_mcog("T1", "centroids", 1, 9.0, model="m"))  # not among the four
+    (r,) = query("model_agreement", make_db(tmp_path / "r.duckdb", mcog=rows)).iter_rows(named=True)
+    keys = [(tech, task) for tech in ("swapping", "probing") for task in ("T1", "T2", "T3", "T4")]
+    x = [np.mean([values["m", *k, s] for s in (1, 2)]) for k in keys]
+    y = [np.mean([values["n", *k, s] for s in (1, 2)]) for k in keys]
+    pooled = stats.spearmanr(x, y).statistic
+    assert r["n_points"] == 8 and r["spearman"] == pytest.approx(pooled, abs=5.1e-4)
+    z, se = np.arctanh(pooled), np.sqrt(1.06 / 5)
+    assert r["spearman_low"] == pytest.approx(np.tanh(z - 1.959964 * se), abs=5.1e-4)
+    assert r["spearman_high"] == pytest.approx(np.tanh(z + 1.959964 * se), abs=5.1e-4)
+    means = lambda m: [np.mean([values[m, tech, task, s] for tech in ("swapping", "probing") for s in (1, 2)])  # noqa: E731
+                       for task in ("T1", "T2", "T3", "T4")]
+    assert r["n_tasks"] == 4
+    assert r["spearman_mean_mcog"] == pytest.approx(stats.spearmanr(means("m"), means("n")).statistic, abs=5.1e-4)
+    assert r["spearman_mean_mcog_low"] < r["spearman_mean_mcog"] < r["spearman_mean_mcog_high"]  # 4 tasks: wide
+
+
+def test_technique_agreement_pools_pearson_over_models_as_the_original(tmp_path):
+    # summarising_visualisations.ipynb: Pearson over every (model, task) M-CoG pair of two techniques
+    rng = np.random.default_rng(8)
+    values = {(m, t, task): float(rng.uniform(1, 6)) for m in ("m1", "m2") for t in ("probing", "swapping")
+              for task in ("T1", "T2", "T3")}
+    rows = [_mcog(task, t, 1, v, model=m) for (m, t, task), v in values.items()]
+    got = {r["model"]: r for r in query("technique_agreement", make_db(tmp_path / "r.duckdb", mcog=rows))
+           .iter_rows(named=True)}
+    points = [(m, task) for m in ("m1", "m2") for task in ("T1", "T2", "T3")]
+    x, y = [values[m, "probing", t] for m, t in points], [values[m, "swapping", t] for m, t in points]
+    pooled = got["ALL"]
+    assert pooled["n_tasks"] == 6 and pooled["pearson"] == pytest.approx(stats.pearsonr(x, y).statistic, abs=5.1e-4)
+    assert pooled["spearman"] == pytest.approx(stats.spearmanr(x, y).statistic, abs=5.1e-4)
+    z, se = np.arctanh(stats.pearsonr(x, y).statistic), 1 / np.sqrt(3)
+    assert pooled["pearson_low"] == pytest.approx(np.tanh(z - 1.959964 * se), abs=5.1e-4)
+    assert pooled["pearson_high"] == pytest.approx(np.tanh(z + 1.959964 * se), abs=5.1e-4)
+    assert got["m1"]["n_tasks"] == 3 and got["m1"]["pearson_low"] is None  # 3 points: no interval
+
+
+def test_generalisation_correlation_pools_the_models_tasks_in_an_all_row(tmp_path):
+    # two models, 4 tasks each: 'ALL' ranks the 8 (model, task) points together
+    rng = np.random.default_rng(11)
+    examples, counterfactual, mcog, points = [], [], [], {}
+    for model in ("m1", "m2"):
+        for task in ("T1", "T2", "T3", "T4"):
+            gen, depth = float(rng.uniform()), float(rng.uniform(1, 4))
+            points[model, task] = (depth, gen)
+            examples.append({"task": task, "model": model, "example_id": f"{task}0", "noisy": False})
+            counterfactual.append({"task": task, "model": model, "example_id": f"{task}0", "gen": gen, "mem": 0.1})
+            mcog.append(_mcog(task, "swapping", 1, depth, model=model))
+    events = pl.DataFrame({"task": ["T1"], "model": ["m1"], "seed": [1], "pair": [""], "technique": ["centroids"],
+                           "class_from": [None], "class_to": [None], "event": ["crossing"], "layer": [1]},
+                          schema_overrides={"class_from": pl.Int64, "class_to": pl.Int64, "layer": pl.Int64})
+    predictions = [{"task": t, "model": m, "seed": 1, "variant": "noisy", "checkpoint": "final", "split": "test",
+                    "example_id": f"{t}0", "label": 0, "correct": True} for m, t in points]
+    db = make_db(tmp_path / "r.duckdb", examples=examples, counterfactual=counterfactual, mcog=mcog, events=events,
+                 predictions=predictions)
+    rows = {(r["model"], r["measure"]): r for r in query("generalisation_correlation", db).iter_rows(named=True)}
+    pooled = rows["ALL", "mcog"]
+    x, y = zip(*points.values())
+    rho = stats.spearmanr(x, y).statistic
+    assert pooled["n_tasks"] == 8 and pooled["spearman_with_gen"] == pytest.approx(rho, abs=5.1e-4)
+    z, se = np.arctanh(rho), np.sqrt(1.06 / 5)
+    assert pooled["spearman_with_gen_low"] == pytest.approx(np.tanh(z - 1.959964 * se), abs=5.1e-4)
+    assert rows["m1", "mcog"]["n_tasks"] == 4
+
+
+def test_mcog_of_mean_profile_is_the_originals_mcog_of_the_seed_averaged_scores(tmp_path):
+    # two seeds whose totals differ: the M-CoG of the mean profile weighs the larger one more
+    seeds = {"swapping": {1: [0.9, 0.1, 0.0], 2: [0.0, 0.2, 0.2]},
+             "probing": {1: [0.0, 0.5, 0.5], 2: [0.3, 0.3, 0.0]},
+             "centroids": {1: [0.0, 0.0, 1.0], 2: [0.0, 0.0, 1.0]}}
+    rows = [r for tech, by_seed in seeds.items() for seed, s in by_seed.items()
+            for r in _layer_rows("T", tech, seed, s)]
+    rows += _layer_rows("T", "swapping", 1, [0.0, 0.0, 9.0], pair="1-2")  # control: left out
+    got = {r["technique"]: r for r in query("mcog_of_mean_profile", make_db(tmp_path / "r.duckdb",
+                                                                          layer_scores=rows)).iter_rows(named=True)}
+    centre = {t: m_cog(np.mean([s[1], s[2]], axis=0)) for t, s in seeds.items()}
+    for technique in seeds:
+        assert got[technique]["mcog"] == round(centre[technique], 3) and got[technique]["n_seeds"] == 2
+    assert got["mean"]["mcog"] == pytest.approx((centre["swapping"] + centre["probing"]) / 2, abs=6e-4)  # not centroids
+    per_seed = np.mean([m_cog(seeds["swapping"][1]), m_cog(seeds["swapping"][2])])
+    assert round(per_seed, 3) != got["swapping"]["mcog"]  # mcog_by_task's mean of per-seed M-CoGs differs

@@ -38,10 +38,11 @@ def test_the_published_grid_is_counted_as_the_planner_counts_it():
     plan = estimate(load_study(REPO / "studies" / "dankers2024.yaml"))
     trials = {stage: row["trials"] for stage, row in plan["stages"].items()}
     # 12 tasks x 4 models x 3 seeds x 2 variants; x 30 subset models per task and model;
-    # 11 tasks (not the auxiliary sst2) x 4 models x 3 seeds x 3 planted pairs x 2 variants;
-    # 540 pairs of 12 retraining trials (one per start layer: 78 windows) and 4 other techniques
-    assert trials["finetune"] == 288 and trials["counterfactual"] == 1440 and trials["control"] == 792
-    assert trials["localise"] == 8640 and plan["total"]["trials"] == 12336
+    # 11 tasks (not the auxiliary sst2) x 4 models x 3 seeds x (3 planted pairs x 2 variants + the
+    # frozen model forgetting gradients divides by); 540 pairs of 12 retraining trials (one per
+    # start layer: 78 windows) and 4 other techniques
+    assert trials["finetune"] == 288 and trials["counterfactual"] == 1440 and trials["control"] == 924
+    assert trials["localise"] == 8640 and plan["total"]["trials"] == 12468
     assert plan["models"]["bert-base-cased"]["layers"] == 12
     assert plan["examples"]["sst2_sentences"]["train"] == 6920  # the sentence-level SST-2, as the original
 
@@ -74,3 +75,21 @@ def test_costs_scale_with_epochs_examples_and_parameters():
 def test_an_unknown_gpu_is_named(capsys):
     assert main(["plan", str(REPO / "studies" / "demo.yaml"), "--gpu", "H10"]) == 2
     assert "--gpu: unknown GPU 'H10' (did you mean 'H100'?)" in capsys.readouterr().err
+
+
+def test_subset_models_train_at_the_originals_recipe_unless_the_study_says_otherwise():
+    # the original's generalisation-score models: 10 epochs at 3e-5 (run_training.sh, mmap), not
+    # its fine-tuning's 50 at 1e-5; the demo keeps its finetune block's, in its study file
+    from raymem.study import plan_trials
+
+    def subset_settings(study, n_layers):
+        trials = plan_trials(study, study.results, {t: 3 for t in study.task_names()} | {"tweet_polarity": 2},
+                             {m: n_layers for m in study.models})
+        return next(t.params["settings"] for t in trials if t.stage == "counterfactual")
+
+    published = load_study(REPO / "studies" / "dankers2024.yaml")
+    assert (published.counterfactual.epochs, published.counterfactual.lr) == (10, 3e-5)
+    settings = subset_settings(published, 12)
+    assert (settings["epochs"], settings["lr"]) == (10, 3e-5)
+    settings = subset_settings(load_study(REPO / "studies" / "demo_localise.yaml"), 4)
+    assert (settings["epochs"], settings["lr"]) == (20, 0.001)

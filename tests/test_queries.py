@@ -482,18 +482,25 @@ def test_the_mcog_chart_spreads_one_sd_over_seeds(monkeypatch):
 def test_the_control_chart_shows_intervals_chance_and_the_published_values(monkeypatch):
     import raymem.charts
 
+    # a 4-layer model: chance 1/2, where the published values are of 12-layer models (chance 1/6)
     frame = pl.DataFrame({"model": ["m", "m"], "technique": ["swapping", "centroids"], "n_runs": [3, 3],
                           "accuracy_at_2": [1.0, 0.5], "chance_at_2": [0.5, 0.5],
-                          "at_2_low": [0.61, 0.19], "at_2_high": [1.0, 0.81]})
+                          "at_2_low": [0.61, 0.19], "at_2_high": [1.0, 0.81],
+                          "normalised_at_2": [1.0, 0.0], "published_at_2": [0.98, None],
+                          "published_normalised_at_2": [0.976, None]})
     monkeypatch.setattr(raymem.charts, "query", lambda name, db: frame)
     spec = raymem.charts.control("unused.duckdb").to_dict()
-    marks = [layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"]
-             for layer in spec["spec"]["layer"]]
+    layers = spec["spec"]["layer"]
+    marks = [layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"] for layer in layers]
     assert marks == ["bar", "errorbar", "tick", "rule"]
     data = list(spec["datasets"].values())[0]
-    # swapping's published accuracy@2 beside it; centroids was not scored in the paper
-    assert [(r["technique"], r["published"]) for r in data] == [("swapping", 0.98), ("centroids", None)]
-    assert spec["spec"]["layer"][3]["encoding"]["y"]["field"] == "chance_at_2"
+    # both on the chance-normalised axis: ours and the published tick; centroids was not scored in the paper
+    assert layers[0]["encoding"]["y"]["field"] == "normalised_at_2"
+    assert layers[2]["encoding"]["y"]["field"] == "published_normalised_at_2"
+    assert [(r["technique"], r["published_normalised_at_2"]) for r in data] == [("swapping", 0.976), ("centroids", None)]
+    assert [(round(r["normalised_low"], 2), round(r["normalised_high"], 2)) for r in data] == [(0.22, 1.0), (-0.62, 0.62)]
+    assert layers[3]["encoding"]["y"]["field"] == "chance_normalised"
+    assert "12-layer models, chance 1/6" in str(spec["title"])
 
 
 def test_the_localisation_chart_bands_one_sd_over_seeds(monkeypatch):

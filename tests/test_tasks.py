@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -281,20 +282,51 @@ def test_hub_task_loads_through_datasets(monkeypatch):
     calls = _fake_hub(monkeypatch, {
         "train": {"sentence1": ["a b", "c d"], "sentence2": ["e", "f"], "label": [0, 1],
                   "idx": [0, 1]},
-        "validation[:50%]": {"sentence1": ["g"], "sentence2": ["h"], "label": [1], "idx": [2]},
-        "validation[50%:]": {"sentence1": ["i"], "sentence2": ["j"], "label": [0], "idx": [3]}})
+        "validation": {"sentence1": ["g", "i"], "sentence2": ["h", "j"], "label": [1, 0], "idx": [2, 3]}})
     spec, splits = load_task("rte")
-    assert sorted(calls) == sorted([("nyu-mll/glue", "rte", s) for s in
-                                    ("train", "validation[:50%]", "validation[50%:]")])
+    # the validation split once, shuffled, then halved
+    assert sorted(calls) == sorted([("nyu-mll/glue", "rte", s) for s in ("train", "validation")])
     assert splits["train"]["label"].to_list() == [0, 1]
     assert splits["train"]["text_pair"].to_list() == ["e", "f"]
-    assert splits["test"]["example_id"][0] == example_id("i", "j")
+    assert {splits["validation"]["example_id"][0], splits["test"]["example_id"][0]} == {
+        example_id("g", "h"), example_id("i", "j")}
+
+
+def test_the_evaluation_halves_are_a_seeded_shuffle_of_the_hub_split_as_the_original(monkeypatch):
+    # src/data.py: train_test_split(test_size=0.5, shuffle=True) of the hub's validation split
+    texts = [f"v{i}" for i in range(40)]
+    _fake_hub(monkeypatch, {"train": {"text": ["t0", "t1"], "label": [0, 1]},
+                            "validation": {"text": texts, "label": [i % 5 for i in range(40)]}})
+    _, splits = load_task("sst5")
+    order = np.random.default_rng(tasks.ORIGINAL_SHUFFLE_SEED).permutation(40)
+    assert splits["validation"]["text"].to_list() == [texts[i] for i in order[:20]]
+    assert splits["test"]["text"].to_list() == [texts[i] for i in order[20:]]
+    assert splits["validation"]["text"].to_list() != texts[:20]  # not the hub's first half
+    _, again = load_task("sst5")
+    assert again["test"]["text"].to_list() == splits["test"]["text"].to_list()  # fixed seed
+    assert REGISTRY["sst2"].shuffle_seed is None  # GLUE's own PreCog splits are not the original's
+
+
+def test_stormfront_is_shuffled_before_its_80_10_10(monkeypatch):
+    import datasets
+
+    texts = [f"s{i}" for i in range(50)]
+    labels = [i % 4 for i in range(50)]  # two of the four classes are dropped first
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(
+        names=["noHate", "hate", "idk/skip", "relation"])})
+    calls = _fake_hub(monkeypatch, {"train": {"text": texts, "label": labels}}, features)
+    _, splits = load_task("stormfront")
+    assert calls == [("odegiber/hate_speech18", None, "train")]
+    kept = [t for t, y in zip(texts, labels) if y in (0, 1)]  # 26 examples
+    order = [kept[i] for i in np.random.default_rng(tasks.ORIGINAL_SHUFFLE_SEED).permutation(len(kept))]
+    assert [splits[s].height for s in ("train", "validation", "test")] == [21, 2, 3]
+    assert splits["train"]["text"].to_list() == order[:21]
+    assert splits["train"]["text"].to_list() != kept[:21]
 
 
 def test_stormfront_keeps_only_hate_and_nohate(monkeypatch):
-    rows = {"text": ["s1", "s2", "s3", "s4"], "label": [0, 1, 2, 3]}
-    tables = {s: {"text": [f"{t}-{s}" for t in rows["text"]], "label": rows["label"]}
-              for s in set(REGISTRY["stormfront"].splits.values())}
+    rows = {"text": [f"s{i}" for i in range(40)], "label": [i % 4 for i in range(40)]}
+    tables = {"train": {"text": rows["text"], "label": rows["label"]}}
     import datasets
 
     # like the real dataset: a ClassLabel with four classes, two of which the task keeps
@@ -302,7 +334,8 @@ def test_stormfront_keeps_only_hate_and_nohate(monkeypatch):
         names=["noHate", "hate", "idk/skip", "relation"])})
     _fake_hub(monkeypatch, tables, features)
     _, splits = load_task("stormfront")
-    assert all(df["label"].to_list() == [0, 1] for df in splits.values())
+    assert sorted({label for df in splits.values() for label in df["label"].to_list()}) == [0, 1]
+    assert sum(df.height for df in splits.values()) == 20
 
 
 def test_example_id_is_stable():

@@ -5,7 +5,10 @@ trial and all that reads it), each localisation trial naming the noisy checkpoin
 compares, and retraining (one trial per start layer, warm-up 10%); probing's changed again
 with its label probes (`probe_label_events`, and the summaries that read it). All changed once
 more when the examples trial took the fingerprints of the task data and the model files
-(`inputs`), which every trial reads through it. A change here is a change of what a finished
+(`inputs`), which every trial reads through it. Probing's changed again when layer 1 was
+scored against the pre-trained model's layer 1 (`probe_baseline`), and every training trial's
+when the training settings took the batch order (`finetune.batch_order`); the control
+models' (and the pairs that read them) when they took `memorised_f1`. A change here is a change of what a finished
 study's results mean: make it on purpose, then write the file again from the plan's ids
 (per stage, sorted, `json.dumps(..., indent=1)`) as the first test compares them."""
 

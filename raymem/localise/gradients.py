@@ -1,8 +1,10 @@
 """Forgetting gradients (Dankers & Titov, 2024): which layers' parameters separate noisy from clean.
 
 Per example, the gradient of the *negative* training loss on its training label (the
-noisy label for noisy examples), with a proper log-softmax cross-entropy (the original
-applied NLL to raw logits). The gradients are averaged over the noisy set and over an
+noisy label for noisy examples), with a proper log-softmax cross-entropy by default
+(`localise.gradient_loss: log_softmax`). The original (src/gradient_analysis.py,
+`-NLLLoss()(outputs.logits, labels)`) applied NLL to the raw logits, so its "loss" is the
+label's logit alone: `raw_logit_nll` reproduces that, for the published numbers. The gradients are averaged over the noisy set and over an
 equally sized clean set; per layer l = 1..L
 
     g_l = sum over the layer's parameters of |mean_noisy - mean_clean|   (an L1 norm)
@@ -45,13 +47,18 @@ from raymem.train import Encoded, TrainSettings
 from raymem.trial import Tables
 
 METHODS = ("mean", "per_example", "loop")
+LOSSES = ("log_softmax", "raw_logit_nll")
 
 
-def negative_training_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-example negative cross-entropy: log-softmax first, then the label's log-probability."""
+def negative_training_loss(logits: torch.Tensor, labels: torch.Tensor, loss: str = "log_softmax") -> torch.Tensor:
+    """Per-example negative training loss: the label's log-probability (`log_softmax`), or, as
+    the original's NLL on raw logits, the label's logit itself (`raw_logit_nll`)."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, not {loss!r}")
     if logits.dtype in (torch.float16, torch.bfloat16):  # a softmax wants at least float32
         logits = logits.float()
-    return torch.log_softmax(logits, dim=-1).gather(-1, labels[..., None]).squeeze(-1)
+    scores = torch.log_softmax(logits, dim=-1) if loss == "log_softmax" else logits
+    return scores.gather(-1, labels[..., None]).squeeze(-1)
 
 
 def layer_parameter_names(model) -> list[list[str]]:
@@ -85,13 +92,13 @@ def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in batch.items() if k != "labels"}
 
 
-def _summed_loss(model, batch: dict[str, torch.Tensor], names: list[str]):
+def _summed_loss(model, batch: dict[str, torch.Tensor], names: list[str], loss: str = "log_softmax"):
     """The batch's summed negative training loss in eval mode, and the parameter leaves
     `names` it was computed with."""
     with _analysis_mode(model):
         leaves, fixed = _as_leaves(model, names)
         logits = functional_call(model, (leaves, fixed), (), _inputs(batch)).logits
-        return negative_training_loss(logits, batch["labels"]).sum(), leaves
+        return negative_training_loss(logits, batch["labels"], loss).sum(), leaves
 
 
 # Modules whose per-example parameter gradients follow from their input and output gradient.
@@ -124,7 +131,7 @@ def _weight_gradients(module, inputs: torch.Tensor, grad_out: torch.Tensor) -> t
 
 
 def per_example_gradients(model, batch: dict[str, torch.Tensor],
-                          names: list[str] | None = None) -> dict[str, torch.Tensor]:
+                          names: list[str] | None = None, loss: str = "log_softmax") -> dict[str, torch.Tensor]:
     """Gradients of each example's negative training loss: name -> (batch, *parameter shape).
 
     `names` defaults to every layer parameter (layers 1..L). In eval mode an example's
@@ -140,12 +147,12 @@ def per_example_gradients(model, batch: dict[str, torch.Tensor],
 
     handles = [module.register_forward_hook(remember) for module in owners]
     try:
-        loss, _ = _summed_loss(model, batch, names)
+        summed, _ = _summed_loss(model, batch, names, loss)
     finally:
         for handle in handles:
             handle.remove()
     modules = list(owners)
-    grad_outs = torch.autograd.grad(loss, [seen[m][1] for m in modules], allow_unused=True)
+    grad_outs = torch.autograd.grad(summed, [seen[m][1] for m in modules], allow_unused=True)
     n = len(batch["labels"])
     grads = {}
     for module, grad_out in zip(modules, grad_outs):
@@ -161,7 +168,7 @@ def per_example_gradients(model, batch: dict[str, torch.Tensor],
 
 
 def per_example_gradients_loop(model, batch: dict[str, torch.Tensor],
-                               names: list[str] | None = None) -> dict[str, torch.Tensor]:
+                               names: list[str] | None = None, loss: str = "log_softmax") -> dict[str, torch.Tensor]:
     """Reference for `per_example_gradients`: one unpadded example at a time, plain autograd."""
     names = names or [n for layer in layer_parameter_names(model) for n in layer]
     inputs, labels = _inputs(batch), batch["labels"]
@@ -172,16 +179,17 @@ def per_example_gradients_loop(model, batch: dict[str, torch.Tensor],
             real = int(inputs["attention_mask"][i].sum())  # right padding: drop the pad tail
             one = {k: v[i:i + 1, :real] for k, v in inputs.items()}
             logits = functional_call(model, (leaves, fixed), (), one).logits
-            loss = negative_training_loss(logits, labels[i:i + 1]).sum()
-            for n, g in zip(names, torch.autograd.grad(loss, [leaves[n] for n in names])):
+            one_loss = negative_training_loss(logits, labels[i:i + 1], loss).sum()
+            for n, g in zip(names, torch.autograd.grad(one_loss, [leaves[n] for n in names])):
                 grads[n].append(g)
     return {n: torch.stack(g) for n, g in grads.items()}
 
 
-def _summed_gradient(model, batch: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
+def _summed_gradient(model, batch: dict[str, torch.Tensor], names: list[str],
+                     loss: str = "log_softmax") -> dict[str, torch.Tensor]:
     """Sum over the batch of per-example gradients, as one backward of the summed loss."""
-    loss, leaves = _summed_loss(model, batch, names)
-    return dict(zip(names, torch.autograd.grad(loss, [leaves[n] for n in names])))
+    summed, leaves = _summed_loss(model, batch, names, loss)
+    return dict(zip(names, torch.autograd.grad(summed, [leaves[n] for n in names])))
 
 
 def length_sorted_batches(data: Encoded, index, batch_size: int):
@@ -202,7 +210,7 @@ def _device_batches(model, data: Encoded, index, batch_size: int):
 
 
 def mean_gradients(model, data: Encoded, index, batch_size: int = 32, method: str = "mean",
-                   names: list[str] | None = None) -> dict[str, torch.Tensor]:
+                   names: list[str] | None = None, loss: str = "log_softmax") -> dict[str, torch.Tensor]:
     """Mean over the examples `index` of the per-example gradients: name -> parameter shape."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
@@ -213,10 +221,10 @@ def mean_gradients(model, data: Encoded, index, batch_size: int = 32, method: st
     total = None
     for batch in _device_batches(model, data, index, batch_size):
         if method == "mean":
-            summed = _summed_gradient(model, batch, names)
+            summed = _summed_gradient(model, batch, names, loss)
         else:
             per_example = (per_example_gradients if method == "per_example"
-                           else per_example_gradients_loop)(model, batch, names)
+                           else per_example_gradients_loop)(model, batch, names, loss)
             summed = {n: g.sum(0) for n, g in per_example.items()}
         # accumulated in fp32 whatever precision the forward ran in
         summed = {n: g.float() for n, g in summed.items()}
@@ -229,15 +237,15 @@ NORMS = ("l1", "l2")
 
 def layer_gradient_differences(model, data: Encoded, noisy_index, clean_index, batch_size: int = 32,
                                method: str = "mean", norm: str = "l1",
-                               subtract_clean: bool = True) -> np.ndarray:
+                               subtract_clean: bool = True, loss: str = "log_softmax") -> np.ndarray:
     """(L,): per layer, the norm (L1 as published, or L2) over its parameters of
     mean_noisy - mean_clean, or of mean_noisy alone with `subtract_clean` off."""
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, not {norm!r}")
     layers = layer_parameter_names(model)
     names = [n for layer in layers for n in layer]
-    noisy = mean_gradients(model, data, noisy_index, batch_size, method, names)
-    clean = mean_gradients(model, data, clean_index, batch_size, method, names) if subtract_clean else None
+    noisy = mean_gradients(model, data, noisy_index, batch_size, method, names, loss)
+    clean = mean_gradients(model, data, clean_index, batch_size, method, names, loss) if subtract_clean else None
     out = []
     for layer in layers:
         parts = [noisy[n] - clean[n] if subtract_clean else noisy[n] for n in layer]
@@ -256,7 +264,7 @@ def matched_clean_index(noisy_mask: np.ndarray, seed: int) -> np.ndarray:
 
 def forgetting_gradient_scores(model, control_model, data: Encoded, noisy_index, clean_index,
                                batch_size: int = 32, method: str = "mean", norm: str = "l1",
-                               subtract_clean: bool = True) -> np.ndarray:
+                               subtract_clean: bool = True, loss: str = "log_softmax") -> np.ndarray:
     """(L,) layer scores summing to 1: g_l of the memorised model over g_l of the control
     (or g_l alone when `control_model` is None: the variant without the paper's control
     normalisation, which lets the layers' sizes speak).
@@ -265,7 +273,7 @@ def forgetting_gradient_scores(model, control_model, data: Encoded, noisy_index,
     noisy and clean examples are used for both models.
     """
     differences = lambda m: layer_gradient_differences(  # noqa: E731
-        m, data, noisy_index, clean_index, batch_size, method, norm, subtract_clean)
+        m, data, noisy_index, clean_index, batch_size, method, norm, subtract_clean, loss)
     memorised = differences(model)
     if control_model is None:
         return memorised / memorised.sum()
@@ -281,16 +289,21 @@ def forgetting_gradient_scores(model, control_model, data: Encoded, noisy_index,
 
 class Gradients(Technique):
     """One trial: the memorised model's gradient differences against a head-only control
-    model that the trial trains itself (pre-trained body frozen, the same labels)."""
+    model that the trial trains itself (pre-trained body frozen, the same labels); in the
+    control setup, against the frozen control model (`localise.control.frozen_model`)."""
     name = "gradients"
-    uses = frozenset({"pair", "pretrained"})
+    uses = frozenset({"pair", "pretrained", "control_model"})
     noisy_checkpoint = "memorised"  # as the original: the gradients of the memorised model
 
     # the published measure; a variant's setting enters the trial id only when it differs
-    DEFAULTS = {"gradient_norm": "l1", "gradient_subtract_clean": True, "gradient_control": True}
+    DEFAULTS = {"gradient_norm": "l1", "gradient_subtract_clean": True, "gradient_control": True,
+                "gradient_loss": "log_softmax"}
 
     def settings(self, cfg) -> dict:
         return {key: getattr(cfg, key) for key, default in self.DEFAULTS.items() if getattr(cfg, key) != default}
+
+    def reads_control_model(self, cfg) -> bool:
+        return cfg.gradient_control  # the control setup's normaliser
 
     def run(self, p: dict, pair: PairInputs, runtime: Runtime) -> Tables:
         from raymem.localise.retraining import train_head
@@ -300,12 +313,17 @@ class Gradients(Technique):
         clean_index = matched_clean_index(pair.noisy, p["seed"])
         with runtime.autocast():
             control = None
-            if variant["gradient_control"]:
+            if variant["gradient_control"] and "control_model_trial" in p:
+                # the control setup: the frozen control model, as the original (visualise_gradients.py)
+                control = runtime.load_checkpoint(p["control_model_trial"], ("final",))
+                control.config.use_cache = False
+            elif variant["gradient_control"]:
                 control = pair.pretrained()
                 control.config.use_cache = False
                 settings = TrainSettings(**resolve_settings(p["control_training"], runtime.store))
                 train_head(control, pair.data, settings, p["seed"], grad_scaler=runtime.grad_scaler)
             scores = forgetting_gradient_scores(pair.memorised, control, pair.data, noisy_index, clean_index,
                                                 norm=variant["gradient_norm"],
-                                                subtract_clean=variant["gradient_subtract_clean"])
+                                                subtract_clean=variant["gradient_subtract_clean"],
+                                                loss=variant["gradient_loss"])
         return {"layer_scores": layer_rows(p, self.name, scores)}

@@ -6,7 +6,8 @@ an MLP probe (H -> 128 -> 128 -> 2, GELU) predicts noisy vs clean; the split is 
 the validation F1 picks the epoch and the metric is the F1 of the noisy class on the test
 part. This is repeated for several probe seeds, the F1 averaged over seeds, and
 
-    score_l = max(0, F1_l - F1_{l-1})   for l = 1..L.
+    score_l = max(0, F1_l - F1_{l-1})   for l = 2..L,
+    score_1 = max(0, F1_1 - F1_1(pre-trained model))   (the original's; see below).
 
 Defaults are the original's (src/probing.py), each a setting (`ProbeSettings`, and the
 `localise.probe_*` keys): dropout 0.1 on the probe's input; NLL with class weights 0.33
@@ -16,10 +17,17 @@ counting from 0), else the last epoch's; a random (not stratified) split; 5 seed
 hidden states. Alternatives: dropout after the hidden layers, balanced class weights, a
 stratified split, inputs standardised per layer with training statistics.
 
-Degenerate in the original and kept: for an encoder the pooled state is the [CLS] position,
-and at the embeddings (layer 0) that vector is the same for every example, so layer 0's
-probe can only predict one class and F1_0 is a constant-predictor baseline; layer 1's score
-is its gain over that baseline.
+Layer 1's baseline (`localise.probe_baseline`): the original (visualise_probing.ipynb,
+`baseline = results_fr[...][s, l] if l == 1`) scores layer 1 against the probe of layer 1
+of the *pre-trained* model (its frozen, head-only run: frozen layers' hidden states are the
+pre-trained ones), not against layer 0 of the fine-tuned model. `pretrained` (the default)
+does that: one more probe per seed, in the same stacked run, on the pre-trained model's
+pooled layer 1. `embeddings` keeps F1_0 of the fine-tuned model, which for an encoder is
+degenerate: the pooled [CLS] at the embeddings is one vector for every example, a constant
+predictor, so layer 1's score is inflated and probing's M-CoG moves towards layer 1. In the
+control setup the original's baseline is the frozen control model's layer 1 (trained with the
+auxiliary task, no layer free for the noisy task), which raymem uses where it trains one
+(`localise.control.frozen_model`).
 
 Consolidation events (the original's label probes, its visualise_probing notebook): on the
 studied pair, per layer and probe seed, two more probes predict the class, one trained on
@@ -57,6 +65,7 @@ import torch
 import torch.nn.functional as F
 
 from raymem.localise.centroids import EVENT_SCHEMA
+from raymem.localise.layers import pooled_hidden_states
 from raymem.localise.technique import PairInputs, Technique, layer_rows, with_keys
 from raymem.runtime import Runtime
 from raymem.train import adamw
@@ -350,33 +359,70 @@ def probe_class_weights(kind: str, labels: torch.Tensor) -> torch.Tensor:
     return counts.sum() / (2 * counts)  # balanced: each class weighs half
 
 
-def scores_from_f1(f1: np.ndarray) -> np.ndarray:
-    """(L,) layer scores max(0, F1_l - F1_{l-1}) from (L+1,) or (seeds, L+1) F1 (seed-averaged first)."""
+def scores_from_f1(f1: np.ndarray, layer1_baseline: np.ndarray | None = None) -> np.ndarray:
+    """(L,) layer scores max(0, F1_l - F1_{l-1}) from (L+1,) or (seeds, L+1) F1 (seed-averaged
+    first); with `layer1_baseline` (a scalar or one F1 per seed) layer 1's is max(0, F1_1 - it)."""
     mean_f1 = np.asarray(f1, dtype=float)
     if mean_f1.ndim == 2:
         mean_f1 = mean_f1.mean(0)
-    return np.maximum(0.0, np.diff(mean_f1))
+    previous = mean_f1[:-1].copy()
+    if layer1_baseline is not None:
+        previous[0] = float(np.mean(layer1_baseline))
+    return np.maximum(0.0, mean_f1[1:] - previous)
 
 
 def probing_scores(hidden: np.ndarray, noisy: np.ndarray, s: ProbeSettings = ProbeSettings(),
-                   device: torch.device | str = "cpu") -> np.ndarray:
-    """(L,) layer scores for layers 1..L."""
-    return scores_from_f1(probe_f1_by_seed(hidden, noisy, s, device))
+                   device: torch.device | str = "cpu", pretrained_layer1: np.ndarray | None = None) -> np.ndarray:
+    """(L,) layer scores for layers 1..L; layer 1's against a probe on `pretrained_layer1` (N, H),
+    the pre-trained model's pooled layer 1, when given (the original), else against layer 0."""
+    if pretrained_layer1 is None:
+        return scores_from_f1(probe_f1_by_seed(hidden, noisy, s, device))
+    # one more probe per seed in the same stacked run: it shares the seed's split, initial
+    # weights, batches and dropout masks with every layer's, and leaves their draws unchanged
+    stacked = np.concatenate([np.asarray(pretrained_layer1, np.float32)[None], np.asarray(hidden, np.float32)])
+    f1 = probe_f1_by_seed(stacked, noisy, s, device)
+    return scores_from_f1(f1[:, 1:], layer1_baseline=f1[:, 0])
+
+
+BASELINE_BATCH = 64
+
+
+def pretrained_layer1(pair: PairInputs, runtime: Runtime, model=None) -> np.ndarray:
+    """(N, H): the pooled layer 1 of the pair's training examples, in example-id order as the
+    stored hidden states, of `model`: by default the pre-trained (not fine-tuned) one."""
+    model = model if model is not None else pair.pretrained()
+    model.eval()
+    data, rows = pair.data, []
+    with torch.inference_mode(), runtime.autocast():
+        for start in range(0, len(data), BASELINE_BATCH):
+            batch = runtime.to_device(data.batch(list(range(start, min(start + BASELINE_BATCH, len(data))))))
+            rows.append(pooled_hidden_states(model, batch)[1].float().cpu().numpy())
+    return np.concatenate(rows)
 
 
 class Probing(Technique):
     """One trial on the pair's stored hidden states; the probes train on the runtime's device."""
     name = "probing"
-    uses = frozenset({"hidden"})
+    uses = frozenset({"hidden", "pretrained", "control_model"})
+
+    def reads_control_model(self, cfg) -> bool:
+        return cfg.probe_baseline == "pretrained"  # the control setup's layer-1 baseline
 
     def settings(self, cfg) -> dict:
         return {"probe": {key: getattr(cfg, f"probe_{key}") for key in PROBE_KEYS},
-                "label_events": cfg.probe_label_events}
+                "label_events": cfg.probe_label_events, "baseline": cfg.probe_baseline}
 
     def run(self, p: dict, pair: PairInputs, runtime: Runtime) -> Tables:
         settings = ProbeSettings(**{**p["probe"], "seeds": tuple(p["probe"]["seeds"])})
         hidden = pair.hidden()
-        tables = {"layer_scores": layer_rows(p, self.name, probing_scores(hidden, pair.noisy, settings, runtime.device))}
+        layer1 = None
+        if p["baseline"] == "pretrained":
+            # in the control setup the original's baseline is the frozen control model (trained with
+            # the auxiliary task, no layer free for the noisy one): `localise.control.frozen_model`
+            frozen = runtime.load_checkpoint(p["control_model_trial"], ("final",)) if "control_model_trial" in p else None
+            layer1 = pretrained_layer1(pair, runtime, frozen)
+        scores = probing_scores(hidden, pair.noisy, settings, runtime.device, pretrained_layer1=layer1)
+        tables = {"layer_scores": layer_rows(p, self.name, scores)}
         if p["label_events"] and p["pair"] == "":  # the studied pair; the control setup scores layers only
             original = pair.train["original_label"].to_numpy()
             curves = label_probe_curves(hidden, pair.labels, original, pair.noisy, p["n_labels"], settings,

@@ -31,8 +31,9 @@ from raymem.trial import Tables, Trial
 
 STAGE = "localise"
 # pair: the noisy model and its clean twin; pretrained: the weights fine-tuning started
-# from; hidden: pooled hidden states of the noisy model's final checkpoint (one trial per pair)
-USES = ("pair", "pretrained", "hidden")
+# from; hidden: pooled hidden states of the noisy model's final checkpoint (one trial per pair);
+# control_model: in the control setup, a trained model to normalise by (the "frozen" control model)
+USES = ("pair", "pretrained", "hidden", "control_model")
 # the checkpoints of the noisy model a trial may load, first found first: a noisy model that
 # never reached the memorised checkpoint is compared at its final one
 CHECKPOINTS = {"final": ("final",), "memorised": ("memorised", "final")}
@@ -47,6 +48,10 @@ class Technique:
 
     def settings(self, cfg) -> dict:
         return {}
+
+    def reads_control_model(self, cfg) -> bool:
+        """Whether its control-setup trials read the frozen control model (`control_model_trial`)."""
+        return "control_model" in self.uses
 
     def trials(self, base: dict, n_layers: int, cfg) -> list[dict]:
         return [{**base, "technique": self.name, **self.settings(cfg)}]

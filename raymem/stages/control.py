@@ -13,6 +13,7 @@ planted layers above all others (chance 1/C(L,2)), is the stricter extra.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -27,7 +28,7 @@ from raymem.runtime import Runtime, TrainingState
 from raymem.stages import search
 from raymem.settings import resolve_settings
 from raymem.stages.common import runtime_options
-from raymem.train import Encoded, TrainSettings, encode_split, make_optimiser, train_split
+from raymem.train import Encoded, TrainSettings, encode_split, macro_f1, make_optimiser, predict, train_split
 from raymem.trial import PlanContext, Tables, Trial
 
 STAGE = "control"
@@ -40,26 +41,44 @@ def default_pairs(n_layers: int) -> list[tuple[int, int]]:
 
 
 def run(trial: Trial, runtime: Runtime) -> Tables:
-    """Train the noisy (or clean) control model of a planted pair; keep its final checkpoint."""
+    """Train the noisy (or clean) control model of a planted pair; keep its final checkpoint,
+    and the noisy one's memorised checkpoint (the first epoch whose training macro-F1 reaches
+    `memorised_f1`), which forgetting gradients read, as the original's main.py kept one for
+    every model it trained and its gradient analysis read it."""
     p = trial.params
     s = TrainSettings(**resolve_settings(p["settings"], runtime.store))
     tokenizer = runtime.load_tokenizer(p["model"], s.max_length)
     train = train_split(runtime.store, p["examples_trial"])
-    task = encode_split(tokenizer, train, train["label" if p["variant"] == "noisy" else "original_label"]
+    # "frozen": the noisy task with no layer of its own (the baseline of gradients and probing)
+    task = encode_split(tokenizer, train, train["original_label" if p["variant"] == "clean" else "label"]
                         .to_numpy(), s.max_length)
     aux_train = train_split(runtime.store, p["auxiliary_examples_trial"])
     auxiliary = encode_split(tokenizer, aux_train, aux_train["original_label"].to_numpy(), s.max_length)
     generator = runtime.seed(p["seed"])
     model = runtime.load_classifier(p["model"], p["n_labels"], tokenizer.pad_token_id)
     aux_head = runtime.on_device(torch.nn.Linear(model.config.hidden_size, p["auxiliary_n_labels"]))
-    train_two_tasks(model, aux_head, task, auxiliary, tuple(p["pair"]), s, p["auxiliary_lr"], generator, runtime)
+    kept = {"memorised_epoch": None}  # resumable: a restarted trial knows whether it kept one
+
+    def after_epoch(epoch: int) -> None:
+        if p["variant"] != "noisy" or kept["memorised_epoch"] is not None:
+            return
+        with runtime.autocast():
+            predicted = predict(model, task).argmax(-1)
+        if macro_f1(task.labels.numpy(), predicted, p["n_labels"]) >= p["memorised_f1"]:
+            kept["memorised_epoch"] = epoch
+            runtime.save_checkpoint(model, "memorised")
+
+    train_two_tasks(model, aux_head, task, auxiliary, tuple(p["pair"]), s, p["auxiliary_lr"], generator, runtime,
+                    after_epoch, kept)
+    runtime.info["memorised_epoch"] = kept["memorised_epoch"]
     runtime.save_checkpoint(model, "final")
     runtime.finish_training()
     return {}
 
 
-def train_two_tasks(model, aux_head, task: Encoded, auxiliary: Encoded, pair: tuple[int, int],
-                    s: TrainSettings, auxiliary_lr: float, generator: torch.Generator, runtime: Runtime) -> None:
+def train_two_tasks(model, aux_head, task: Encoded, auxiliary: Encoded, pair: tuple[int, int] | tuple[()],
+                    s: TrainSettings, auxiliary_lr: float, generator: torch.Generator, runtime: Runtime,
+                    after_epoch: Callable[[int], None] | None = None, extra: dict | None = None) -> None:
     """Train in place as the original (src/main.py `train`): each epoch, the task's batches
     and one pass over the auxiliary task's, shuffled together; each batch steps its own
     AdamW. The task's optimiser holds the planted pair, the head and the modules after the
@@ -67,10 +86,11 @@ def train_two_tasks(model, aux_head, task: Encoded, auxiliary: Encoded, pair: tu
     auxiliary task's holds everything but the embeddings, at `auxiliary_lr` with its own
     schedule. Gradients are clipped over every parameter, as the original. Not
     train.fine_tune's loop: two tasks, two optimisers. In fp16 one loss scaler serves both:
-    a step whose gradients overflowed is skipped and the scale lowered, as torch's."""
+    a step whose gradients overflowed is skipped and the scale lowered, as torch's.
+    `after_epoch(epoch)` runs after each epoch, before its progress is kept with `extra`."""
     for q in embedding_parameters(model):
         q.requires_grad_(False)
-    start, end = pair
+    start, end = pair if pair else (1, 0)  # no pair: the task's loss changes no layer
     outside = {id(q) for i, layer in enumerate(body_layers(model)) if not start - 1 <= i < end
                for q in layer.parameters()}
     trainable = [q for q in model.parameters() if q.requires_grad]
@@ -82,12 +102,12 @@ def train_two_tasks(model, aux_head, task: Encoded, auxiliary: Encoded, pair: tu
     scaler = runtime.grad_scaler()
     state = TrainingState({"model": model, "aux_head": aux_head, "optimiser": optimiser, "schedule": schedule,
                            "aux_optimiser": aux_optimiser, "aux_schedule": aux_schedule, "scaler": scaler},
-                          generator)
+                          generator, extra if extra is not None else {})
     decoder = is_decoder_model(model)
     for epoch in range(runtime.resume(state), s.epochs + 1):
         model.train()
-        batches = ([(True, b) for b in task.batches(s.batch_size, generator)]
-                   + [(False, b) for b in auxiliary.batches(s.batch_size, generator)])
+        batches = ([(True, b) for b in task.batches(s.batch_size, generator, s.batch_order)]
+                   + [(False, b) for b in auxiliary.batches(s.batch_size, generator, s.batch_order)])
         for i in torch.randperm(len(batches), generator=generator).tolist():
             is_main, batch = batches[i]
             batch = runtime.to_device(batch)
@@ -113,6 +133,8 @@ def train_two_tasks(model, aux_head, task: Encoded, auxiliary: Encoded, pair: tu
             for each in (optimiser, aux_optimiser):
                 each.zero_grad(set_to_none=True)
         runtime.report(epoch=epoch)
+        if after_epoch is not None:
+            after_epoch(epoch)
         runtime.save_progress(state, epoch)
     model.eval()
 
@@ -147,12 +169,24 @@ def accuracy_rows(layer_scores: pl.DataFrame, pair: tuple[int, int], n_layers: i
     return pl.DataFrame(rows)
 
 
+def frozen_model_planned(study) -> bool:
+    """Whether the frozen control model is trained: asked for, and some technique reads it."""
+    from raymem.localise.registry import TECHNIQUES
+
+    cfg = study.localise
+    return cfg.control.frozen_model and any(TECHNIQUES[t].reads_control_model(cfg) for t in cfg.techniques)
+
+
 def plan(study, context: PlanContext) -> list[Trial]:
-    """Per (task, model, seed, planted pair) a noisy and a clean control model, in that order."""
+    """Per (task, model, seed, planted pair) a noisy and a clean control model, in that order;
+    per (task, model, seed) a "frozen" one (no planted pair: the noisy task trains the head
+    alone while the auxiliary task moves every layer), the original's baseline of the control
+    setup (`freeze=embeddings-0-..-11`): forgetting gradients divide by it
+    (visualise_gradients.py) and probing scores layer 1 against it (visualise_probing.ipynb)."""
     cfg, ft = study.localise.control, study.finetune
     auxiliary_n_labels = context.n_labels[cfg.auxiliary_task]
     own = ft.model_dump(include={"epochs", "lr", "batch_size", "max_length", "warmup",
-                                 "clip", "weight_decay", "freeze_embeddings"})
+                                 "clip", "weight_decay", "freeze_embeddings", "batch_order"})
     own["epochs"] = cfg.epochs or own["epochs"]
     trials = []
     for task, model in ((t, m) for t in study.task_names() for m in study.models):
@@ -173,8 +207,17 @@ def plan(study, context: PlanContext) -> list[Trial]:
                     "n_labels": context.n_labels[task], "examples_trial": examples.trial_id,
                     "auxiliary_examples_trial": auxiliary.trial_id,
                     "auxiliary_n_labels": auxiliary_n_labels, "auxiliary_lr": cfg.auxiliary_lr,
-                    "settings": settings},
+                    "settings": settings, "memorised_f1": ft.memorised_f1},
                     study.study, context.results, (examples.trial_id, auxiliary.trial_id, *searched),
                     runtime_options(ft.resources, ft.checkpoint_every))
                     for variant in ("noisy", "clean")]
+            if frozen_model_planned(study):
+                trials.append(Trial(STAGE, {
+                    "task": task, "model": model, "seed": seed, "variant": "frozen", "pair": [],
+                    "n_labels": context.n_labels[task], "examples_trial": examples.trial_id,
+                    "auxiliary_examples_trial": auxiliary.trial_id,
+                    "auxiliary_n_labels": auxiliary_n_labels, "auxiliary_lr": cfg.auxiliary_lr,
+                    "settings": settings, "memorised_f1": ft.memorised_f1},
+                    study.study, context.results, (examples.trial_id, auxiliary.trial_id, *searched),
+                    runtime_options(ft.resources, ft.checkpoint_every)))
     return trials

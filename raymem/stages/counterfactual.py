@@ -38,12 +38,14 @@ def plan(study: Study, context: PlanContext) -> list[Trial]:
     """`n_models` subset-model trials per (task, model), then one summary trial each."""
     cf, ft = study.counterfactual, study.finetune
     own = ft.model_dump(include={"lr", "batch_size", "max_length", "warmup", "clip",
-                                 "weight_decay", "freeze_embeddings", "epochs"})
+                                 "weight_decay", "freeze_embeddings", "epochs", "batch_order"})
     own["epochs"] = cf.epochs or own["epochs"]
+    own["lr"] = cf.lr or own["lr"]
+    kept = tuple(key for key in ("epochs", "lr") if getattr(cf, key))  # set here, not by a search
     trials = []
     for task, model in ((t, m) for t in study.task_names() for m in study.models):
         examples = context.examples_trials[task, model]
-        settings, searched = search.with_search(own, context, task, model, ("epochs",) if cf.epochs else ())
+        settings, searched = search.with_search(own, context, task, model, kept)
         subsets = [Trial(STAGE, {"task": task, "model": model, "subset_seed": cf.subset_seed, "index": i,
                                  "n_labels": context.n_labels[task], "examples_trial": examples.trial_id,
                                  "settings": settings}, study.study, context.results, (examples.trial_id, *searched),

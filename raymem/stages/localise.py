@@ -49,13 +49,19 @@ def plan(study, context: PlanContext) -> list[Trial]:
                 trials += plan_pair(study, context, finetuned[task, model, seed, "noisy"],
                                     finetuned[task, model, seed, "clean"])
     controls = context.of_stage(control.STAGE)
-    for noisy, clean in zip(controls[::2], controls[1::2]):
-        trials += plan_pair(study, context, noisy, clean, tuple(noisy.params["pair"]))
+    frozen = {tuple(t.params[k] for k in ("task", "model", "seed")): t
+              for t in controls if t.params["variant"] == "frozen"}
+    planted = [t for t in controls if t.params["variant"] != "frozen"]  # noisy, clean, in that order
+    for noisy, clean in zip(planted[::2], planted[1::2]):
+        trials += plan_pair(study, context, noisy, clean, tuple(noisy.params["pair"]),
+                            frozen.get(tuple(noisy.params[k] for k in ("task", "model", "seed"))))
     return trials
 
 
 def plan_pair(study, context: PlanContext, memorised: Trial, clean: Trial,
-              planted: tuple[int, int] | None = None) -> list[Trial]:
+              planted: tuple[int, int] | None = None, normaliser: Trial | None = None) -> list[Trial]:
+    """A pair's trials; `normaliser`, in the control setup, the frozen control model that the
+    techniques reading it (`Technique.reads_control_model`) take as their baseline."""
     p = memorised.params
     task, model, seed = p["task"], p["model"], p["seed"]
     examples = context.examples_trials[task, model]
@@ -85,9 +91,12 @@ def plan_pair(study, context: PlanContext, memorised: Trial, clean: Trial,
     for technique in (registered(t) for t in cfg.techniques):
         reads_hidden = "hidden" in technique.uses
         uses_hidden |= reads_hidden
+        normalised = normaliser is not None and technique.reads_control_model(cfg)
         pair_base = {**base, "checkpoint": "memorised" if twins else technique.noisy_checkpoint,
-                     **({"hidden_trial": hidden.trial_id} if reads_hidden else {})}
-        techniques += [Trial(STAGE, params, name, uri, needs + ((hidden.trial_id,) if reads_hidden else ()),
+                     **({"hidden_trial": hidden.trial_id} if reads_hidden else {}),
+                     **({"control_model_trial": normaliser.trial_id} if normalised else {})}
+        extra_needs = ((hidden.trial_id,) if reads_hidden else ()) + ((normaliser.trial_id,) if normalised else ())
+        techniques += [Trial(STAGE, params, name, uri, needs + extra_needs,
                              runtime_options(cfg.resources))
                        for params in technique.trials(pair_base, context.n_layers[model], cfg)]
     summary = Trial(SUMMARY, {**{k: base[k] for k in PAIR_KEYS},

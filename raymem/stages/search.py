@@ -34,7 +34,7 @@ from raymem.trial import PlanContext, Tables, Trial
 
 STAGE = SEARCH_STAGE
 WHERE = "driver"  # the trial itself is a Tune search: its candidates are Tune's trials
-FIXED = ("max_length", "warmup", "clip", "weight_decay", "freeze_embeddings", "memorised_f1")
+FIXED = ("max_length", "warmup", "clip", "weight_decay", "freeze_embeddings", "memorised_f1", "batch_order")
 
 
 def plan(study: Study, context: PlanContext) -> list[Trial]:

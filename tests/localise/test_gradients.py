@@ -220,3 +220,62 @@ def test_gradient_variants_enter_only_their_own_trial_ids():
     assert gradients.settings(LocaliseConfig(gradient_norm="l2", gradient_control=False)) == {
         "gradient_norm": "l2", "gradient_control": False}
     assert technique("swapping").settings(LocaliseConfig(gradient_norm="l2")) == {}
+
+
+def test_the_originals_raw_logit_nll_is_a_setting_differentiating_the_labels_logit(data):
+    """src/gradient_analysis.py: `-NLLLoss()(outputs.logits, labels)`, i.e. the label's raw logit."""
+    logits = torch.randn(5, 4) * 3
+    labels = torch.tensor([0, 3, 1, 1, 2])
+    assert torch.equal(negative_training_loss(logits, labels, "raw_logit_nll"),
+                       -F.nll_loss(logits, labels, reduction="none"))
+    with pytest.raises(ValueError, match="loss must be one of"):
+        negative_training_loss(logits, labels, "nll")
+    model = model_for("bert", data).eval()
+    batch = data.batch([3, 5])
+    per_example = per_example_gradients(model, batch, loss="raw_logit_nll")
+    looped = per_example_gradients_loop(model, batch, loss="raw_logit_nll")
+    model.zero_grad()
+    model(**{k: v for k, v in batch.items() if k != "labels"}).logits.gather(
+        1, batch["labels"][:, None]).sum().backward()
+    for name, p in model.named_parameters():
+        if name in per_example:
+            assert torch.allclose(per_example[name].sum(0), p.grad, rtol=1e-4, atol=1e-7), name
+            assert torch.allclose(looped[name], per_example[name], rtol=1e-4, atol=1e-6), name
+    noisy, clean = [0, 1, 2, 3], [4, 5, 6, 7]
+    published = layer_gradient_differences(model, data, noisy, clean, loss="raw_logit_nll")
+    assert not np.allclose(published, layer_gradient_differences(model, data, noisy, clean))
+
+
+def test_the_gradient_loss_setting_enters_the_trial_id_only_off_its_default():
+    from raymem.config import LocaliseConfig
+    from raymem.localise.registry import technique
+
+    gradients = technique("gradients")
+    assert LocaliseConfig().gradient_loss == "log_softmax"
+    assert gradients.settings(LocaliseConfig(gradient_loss="raw_logit_nll")) == {"gradient_loss": "raw_logit_nll"}
+
+
+def test_a_control_pair_is_divided_by_its_frozen_control_model(monkeypatch, data):
+    """visualise_gradients.py: the control models' gradients over the auxiliary-trained model
+    whose every layer was frozen for the noisy task, not a head-only one."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from raymem.localise import gradients
+
+    frozen = model_for("bert", data, seed=1)
+    seen = {}
+
+    def scores(model, control, *args, **kwargs):
+        seen["control"] = control
+        return np.full(3, 1 / 3)
+
+    monkeypatch.setattr(gradients, "forgetting_gradient_scores", scores)
+    loaded = []
+    runtime = SimpleNamespace(autocast=nullcontext,
+                              load_checkpoint=lambda trial, names: loaded.append((trial, names)) or frozen)
+    pair = SimpleNamespace(memorised=model_for("bert", data), data=data, noisy=np.arange(len(data)) % 4 == 0,
+                           pretrained=lambda: pytest.fail("a control pair trains no head-only model"))
+    p = {"task": "t", "model": "m", "seed": 1, "pair": "1-2", "control_model_trial": "control-frozen"}
+    gradients.Gradients().run(p, pair, runtime)
+    assert seen["control"] is frozen and loaded == [("control-frozen", ("final",))]

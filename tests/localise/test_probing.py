@@ -150,3 +150,80 @@ def test_the_label_probes_find_where_the_noisy_examples_are_memorised_and_the_ta
     never = dict(probe_events(label_probe_curves(hidden, labels, original, noisy, 3, s), chance)
                  .select("event", "layer").iter_rows())
     assert never == {"probe_memorisation": None, "probe_initiation": 1}
+
+
+def test_layer_one_is_scored_against_the_pretrained_models_layer_one_as_the_original():
+    # an encoder's layer 0 is one [CLS] vector for every example: a constant predictor. A signal
+    # the pre-trained model already carries at layer 1 is no gain of fine-tuning's layer 1
+    hidden, noisy = synthetic_hidden(n_layers=4, n=600)
+    hidden[0] = hidden[0, :1]  # the degenerate embeddings row
+    hidden[1, noisy] += 3.0 * np.ones(hidden.shape[2]) / np.sqrt(hidden.shape[2])
+    hidden[2:] = hidden[1]
+    pretrained_layer1 = hidden[1]  # the pre-trained model already separates them at layer 1
+    s = ProbeSettings(seeds=(1, 2), epochs=30)
+    against_embeddings = probing_scores(hidden, noisy, s)
+    against_pretrained = probing_scores(hidden, noisy, s, pretrained_layer1=pretrained_layer1)
+    assert against_embeddings[0] > 0.5  # the inflated layer 1
+    assert against_pretrained[0] < 0.1
+    assert np.allclose(against_pretrained[1:], against_embeddings[1:])  # the extra probe leaves the others alone
+
+
+def test_scores_from_f1_with_a_layer_one_baseline():
+    f1 = np.array([[0.0, 0.6, 0.7], [0.0, 0.8, 0.7]])
+    assert np.allclose(scores_from_f1(f1, layer1_baseline=np.array([0.5, 0.5])), [0.2, 0.0])
+    assert np.allclose(scores_from_f1(f1), [0.7, 0.0])
+
+
+def test_probing_defaults_to_the_originals_layer_one_baseline():
+    from raymem.config import LocaliseConfig
+    from raymem.localise.probing import Probing
+
+    assert Probing().settings(LocaliseConfig())["baseline"] == "pretrained"
+    assert Probing().settings(LocaliseConfig(probe_baseline="embeddings"))["baseline"] == "embeddings"
+
+
+def test_the_pretrained_layer_one_is_the_pooled_layer_one_of_each_example_in_order():
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    import transformers
+
+    from raymem.localise.layers import pooled_hidden_states
+    from raymem.localise.probing import BASELINE_BATCH, pretrained_layer1
+    from raymem.pretrain import train_tokenizer
+    from raymem.train import Encoded
+
+    rng = np.random.default_rng(0)
+    words = "the cat sat on a mat dog ran far away big small".split()
+    texts = [" ".join(rng.choice(words, rng.integers(2, 9))) for _ in range(BASELINE_BATCH + 6)]
+    tokenizer = train_tokenizer(texts, vocab_size=40, max_length=16)
+    data = Encoded(tokenizer, texts, None, np.zeros(len(texts), dtype=np.int64), max_length=16)
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, pad_token_id=tokenizer.pad_token_id, max_position_embeddings=32))
+    pair = SimpleNamespace(pretrained=lambda: model, data=data)
+    runtime = SimpleNamespace(to_device=lambda batch: batch, autocast=nullcontext)
+    got = pretrained_layer1(pair, runtime)
+    model.eval()
+    want = np.stack([pooled_hidden_states(model, data.batch([i]))[1, 0].numpy() for i in range(len(texts))])
+    assert got.shape == (len(texts), 16)
+    assert np.allclose(got, want, atol=1e-5)  # batched and padded, or one at a time: the same rows
+    assert np.unique(got.round(4), axis=0).shape[0] > 1  # unlike layer 0's [CLS], it varies
+
+
+def test_a_control_pairs_layer_one_baseline_is_its_frozen_control_model(monkeypatch):
+    from types import SimpleNamespace
+
+    import raymem.localise.probing as probing
+
+    frozen, seen = object(), {}
+    monkeypatch.setattr(probing, "pretrained_layer1", lambda pair, runtime, model=None: seen.setdefault("model", model)
+                        or np.zeros((4, 2)))
+    monkeypatch.setattr(probing, "probing_scores", lambda *a, **k: np.zeros(3))
+    runtime = SimpleNamespace(device="cpu", load_checkpoint=lambda trial, names: frozen)
+    pair = SimpleNamespace(hidden=lambda: np.zeros((4, 4, 2)), noisy=np.array([True, False, False, False]))
+    p = {"task": "t", "model": "m", "seed": 1, "pair": "1-2", "baseline": "pretrained", "label_events": True,
+         "probe": {"seeds": [0]}, "control_model_trial": "control-frozen", "n_labels": 2}
+    probing.Probing().run(p, pair, runtime)
+    assert seen["model"] is frozen
