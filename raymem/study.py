@@ -276,6 +276,8 @@ def _check_capacity(study: Study, log) -> None:
             log("[plan] the cluster's autoscaler config is not readable here (RAYMEM_AUTOSCALING_CONFIG); "
                 "what it can hold is not checked")
             return
+    for note in found.notes:  # what made it unknowable: nothing is refused then
+        log(f"[plan] what the cluster can hold is not checked: {note}")
     capacity.check(_largest_asks(study), found)
 
 

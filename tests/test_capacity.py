@@ -159,3 +159,22 @@ def test_a_study_the_autoscaler_can_never_place_is_refused_end_to_end(tmp_path):
                                 "asks for 3 x (1 CPU, 1 GPU) at once"), errors
     assert "at most 2 of them" in errors[0] and "gpu_worker: up to 2 x (1 CPU, 1 GPU)" in errors[0]
     assert not results.exists() or not any(results.rglob("*")), list(results.rglob("*"))
+
+
+def test_the_study_checks_its_cluster_before_anything_is_written(monkeypatch):
+    import raymem.study as study_module
+
+    study = load_study(REPO / "studies/precog2023.yaml").model_copy(
+        update={"ray": load_study(REPO / "studies/precog2023.yaml").ray.model_copy(update={"address": "auto"})})
+    connected = []
+    monkeypatch.setattr(study_module, "_init_ray", lambda s: connected.append(s.ray.address))
+    monkeypatch.setattr(capacity, "of_running_cluster", lambda: cluster_capacity("cluster.yaml"))
+    with pytest.raises(ConfigError, match=r"^precog.actors.max_size: .* asks for 8 x \(4 CPU, 1 GPU\)"):
+        study_module._check_capacity(study, print)
+    assert connected == ["auto"]  # a cluster: connected first, to read what it can hold
+    unknown = capacity.from_autoscaler_config(
+        {"head_node_type": "h", "available_node_types": {"h": {"resources": {"CPU": 0}}, "w": {}}}, "test")
+    monkeypatch.setattr(capacity, "of_running_cluster", lambda: unknown)
+    said = []
+    study_module._check_capacity(study, said.append)  # nothing known: nothing refused, and said so
+    assert said == ["[plan] what the cluster can hold is not checked: node type w states no resources"]
