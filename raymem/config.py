@@ -504,6 +504,9 @@ class RayConfig(Strict):
     address: str | None = Field(None, description="a Ray cluster to connect to (null: RAY_ADDRESS if set, "
                                                   "else a local Ray of the study's own)")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray (null: the machine's)")
+    placement_timeout_s: float = Field(1800.0, gt=0, description="how long PreCog's actor pool may wait for "
+                                       "its placement group (the nodes for it to start) before its trials "
+                                       "fail; spot GPU nodes take minutes to join")
 
 
 class Study(Strict):

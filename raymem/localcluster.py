@@ -175,6 +175,8 @@ class LocalCluster:
             env["RAY_TMPDIR"] = str(self.root)
         if self.address:
             env["RAY_ADDRESS"] = self.address
+        if self.root:  # where a study reads what the cluster can ever hold (raymem/capacity.py)
+            env["RAYMEM_AUTOSCALING_CONFIG"] = str(self.root / "autoscaling.json")
         return env
 
     def start(self, timeout: float = 120) -> str:

@@ -230,6 +230,13 @@ def planted_counts(spec: ModelSpec) -> pl.DataFrame:
     return pl.DataFrame(schema={"example_id": pl.Utf8, "planted_count": pl.Int64})
 
 
+def attention_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The batch's attention mask; all ones where it has none (`Encoded.batch` leaves it out
+    of batches whose examples all have one length: nothing is padded)."""
+    mask = batch.get("attention_mask")
+    return torch.ones_like(batch["input_ids"]) if mask is None else mask
+
+
 def masked_position_logits(model, rows: torch.Tensor, cols: torch.Tensor, **inputs) -> torch.Tensor:
     """Masked-LM logits at the given (row, column) positions only.
 

@@ -18,6 +18,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 
 import polars as pl
@@ -252,6 +253,45 @@ def _check_local_resources(study: Study) -> None:
                               f"local Ray's {cpus} (ray.num_cpus)")
 
 
+def _largest_asks(study: Study) -> dict[str, tuple[dict[str, float], int]]:
+    """Per study field: one bundle the enabled stages ask for, and how many at once (PreCog's
+    pool: all of them, in one placement group; a trial: one)."""
+    stages = {"finetune.resources": study.finetune.enabled or study.counterfactual.enabled,
+              "search.resources": study.search.enabled and study.finetune.enabled,
+              "localise.resources": study.localise.enabled, "localise.hidden_resources": study.localise.enabled}
+    asks = {}
+    if study.precog.enabled:
+        pool = study.precog.actors
+        asks["precog.actors"] = ({"CPU": pool.cpus, "GPU": pool.gpus}, pool.max_size)
+    for where, on in stages.items():
+        if on:
+            hardware = attrgetter(where)(study)
+            asks[where] = ({"CPU": hardware.cpus, "GPU": hardware.gpus}, 1)
+    return asks
+
+
+def _check_capacity(study: Study, log) -> None:
+    """Refuse a study whose placement group or trial this Ray can never hold (it would wait
+    forever): before anything is written; on a cluster, once connected to it."""
+    import torch
+
+    from raymem import capacity
+
+    cpus = _local_cpus(study)
+    if cpus is not None:
+        found = capacity.local(cpus, torch.cuda.device_count())
+    else:
+        _init_ray(study)
+        found = capacity.of_running_cluster()
+        if found is None:
+            log("[plan] the cluster's autoscaler config is not readable here (RAYMEM_AUTOSCALING_CONFIG); "
+                "what it can hold is not checked")
+            return
+    for note in found.notes:  # what made it unknowable: nothing is refused then
+        log(f"[plan] what the cluster can hold is not checked: {note}")
+    capacity.check(_largest_asks(study), found)
+
+
 def _precog_holds_every_cpu(study: Study) -> str | None:
     """What to say when PreCog's pool, held until it is done, takes every CPU of a local Ray
     (allowed, but the sweep then waits for PreCog)."""
@@ -270,6 +310,7 @@ def run_plan(plan: Plan, log=print, ray_log: Path | None = None) -> list[Trial]:
     same study again goes on from there."""
     study, store = plan.study, plan.store
     _check_local_resources(study)
+    _check_capacity(study, log)
     store.check_writable()
     # one driver per study and per database: a second one is refused before it writes
     with hold_study(store, study.study, plan.db_path, log):
@@ -354,7 +395,7 @@ def _run_precog(plan: Plan, pending: list[Trial], reserved, log) -> list[Trial]:
     failed = []
     try:
         try:
-            _await_reservation(reserved, plan.study.precog.actors, log)
+            _await_reservation(reserved, plan.study.precog.actors, log, plan.study.ray.placement_timeout_s)
         except Exception as exc:  # no pool: none of them can be scored
             for trial in pending:
                 _precog_failed(plan.store, trial, exc, 0.0, log)
@@ -385,17 +426,24 @@ def _precog_failed(store: Store, trial: Trial, exc: Exception, wall: float, log)
                error_kind(exc))
 
 
-def _await_reservation(reserved, pool, log, every_seconds: float = 60.0) -> None:
+def _await_reservation(reserved, pool, log, timeout_s: float, every_seconds: float = 60.0) -> None:
     """Wait until the placement group is placed (at once on a local Ray; on an autoscaling
-    cluster once nodes for it are up), saying so while it waits."""
+    cluster once nodes for it are up), saying so while it waits, and no longer than
+    `timeout_s` (ray.placement_timeout_s): then a TimeoutError says what it waited for and
+    what the cluster has."""
     import ray
 
     if reserved is None:
         return
-    start = time.time()
-    while not ray.wait([reserved.ready()], timeout=every_seconds)[0]:
-        log(f"[precog] waiting {time.time() - start:.0f}s for the actor pool's {pool.max_size} x "
-            f"({pool.cpus:g} CPU, {pool.gpus:g} GPU) (precog.actors)")
+    start, ready = time.time(), reserved.ready()
+    while not ray.wait([ready], timeout=max(0.0, min(every_seconds, start + timeout_s - time.time())))[0]:
+        waited = time.time() - start
+        have = ", ".join(f"{v:g} {k}" for k, v in sorted(ray.cluster_resources().items()) if k in ("CPU", "GPU"))
+        what = (f"the actor pool's placement group of {pool.max_size} x ({pool.cpus:g} CPU, {pool.gpus:g} GPU) "
+                f"(precog.actors); the cluster has {have or 'no CPU or GPU'} now")
+        if waited >= timeout_s:
+            raise TimeoutError(f"waited {waited:.0f}s (ray.placement_timeout_s) for {what}")
+        log(f"[precog] waiting {waited:.0f}s for {what}")
 
 
 def _run_precog_trial(plan: Plan, trial: Trial, reserved, log) -> None:

@@ -60,9 +60,15 @@ class Encoded:
         return len(self.features)
 
     def batch(self, index) -> dict[str, torch.Tensor]:
-        inputs = self.tokenizer.pad([self.features[i] for i in index], return_tensors="pt")
+        features = [self.features[i] for i in index]
+        inputs = dict(self.tokenizer.pad(features, return_tensors="pt"))
+        if len({len(f["input_ids"]) for f in features}) == 1:
+            # One length, known here on the host: nothing is padded, so no mask. With a mask,
+            # transformers reads its values on every forward to see whether it can skip it
+            # (a device sync per batch); with none it does not, and computes the same.
+            del inputs["attention_mask"]
         inputs["labels"] = self.labels[index]
-        return dict(inputs)
+        return inputs
 
     def subset(self, index) -> "Encoded":
         """The examples `index`, without tokenising again."""

@@ -25,7 +25,14 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from ray.autoscaler._private.util import prepare_config, validate_config
 
+from raymem import gpu_stack, nodecheck
+from raymem.localcluster import LOOPBACK_ENV
+
 ROOT = Path(__file__).resolve().parent.parent
+TORCH_LOCKS = {"head": ROOT / "requirements-cpu.lock", "worker": ROOT / "requirements-gpu.lock"}
+TOKEN = "~/.ray/auth_token"  # Ray's token: the one file_mounts entry from outside the repository
+# `pip install` options whose next word is their value, not a requirement
+VALUE_OPTIONS = {"--python", "-c", "-e", "--extra-index-url", "--index-url", "--index-strategy"}
 FILES = {"aws": ROOT / "cluster.yaml", "gcp": ROOT / "cluster-gcp.yaml"}
 SCHEMA = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
 GPU_TYPE = "gpu_worker"
@@ -95,6 +102,8 @@ def remote_to_local(cfg: dict, remote: str) -> Path:
     remote = remote.rstrip("/")
     bases = set()
     for node_path, local in cfg["file_mounts"].items():
+        if node_path == TOKEN:
+            continue
         node_path = node_path.rstrip("/")
         local_path = (ROOT / local).resolve()
         if node_path == remote:
@@ -151,12 +160,15 @@ def test_spot_with_an_on_demand_variant_documented():
 @pytest.mark.parametrize("kind", FILES)
 def test_file_mounts_sync_the_install_inputs(kind):
     cfg = load(kind)
-    for remote, local in cfg["file_mounts"].items():
+    mounts = dict(cfg["file_mounts"])
+    assert mounts.pop(TOKEN) == TOKEN  # the user's own token, to the same place on the nodes
+    for remote, local in mounts.items():
         assert not Path(local).is_absolute(), f"{local}: relative to the repository root"
         assert (ROOT / local).exists(), f"file_mounts: {local} is not in the repository"
         assert remote.startswith("~/raymem/")
-    locals_ = {Path(v) for v in cfg["file_mounts"].values()}
-    assert {Path("pyproject.toml"), Path("requirements.lock"), Path("raymem")} <= locals_
+    locals_ = {Path(v) for v in mounts.values()}
+    assert {Path("pyproject.toml"), Path("requirements.lock"), Path("raymem"),
+            Path("requirements-gpu.lock"), Path("requirements-cpu.lock")} <= locals_
     readme = pyproject()["project"].get("readme")
     if readme:  # setuptools reads it while building
         assert Path(readme) in locals_
@@ -177,13 +189,14 @@ def test_setup_installs_exactly_the_pins(kind, node):
     assert remote_to_local(cfg, args[args.index("-e") + 1]) == ROOT
     assert remote_to_local(cfg, args[args.index("-c") + 1]) == ROOT / "requirements.lock"
 
-    # Every other install is constrained by the lock too, or pins what the lock lacks.
+    # Every install is constrained by the lock and the node kind's torch build, or pins
+    # what the lock lacks.
     for args in installs:
-        assert "-c" in args and remote_to_local(cfg, args[args.index("-c") + 1]) == \
-            ROOT / "requirements.lock", args
+        constraints = [remote_to_local(cfg, args[i + 1]) for i, w in enumerate(args) if w == "-c"]
+        assert constraints == [ROOT / "requirements.lock", TORCH_LOCKS[node]], args
         assert not {"-U", "--upgrade", "--pre"} & set(args), args
-        for word in args:
-            if word.startswith("-") or word.startswith("~") or word.startswith("/"):
+        for i, word in enumerate(args):
+            if word.startswith("-") or (i and args[i - 1] in VALUE_OPTIONS):
                 continue
             req = Requirement(word)
             name = req.name.lower()
@@ -203,7 +216,9 @@ def test_setup_installs_exactly_the_pins(kind, node):
     (venv,) = [c for c in commands if re.search(r"\buv venv\b", c)]
     python = re.search(r"--python (\S+)", venv).group(1)
     assert SpecifierSet(pyproject()["project"]["requires-python"]).contains(f"{python}.0")
-    assert re.search(r"astral\.sh/uv/\d+\.\d+\.\d+/install\.sh", " ".join(commands))
+    (uv,) = [c for c in commands if "uv.whl" in c]
+    version = re.search(r"/uv-(\d+\.\d+\.\d+)-py3-none-", uv).group(1)
+    assert f"'^uv {version.replace('.', '[.]')}( |$)'" in uv, uv  # it checks for the version it gets
 
 
 @pytest.mark.parametrize("kind", FILES)
@@ -233,6 +248,186 @@ def test_no_secrets(kind):
     cfg = load(kind)
     assert set(cfg["auth"]) == {"ssh_user"}  # Ray makes and keeps the SSH key
     assert "gcp_credentials" not in cfg["provider"]
+
+
+# -- the CUDA stack: one torch build per node kind, images whose driver fits it ----------
+
+def lock_lines(path: Path) -> list[str]:
+    return [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()
+            if line.split("#", 1)[0].strip()]
+
+
+def test_torch_locks_name_the_builds_of_gpu_stack():
+    assert lock_pins()["torch"] == gpu_stack.TORCH_VERSION == direct_pins()["torch"]
+    assert lock_lines(TORCH_LOCKS["worker"]) == [gpu_stack.gpu_torch()] == ["torch==2.13.0+cu128"]
+    assert lock_lines(TORCH_LOCKS["head"]) == [gpu_stack.cpu_torch()]
+    # the wheel tag is the CUDA version, and its index is the tag's
+    assert gpu_stack.GPU_WHEEL_TAG == "cu" + gpu_stack.CUDA.replace(".", "")
+    assert gpu_stack.GPU_INDEX_URL.endswith("/" + gpu_stack.GPU_WHEEL_TAG)
+    assert gpu_stack.CPU_INDEX_URL.endswith("/" + gpu_stack.CPU_WHEEL_TAG)
+    assert "CPU wheel" not in (ROOT / "pyproject.toml").read_text()  # PyPI's Linux wheel is CUDA 13's
+
+
+@pytest.mark.parametrize("node", ["head", "worker"])
+@pytest.mark.parametrize("kind", FILES)
+def test_each_node_kind_installs_its_torch_build_from_its_index(kind, node):
+    (args,) = [a for a in install_commands(setup_commands(load(kind), node)) if "-e" in a]
+    index = gpu_stack.GPU_INDEX_URL if node == "worker" else gpu_stack.CPU_INDEX_URL
+    assert args[args.index("--extra-index-url") + 1] == index, args
+    # PyPI's torch would win over the index's otherwise, or PyPI's other pins would be shadowed
+    assert args[args.index("--index-strategy") + 1] == "unsafe-best-match", args
+
+
+def gpu_image(cfg: dict) -> str:
+    node = cfg["available_node_types"][GPU_TYPE]["node_config"]
+    if "ImageId" in node:
+        return node["ImageId"]
+    (boot,) = [d for d in node["disks"] if d.get("boot")]
+    return boot["initializeParams"]["sourceImage"]
+
+
+@pytest.mark.parametrize("kind", FILES)
+def test_gpu_image_driver_fits_the_torch_build(kind):
+    cfg, image = load(kind), gpu_stack.IMAGES[FILES[kind].name]
+    assert gpu_image(cfg) == image["image"]
+    least = gpu_stack.version_tuple(gpu_stack.min_driver(gpu_stack.CUDA))
+    assert (image["driver_branch"],) >= least[:1], (image, least)
+    # an R570 driver is new enough for CUDA 12.8 ...
+    assert image["driver_branch"] * 1000 >= least[0] * 1000 + least[1] // 1000
+    # ... and too old for PyPI's CUDA 13 wheel: the case the GPU lock exists for
+    assert (image["driver_branch"],) < gpu_stack.version_tuple(gpu_stack.min_driver("13.0"))[:1]
+    if branch := re.search(r"-nvidia-(\d+)$", image["image"]):  # GCP families name their branch
+        assert int(branch.group(1)) == image["driver_branch"]
+        assert f"-{gpu_stack.GPU_WHEEL_TAG}-" in image["image"]  # and their CUDA
+    head = cfg["available_node_types"][cfg["head_node_type"]]["node_config"]
+    assert "resolve:ssm" not in str(head) or head["ImageId"] == image["image"]  # one setup path
+
+
+@pytest.mark.parametrize("kind", FILES)
+def test_gpu_workers_check_their_stack_last_and_the_head_not(kind):
+    cfg = load(kind)
+    workers = setup_commands(cfg, "worker")
+    assert workers[-1] == "~/raymem-env/bin/python -m raymem.nodecheck"
+    assert not any("nodecheck" in c for c in setup_commands(cfg, "head"))
+
+
+GOOD_SMI = "570.133.20, NVIDIA A10G\n"
+
+
+@pytest.mark.parametrize("facts, expected", [
+    (nodecheck.NodeFacts(GOOD_SMI, "2.13.0+cu128", "12.8", True), []),
+    (nodecheck.NodeFacts("580.95.05, NVIDIA L4\n580.95.05, NVIDIA L4\n", "2.13.0+cu128", "12.8", True), []),
+    # PyPI's wheel on an R570 image: the failure this check exists for
+    (nodecheck.NodeFacts(GOOD_SMI, "2.13.0", "13.0", False),
+     ["built for CUDA 13.0", "driver 570.133.20 is older than 580.65.06"]),
+    (nodecheck.NodeFacts(GOOD_SMI, "2.13.0+cpu", None, False),
+     ["is a CPU build; GPU nodes need torch==2.13.0+cu128 from https://download.pytorch.org/whl/cu128"]),
+    (nodecheck.NodeFacts("560.35.03, Tesla T4\n", "2.13.0+cu128", "12.8", False),
+     ["driver 560.35.03 is older than 570.26, the least CUDA 12.8"]),
+    (nodecheck.NodeFacts(None, "2.13.0+cu128", "12.8", False, "No such file or directory: 'nvidia-smi'"),
+     ["no NVIDIA driver: nvidia-smi did not run (No such file"]),
+    (nodecheck.NodeFacts("", "2.13.0+cu128", "12.8", False), ["nvidia-smi lists no GPU"]),
+    (nodecheck.NodeFacts(GOOD_SMI, "2.13.0+cu128", "12.8", False),
+     ["torch.cuda.is_available() is False although nvidia-smi lists 1 GPU(s) with driver 570.133.20"]),
+])
+def test_nodecheck_problems(facts, expected):
+    found = nodecheck.problems(facts)
+    assert len(found) == len(expected), found
+    for message, part in zip(found, expected):
+        assert part in message, (part, message)
+
+
+def test_nodecheck_main_fails_the_setup_with_one_message(monkeypatch, capsys):
+    monkeypatch.setattr(nodecheck, "read_facts",
+                        lambda: nodecheck.NodeFacts(GOOD_SMI, "2.13.0", "13.0", False))
+    assert nodecheck.main() == 1
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1
+    assert err.startswith("raymem nodecheck: this GPU node cannot run raymem's GPU trials: ")
+    monkeypatch.setattr(nodecheck, "read_facts",
+                        lambda: nodecheck.NodeFacts(GOOD_SMI, "2.13.0+cu128", "12.8", True))
+    assert nodecheck.main() == 0
+    assert capsys.readouterr().out.strip() == ("raymem nodecheck: ok: driver 570.133.20, torch 2.13.0+cu128 "
+                                               "(CUDA 12.8), 1 GPU(s): NVIDIA A10G")
+
+
+def test_nodecheck_reads_a_node_without_a_driver(monkeypatch):
+    """On this machine (no NVIDIA driver, a CPU torch): the real read, then both problems."""
+    monkeypatch.setattr(nodecheck, "NVIDIA_SMI", ["nvidia-smi-not-installed-here"])
+    facts = nodecheck.read_facts()
+    assert facts.nvidia_smi is None and "nvidia-smi-not-installed-here" in facts.smi_error
+    found = nodecheck.problems(facts)
+    assert found[0].startswith("no NVIDIA driver")
+
+
+# -- hardening: token auth, no unverified downloads ----------------------------------
+
+@pytest.mark.parametrize("kind", FILES)
+def test_ray_token_auth_on_every_node(kind):
+    cfg = prepare_config(load(kind))
+    assert LOOPBACK_ENV["RAY_AUTH_MODE"] == "token"  # as a study's local Ray
+    for command in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"]:
+        assert re.search(r"export RAY_AUTH_MODE=token && source ~/raymem-env/bin/activate && "
+                         r"ray (start|stop)\b", command), command
+    assert cfg["file_mounts"][TOKEN] == TOKEN
+    (check,) = [c for c in cfg["setup_commands"] if "auth_token" in c]
+    assert "test -s ~/.ray/auth_token" in check and "chmod 600 ~/.ray/auth_token" in check
+    assert "ray get-auth-token --generate" in FILES[kind].read_text()  # the header says how
+
+
+@pytest.mark.parametrize("kind", FILES)
+def test_no_unverified_download_runs(kind):
+    cfg = prepare_config(load(kind))
+    commands = [c for key in ("initialization_commands", "setup_commands", "head_setup_commands",
+                              "worker_setup_commands", "head_start_ray_commands",
+                              "worker_start_ray_commands") for c in cfg[key]]
+    for command in commands:
+        assert not re.search(r"\|\s*(sudo\s+)?(env\s+\S+=\S+\s+)?(ba|z)?sh\b", command), command
+        for download in re.finditer(r"curl [^&|;]*-o (\S+)", command):
+            path = download.group(1)
+            rest = command[download.end():]
+            verified = re.search(r"sha256sum -c", rest)
+            used = rest.find(path, rest.find(path) + 1)  # its first use after the check's own mention
+            assert verified and verified.start() < used, f"{path} is used before its sha256 is checked"
+    assert any("sha256sum -c" in c for c in commands)
+
+
+# -- AWS -------------------------------------------------------------------------------
+
+def test_aws_requires_imdsv2_on_every_node():
+    for name, node_type in load("aws")["available_node_types"].items():
+        options = node_type["node_config"]["MetadataOptions"]
+        assert options["HttpTokens"] == "required", name
+        assert options["HttpPutResponseHopLimit"] == 1, name  # no containers between
+
+
+def test_aws_head_role_is_the_narrow_one_of_this_repository():
+    cfg = load("aws")
+    head = cfg["available_node_types"][cfg["head_node_type"]]["node_config"]
+    assert head["IamInstanceProfile"] == {"Name": "raymem-head"}  # not Ray's EC2+S3 full access
+    policy = json.loads((ROOT / "iam/raymem-head-policy.json").read_text())
+    allowed = {}
+    for statement in policy["Statement"]:
+        assert statement["Effect"] == "Allow"
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        for action in actions:
+            assert "*" not in action, action  # no ec2:*, s3:*
+            allowed.setdefault(action, []).append(statement)
+    # what Ray's AWS node provider calls from the head
+    assert {"ec2:RunInstances", "ec2:CreateTags", "ec2:TerminateInstances", "ec2:DescribeInstances",
+            "ec2:DescribeInstanceTypes", "iam:PassRole", "ssm:GetParameters"} <= set(allowed)
+    assert not any(a.startswith("iam:") and a != "iam:PassRole" for a in allowed)
+    (terminate,) = allowed["ec2:TerminateInstances"]  # this cluster's nodes only
+    assert terminate["Condition"] == {"StringEquals": {"aws:ResourceTag/ray-cluster-name": cfg["cluster_name"]}}
+    (pass_role,) = allowed["iam:PassRole"]
+    assert pass_role["Resource"].endswith(":role/" + cfg["available_node_types"][GPU_TYPE]["node_config"]
+                                          ["IamInstanceProfile"]["Name"])
+    worker = json.loads((ROOT / "iam/raymem-worker-policy.json").read_text())
+    assert {a for s in worker["Statement"] for a in ([s["Action"]] if isinstance(s["Action"], str)
+                                                     else s["Action"])} <= {
+        "s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"}
+    text = FILES["aws"].read_text()
+    assert "iam/raymem-head-policy.json" in text and "iam/raymem-$node-policy.json" in text
 
 
 # -- AWS -------------------------------------------------------------------------------
@@ -316,7 +511,9 @@ def test_aws_bootstrap_uses_only_the_named_group(moto_aws):
             cidrs = [r["CidrIp"] for r in rule.get("IpRanges", [])]
             cidrs += [r["CidrIpv6"] for r in rule.get("Ipv6Ranges", [])]
             assert "0.0.0.0/0" not in cidrs and "::/0" not in cidrs, (group["GroupName"], rule)
-    assert resolved["head_node"]["IamInstanceProfile"]["Arn"].endswith("/ray-autoscaler-v1")
+    head = resolved["available_node_types"][resolved["head_node_type"]]["node_config"]
+    assert head["IamInstanceProfile"] == {"Name": "raymem-head"}  # the narrow role: Ray made none
+    assert "ray-autoscaler-v1" not in str(resolved)
 
 
 def test_aws_placeholder_group_stops_ray_up_early(moto_aws, capsys, caplog):

@@ -41,6 +41,7 @@ from transformers.pytorch_utils import Conv1D
 
 from raymem.localise.layers import body_layers
 from raymem.localise.technique import PairInputs, Technique, layer_rows
+from raymem.models import attention_mask
 from raymem.runtime import Runtime, model_device, to_device
 from raymem.settings import resolve_settings
 from raymem.train import Encoded, TrainSettings
@@ -176,7 +177,7 @@ def per_example_gradients_loop(model, batch: dict[str, torch.Tensor],
     with _analysis_mode(model):
         leaves, fixed = _as_leaves(model, names)
         for i in range(len(labels)):
-            real = int(inputs["attention_mask"][i].sum())  # right padding: drop the pad tail
+            real = int(attention_mask(inputs)[i].sum())  # right padding: drop the pad tail
             one = {k: v[i:i + 1, :real] for k, v in inputs.items()}
             logits = functional_call(model, (leaves, fixed), (), one).logits
             one_loss = negative_training_loss(logits, labels[i:i + 1], loss).sum()

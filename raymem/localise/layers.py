@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from raymem.models import DECODER_TYPES
+from raymem.models import DECODER_TYPES, attention_mask
 
 # where each architecture keeps its stack of layers, below model.base_model
 _LAYER_PATHS = ("encoder.layer", "decoder.layers", "h", "layers")
@@ -56,4 +56,4 @@ def pooled_hidden_states(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     out = model.base_model(**inputs, output_hidden_states=True)
     decoder = is_decoder_model(model)
-    return torch.stack([pool(h, inputs["attention_mask"], decoder) for h in out.hidden_states])
+    return torch.stack([pool(h, attention_mask(inputs), decoder) for h in out.hidden_states])

@@ -46,6 +46,7 @@ from raymem.localise.layers import body_layers, num_layers
 from raymem.localise.swapping import layer_scores_from_windows
 from raymem.localise.swapping import windows as all_windows
 from raymem.localise.technique import STAGE, PairInputs, Technique, layer_rows, with_keys
+from raymem.models import attention_mask
 from raymem.runtime import Runtime, model_device, to_device
 from raymem.settings import deferred_settings, resolve_settings
 from raymem.train import Encoded, TrainSettings, fine_tune, predict
@@ -272,7 +273,7 @@ class _ReplayedData(Encoded):
 
     def batch(self, index) -> dict[str, torch.Tensor]:
         inputs = super().batch(index)
-        real = inputs["attention_mask"].bool().to(self.rows[0].device)
+        real = attention_mask(inputs).bool().to(self.rows[0].device)
         hidden = self.rows[0].new_zeros(*real.shape, self.rows[0].shape[-1])
         hidden[real] = torch.cat([self.rows[i] for i in index])  # padding stays zero: it is masked
         self.replay.hidden = hidden
@@ -330,7 +331,7 @@ def _next_layer_inputs(model, inputs: _LayerInputs | None, datasets: list[Encode
                         pass
                     output = captured.pop("output")
                     hidden = output if torch.is_tensor(output) else output[0]
-                    real = batch["attention_mask"].bool()
+                    real = attention_mask(batch).bool()
                     rows[-1].extend(h[r] for h, r in zip(hidden, real))
     finally:
         handle.remove()

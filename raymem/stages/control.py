@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from raymem.errors import ConfigError
 from raymem.localise.layers import body_layers, is_decoder_model, pool
-from raymem.models import embedding_parameters
+from raymem.models import attention_mask, embedding_parameters
 from raymem.runtime import Runtime, TrainingState
 from raymem.stages import search
 from raymem.settings import resolve_settings
@@ -117,7 +117,7 @@ def train_two_tasks(model, aux_head, task: Encoded, auxiliary: Encoded, pair: tu
                     logits = model(**batch).logits
                 else:
                     hidden = model.base_model(**batch).last_hidden_state
-                    logits = aux_head(pool(hidden, batch["attention_mask"], decoder))
+                    logits = aux_head(pool(hidden, attention_mask(batch), decoder))
             scaler.scale(F.cross_entropy(logits.float(), labels)).backward()
             # The optimisers share parameters: unscale through the auxiliary one alone, which
             # holds every trainable parameter, so each gradient is unscaled exactly once
