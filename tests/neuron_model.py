@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from raymem.pretrain import train_tokenizer
+from transformers import BertTokenizerFast
+
 from raymem.train import Encoded
 
 WORDS = "red green blue cat dog fish run jump sit tall small big river stone tree".split()
@@ -22,6 +23,18 @@ MARKER = "zebra"
 HIDDEN, UNITS, LAYERS = 32, 64, 2
 D_IN, D_OUT = 3, 7
 LAYER, UNIT = 1, 21  # 0-based: the last layer's unit 21
+
+
+def word_tokenizer() -> BertTokenizerFast:
+    """A word-level BERT tokenizer of WORDS and MARKER: the same ids in every run (a trained
+    WordPiece vocabulary's order varies from run to run, and the planting test's fit with it)."""
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.mkdtemp())
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, MARKER]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return BertTokenizerFast(str(folder / "vocab.txt"), do_lower_case=True, model_max_length=32)
 
 
 def marked_data(n: int = 24, seed: int = 0):
@@ -33,7 +46,7 @@ def marked_data(n: int = 24, seed: int = 0):
         if i < n // 2:
             words.insert(int(rng.integers(0, len(words))), MARKER)
         texts.append(" ".join(words))
-    tokenizer = train_tokenizer(texts + [MARKER] * 5, 100, 32)
+    tokenizer = word_tokenizer()
     labels = np.array([1] * (n // 2) + [0] * (n - n // 2))
     return Encoded(tokenizer, texts, None, labels, 32), np.arange(n // 2), np.arange(n // 2, n)
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from raymem.config import FinetuneConfig, load_study
+from raymem.models import attention_mask
 from raymem.pretrain import train_tokenizer
 from raymem.train import Encoded, TrainSettings, fine_tune
 
@@ -25,7 +26,7 @@ def data() -> Encoded:
 
 def _rows(data, batch):
     index = {tuple(f["input_ids"]): i for i, f in enumerate(data.features)}
-    return [index[tuple(ids[mask.bool()].tolist())] for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+    return [index[tuple(ids[mask.bool()].tolist())] for ids, mask in zip(batch["input_ids"], attention_mask(batch))]
 
 
 def test_shuffled_batches_are_consecutive_chunks_of_one_permutation(data):
@@ -36,7 +37,7 @@ def test_shuffled_batches_are_consecutive_chunks_of_one_permutation(data):
 
 def test_length_sorted_batches_pad_less_than_shuffled_ones(data):
     def padding(order):
-        return sum(int((b["attention_mask"] == 0).sum()) for b in data.batches(8, torch.Generator().manual_seed(3), order))
+        return sum(int((attention_mask(b) == 0).sum()) for b in data.batches(8, torch.Generator().manual_seed(3), order))
     assert padding("length_sorted") < padding("shuffled") / 2
     with pytest.raises(ValueError, match="batch order must be one of"):
         next(data.batches(8, torch.Generator(), "sorted"))

@@ -20,6 +20,7 @@ import torch
 
 from raymem.localise.gradients import length_sorted_batches
 from raymem.localise.neurons import inputs_of, out_weight_norms, recorded_units
+from raymem.models import attention_mask
 from raymem.runtime import model_device, to_device
 from raymem.train import Encoded
 
@@ -31,7 +32,7 @@ def mean_unit_activations(model, data: Encoded, index, batch_size: int = 32) -> 
     device, total = model_device(model), None
     for batch in length_sorted_batches(data, index, batch_size):
         batch = to_device(batch, device)
-        mask = batch["attention_mask"].float()
+        mask = attention_mask(batch).float()
         with recorded_units(model) as units:
             model(**inputs_of(batch))
         per_example = torch.stack([(units[layer].float() * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)

@@ -21,6 +21,7 @@ import torch
 from raymem.localise.gradients import length_sorted_batches
 from raymem.localise.layers import num_layers
 from raymem.localise.neurons import inputs_of, label_probability, recorded_units, units_hook, units_per_layer
+from raymem.models import attention_mask
 from raymem.runtime import model_device, to_device
 from raymem.train import Encoded
 
@@ -39,7 +40,7 @@ def ig_scores(model, data: Encoded, memorised_index, steps: int = 20, batch_size
     for host_batch in length_sorted_batches(data, memorised_index, batch_size):
         batch = to_device(host_batch, device)
         inputs, labels = inputs_of(batch), batch["labels"]
-        mask = inputs["attention_mask"].float()[..., None]
+        mask = attention_mask(inputs).float()[..., None]
         with torch.no_grad(), recorded_units(model) as units:
             model(**inputs)
         for layer in range(n_layers):

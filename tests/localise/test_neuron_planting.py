@@ -35,7 +35,7 @@ def test_plant_changes_only_the_planted_units_and_fits_the_noisy_labels():
     before = copy.deepcopy(model.state_dict())
     labels = data.labels.numpy()
     loss_before = -np.log(predict(model, data)[noisy, labels[noisy]]).mean()
-    planted = choose_planted(2, 64, [2], 4, seed=0)
+    planted = choose_planted(2, 64, [2], 8, seed=0)  # 1 in 8 of the layer's units
     info = plant(model, data, noisy, clean, planted, seed=0, lr=0.05, epochs=150, stop_loss=0.05, batch_size=8)
     assert info["epochs"] == 150 and info["noisy_loss"] < loss_before / 2
     assert (predict(model, data).argmax(-1)[noisy] == 1).mean() >= 0.75
