@@ -172,6 +172,23 @@ def neuron_deletion(db) -> alt.Chart:
         title="Neurons: deletion test (dashed: memorised examples; solid: held-out clean examples)")
 
 
+def neuron_layer_agreement(db) -> alt.Chart:
+    """Spearman over layers of each neuron technique's layer profile against each layer
+    technique's scores, on the noisy models: one cell per pair, one panel per model."""
+    data = query("neuron_layer_agreement", db).group_by(
+        "model", "neuron_technique", "layer_technique").agg(pl.col("spearman").mean(), pl.len().alias("n_seeds"))
+    base = alt.Chart(data).encode(x=alt.X("layer_technique:N", title="layer technique"),
+                                  y=alt.Y("neuron_technique:N", title="neuron technique"))
+    cells = base.mark_rect().encode(
+        color=alt.Color("spearman:Q", scale=alt.Scale(domain=[-1, 1], scheme="redblue")),
+        tooltip=["model", "neuron_technique", "layer_technique", "spearman", "n_seeds"])
+    labels = base.mark_text().encode(text=alt.Text("spearman:Q", format=".2f"))
+    return (cells + labels).properties(width=200, height=200).facet(
+        column=alt.Column("model:N", title=None)).properties(
+        title="Neurons against layers: Spearman over layers of each neuron technique's summed profile and "
+              "each layer technique's scores (noisy models, mean over seeds)")
+
+
 # name -> (builder, the result tables it needs, the query its data comes from)
 CHARTS = {"precog_accuracy_by_bin": (precog_accuracy_by_bin, {"precog", "predictions"}, "precog_accuracy_by_bin"),
           "precog_planted": (precog_planted, {"precog", "examples"}, "precog_distribution"),
@@ -181,7 +198,9 @@ CHARTS = {"precog_accuracy_by_bin": (precog_accuracy_by_bin, {"precog", "predict
           "mcog": (mcog, {"mcog"}, "mcog_by_task"),
           "control": (control, {"control_accuracy"}, "control_accuracy"),
           "neuron_recall": (neuron_recall, {"neuron_summary"}, "neuron_recall"),
-          "neuron_deletion": (neuron_deletion, {"neuron_deletion"}, "neuron_deletion")}
+          "neuron_deletion": (neuron_deletion, {"neuron_deletion"}, "neuron_deletion"),
+          "neuron_layer_agreement": (neuron_layer_agreement, {"neuron_layers", "layer_scores"},
+                                     "neuron_layer_agreement")}
 
 
 def available_charts(db) -> list[str]:

@@ -76,6 +76,13 @@ def test_layer_agreement_query(tmp_path):
     assert row["spearman"] == 1.0 and row["neuron_mcog"] == pytest.approx(14 / 6, abs=0.01)
     assert row["layer_mcog"] == pytest.approx(1.4 / 0.6, abs=0.01)
 
+    from raymem.charts import available_charts, build_chart
+
+    assert "neuron_layer_agreement" in available_charts(db)
+    (cells,) = build_chart("neuron_layer_agreement", db).to_dict()["datasets"].values()
+    assert cells == [{"model": "m", "neuron_technique": "a", "layer_technique": "swapping", "spearman": 1.0,
+                      "n_seeds": 1}]
+
 
 def test_neuron_charts_build_from_the_queries(tmp_path):
     from raymem.charts import available_charts, build_chart
