@@ -35,6 +35,15 @@ def _no_duplicates(values: list, what: str = "value") -> list:
     return values
 
 
+def _registered(names: list[str], registry, what: str) -> list[str]:
+    """Names of a registry's entries (checked without importing them), each once."""
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown[0]!r}{did_you_mean(unknown[0], registry)}; "
+                         f"known: {', '.join(registry)}")
+    return _no_duplicates(names, what)
+
+
 class DuplicateKeyError(yaml.constructor.ConstructorError):
     """A mapping of a YAML file names the same key twice."""
 
@@ -308,11 +317,7 @@ class LocaliseConfig(Strict):
     def _registered(cls, techniques):
         from raymem.localise.registry import TECHNIQUES
 
-        unknown = [t for t in techniques if t not in TECHNIQUES]
-        if unknown:
-            raise ValueError(f"unknown technique {unknown[0]!r}{did_you_mean(unknown[0], TECHNIQUES)}; "
-                             f"known: {', '.join(TECHNIQUES)}")
-        return _no_duplicates(techniques, "technique")
+        return _registered(techniques, TECHNIQUES, "technique")
 
     @field_validator("probe_seeds")
     @classmethod
@@ -472,11 +477,7 @@ class NeuronsConfig(Strict):
     def _registered(cls, techniques):
         from raymem.localise.registry import NEURON_TECHNIQUES
 
-        unknown = [t for t in techniques if t not in NEURON_TECHNIQUES]
-        if unknown:
-            raise ValueError(f"unknown neuron technique {unknown[0]!r}"
-                             f"{did_you_mean(unknown[0], NEURON_TECHNIQUES)}; known: {', '.join(NEURON_TECHNIQUES)}")
-        return _no_duplicates(techniques, "neuron technique")
+        return _registered(techniques, NEURON_TECHNIQUES, "neuron technique")
 
     @field_validator("planted_layers")
     @classmethod
