@@ -19,18 +19,25 @@ def is_decoder_model(model) -> bool:
     return model.config.model_type in DECODER_TYPES
 
 
-def body_layers(model) -> torch.nn.ModuleList:
-    """The model's L transformer layers, in order (BERT, OPT, GPT-Neo, GPT-NeoX/Pythia)."""
-    base = model.base_model
-    for path in _LAYER_PATHS:
-        module = base
+def first_module(root, paths: tuple[str, ...], kinds) -> torch.nn.Module | None:
+    """The first of the dotted `paths` below `root` that is a module of one of `kinds`."""
+    for path in paths:
+        module = root
         for attr in path.split("."):
             module = getattr(module, attr, None)
             if module is None:
                 break
-        if isinstance(module, torch.nn.ModuleList):
+        if isinstance(module, kinds):
             return module
-    raise TypeError(f"cannot find the layers of a {model.config.model_type} model")
+    return None
+
+
+def body_layers(model) -> torch.nn.ModuleList:
+    """The model's L transformer layers, in order (BERT, OPT, GPT-Neo, GPT-NeoX/Pythia)."""
+    layers = first_module(model.base_model, _LAYER_PATHS, torch.nn.ModuleList)
+    if layers is None:
+        raise TypeError(f"cannot find the layers of a {model.config.model_type} model")
+    return layers
 
 
 def num_layers(model) -> int:

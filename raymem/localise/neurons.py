@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from transformers.pytorch_utils import Conv1D
 
-from raymem.localise.layers import body_layers
+from raymem.localise.layers import body_layers, first_module
 
 # per layer, where its FFN's input and output projections live, first found first
 _OUT_PATHS = ("output.dense", "fc2", "mlp.c_proj", "mlp.dense_4h_to_h", "mlp.down_proj")
@@ -27,15 +27,10 @@ _IN_PATHS = ("intermediate.dense", "fc1", "mlp.c_fc", "mlp.dense_h_to_4h", "mlp.
 
 
 def _find(layer, paths):
-    for path in paths:
-        module = layer
-        for attr in path.split("."):
-            module = getattr(module, attr, None)
-            if module is None:
-                break
-        if isinstance(module, (torch.nn.Linear, Conv1D)):
-            return module
-    raise TypeError(f"cannot find the feed-forward projections of a {type(layer).__name__}")
+    module = first_module(layer, paths, (torch.nn.Linear, Conv1D))
+    if module is None:
+        raise TypeError(f"cannot find the feed-forward projections of a {type(layer).__name__}")
+    return module
 
 
 def out_projections(model) -> list[torch.nn.Module]:
