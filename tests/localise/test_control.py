@@ -109,16 +109,13 @@ class _UnscaleOnceScaler(torch.amp.GradScaler):
         super().update(new_scale)
 
 
-def test_fp16_control_training_unscales_each_gradient_once_and_steps_both_tasks(monkeypatch):
+def _two_tiny_tasks(layers: int):
+    """A binary task of 24 texts, a 3-class auxiliary task of 16, and a tiny BERT for them."""
     import numpy as np
-    import torch
     from transformers import BertConfig, BertForSequenceClassification
 
-    from raymem.localise.layers import body_layers
     from raymem.pretrain import train_tokenizer
-    from raymem.runtime import Runtime
-    from raymem.stages.control import train_two_tasks
-    from raymem.train import Encoded, TrainSettings
+    from raymem.train import Encoded
 
     rng = np.random.default_rng(0)
     words = "red green blue cat dog fish run jump sit tall small big".split()
@@ -128,8 +125,20 @@ def test_fp16_control_training_unscales_each_gradient_once_and_steps_both_tasks(
     auxiliary = Encoded(tokenizer, texts[24:], None, rng.integers(0, 3, 16), 32)
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(
-        vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
+        vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
         intermediate_size=32, num_labels=2, pad_token_id=tokenizer.pad_token_id))
+    return task, auxiliary, model
+
+
+def test_fp16_control_training_unscales_each_gradient_once_and_steps_both_tasks(monkeypatch):
+    import torch
+
+    from raymem.localise.layers import body_layers
+    from raymem.runtime import Runtime
+    from raymem.stages.control import train_two_tasks
+    from raymem.train import TrainSettings
+
+    task, auxiliary, model = _two_tiny_tasks(layers=4)
     before = [{k: v.clone() for k, v in layer.state_dict().items()} for layer in body_layers(model)]
     runtime = Runtime("cpu", "fp16")
     scaler = _UnscaleOnceScaler()
@@ -182,25 +191,13 @@ def test_a_noisy_control_model_keeps_a_memorised_checkpoint_for_forgetting_gradi
 
 
 def test_the_frozen_control_model_moves_no_layer_through_the_noisy_task():
-    import numpy as np
-    from transformers import BertConfig, BertForSequenceClassification
 
     from raymem.localise.layers import body_layers
-    from raymem.pretrain import train_tokenizer
     from raymem.runtime import Runtime
     from raymem.stages.control import train_two_tasks
-    from raymem.train import Encoded, TrainSettings
+    from raymem.train import TrainSettings
 
-    rng = np.random.default_rng(0)
-    words = "red green blue cat dog fish run jump sit tall small big".split()
-    texts = [" ".join(rng.choice(words, rng.integers(3, 9))) for _ in range(40)]
-    tokenizer = train_tokenizer(texts, 80, 32)
-    task = Encoded(tokenizer, texts[:24], None, rng.integers(0, 2, 24), 32)
-    auxiliary = Encoded(tokenizer, texts[24:], None, rng.integers(0, 3, 16), 32)
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(
-        vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
-        intermediate_size=32, num_labels=2, pad_token_id=tokenizer.pad_token_id))
+    task, auxiliary, model = _two_tiny_tasks(layers=3)
     before = [{k: v.clone() for k, v in layer.state_dict().items()} for layer in body_layers(model)]
     head_before = model.classifier.weight.clone()
     train_two_tasks(model, torch.nn.Linear(16, 3), task, auxiliary, (), TrainSettings(epochs=2, lr=1e-2, batch_size=8),
