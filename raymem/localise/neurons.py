@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from transformers.pytorch_utils import Conv1D
 
-from raymem.localise.layers import body_layers, first_module
+from raymem.localise.layers import body_layers, first_module, num_layers
 
 # per layer, where its FFN's input and output projections live, first found first
 _OUT_PATHS = ("output.dense", "fc2", "mlp.c_proj", "mlp.dense_4h_to_h", "mlp.down_proj")
@@ -58,32 +58,47 @@ def out_weight_norms(model) -> torch.Tensor:
 
 
 @contextmanager
-def units_hook(model, layer: int, change):
-    """Within the block, layer `layer`'s units (batch, tokens, U) go through `change(units)`,
-    whose result the output projection reads instead (a pre-hook: nothing else changes)."""
-    handle = out_projections(model)[layer].register_forward_pre_hook(
-        lambda module, args: (change(args[0]), *args[1:]))
-    try:
-        yield
-    finally:
-        handle.remove()
+def _unit_hooks(model, layers, change):
+    """Within the block, `change(layer, units)` sees each listed layer's units as (batch,
+    tokens, U) before the output projection reads them; what it returns (None: no change)
+    is read instead. OPT's layers flatten the tokens to (batch*tokens, U) before their FFN,
+    so a pre-hook on each layer notes its (batch, tokens) to unflatten by."""
+    blocks, projections, shapes, handles = body_layers(model), out_projections(model), {}, []
 
+    def note_shape(module, args, kwargs, layer):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        shapes[layer] = hidden.shape[:2]
 
-@contextmanager
-def scaled_units(model, scales: dict[int, torch.Tensor]):
-    """Multiply each listed layer's units by `scales[layer]`, a tensor broadcastable to
-    (batch, tokens, U): (U,) for one mask for all rows, (batch, 1, U) for one per row."""
-    handles = []
-    for layer, scale in scales.items():
-        def change(units, scale=scale):
-            return units * scale.to(units.dtype)
-        handles.append(out_projections(model)[layer].register_forward_pre_hook(
-            lambda module, args, change=change: (change(args[0]), *args[1:])))
+    def before_projection(module, args, layer):
+        units = args[0]
+        flat = units.dim() == 2
+        changed = change(layer, units.view(*shapes[layer], units.shape[-1]) if flat else units)
+        if changed is None:
+            return None
+        return (changed.reshape(units.shape) if flat else changed, *args[1:])
+
+    for layer in layers:
+        handles.append(blocks[layer].register_forward_pre_hook(
+            lambda module, args, kwargs, layer=layer: note_shape(module, args, kwargs, layer), with_kwargs=True))
+        handles.append(projections[layer].register_forward_pre_hook(
+            lambda module, args, layer=layer: before_projection(module, args, layer)))
     try:
         yield
     finally:
         for handle in handles:
             handle.remove()
+
+
+def units_hook(model, layer: int, change):
+    """Within the block, layer `layer`'s units (batch, tokens, U) go through `change(units)`,
+    whose result the output projection reads instead (a pre-hook: nothing else changes)."""
+    return _unit_hooks(model, [layer], lambda _, units: change(units))
+
+
+def scaled_units(model, scales: dict[int, torch.Tensor]):
+    """Multiply each listed layer's units by `scales[layer]`, a tensor broadcastable to
+    (batch, tokens, U): (U,) for one mask for all rows, (batch, 1, U) for one per row."""
+    return _unit_hooks(model, list(scales), lambda layer, units: units * scales[layer].to(units.dtype))
 
 
 @contextmanager
@@ -91,15 +106,9 @@ def recorded_units(model, layers=None):
     """Record the units of `layers` (default all) in the forwards within: layer -> tensor
     (batch, tokens, U), kept with its graph (detach it where no gradient is wanted)."""
     seen: dict[int, torch.Tensor] = {}
-    projections = out_projections(model)
-    layers = range(len(projections)) if layers is None else layers
-    handles = [projections[layer].register_forward_pre_hook(
-        lambda module, args, layer=layer: seen.__setitem__(layer, args[0])) for layer in layers]
-    try:
+    layers = range(num_layers(model)) if layers is None else layers
+    with _unit_hooks(model, layers, lambda layer, units: seen.__setitem__(layer, units)):
         yield seen
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def inputs_of(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

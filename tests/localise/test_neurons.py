@@ -50,6 +50,33 @@ def test_zero_out_ranks_the_planted_unit_first_and_batched_equals_one_forward_pe
     np.testing.assert_allclose(batched, loop, atol=1e-5)
 
 
+def test_zero_out_runs_the_layers_below_the_zeroed_one_once_per_batch(planted):
+    model, data, memorised, _ = planted
+    calls = []
+    handle = model.bert.encoder.layer[0].register_forward_hook(lambda *args: calls.append(1))
+    try:
+        zero_out_scores(model, data, memorised, batch_size=len(memorised), chunk=UNITS)
+    finally:
+        handle.remove()
+    # one batch: the base forward, then layer 0's own chunk; layer 1's chunk replays layer 0
+    assert len(calls) == 2
+
+
+def test_zero_out_batched_equals_one_forward_per_unit_on_a_padded_decoder():
+    """OPT's layers return tuples and its head reads the last real token: the replayed lower
+    layers must hand the upper ones exactly what they computed, padding and all."""
+    data, memorised, _ = marked_data(n=12, seed=3)
+    torch.manual_seed(1)
+    config = OPTConfig(vocab_size=len(data.tokenizer), hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                       ffn_dim=24, word_embed_proj_dim=16, max_position_embeddings=64,
+                       pad_token_id=data.tokenizer.pad_token_id, num_labels=2)
+    model = OPTForSequenceClassification(config).eval()
+    batched = zero_out_scores(model, data, memorised, batch_size=4, chunk=5)
+    loop = zero_out_scores(model, data, memorised, batch_size=4, method="loop")
+    assert np.abs(loop).max() > 1e-4  # zeroing units moves this random model's probabilities
+    np.testing.assert_allclose(batched, loop, atol=1e-6)
+
+
 def test_activations_rank_the_planted_unit_first(planted):
     model, data, memorised, clean = planted
     scores = activation_scores(model, data, memorised, clean)
@@ -124,8 +151,17 @@ def test_decoder_units_are_the_fc1_activations():
     ids = torch.randint(2, 50, (3, 5))
     with torch.no_grad(), recorded_units(model) as units:
         model(input_ids=ids, attention_mask=torch.ones_like(ids))
-    assert units[1].shape[-1] == 24
+    assert units[1].shape == (3, 5, 24)  # OPT flattens the tokens before its FFN: seen unflattened
     assert (units[1] >= 0).all()  # OPT's ReLU
+    # a mask per row reaches its own row: zeroing every unit of row 0 alone changes row 0 alone
+    mask = torch.ones(3, 1, 24)
+    mask[0] = 0
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        with scaled_units(model, {1: mask}):
+            masked = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    assert not torch.allclose(full[0], masked[0])
+    torch.testing.assert_close(full[1:], masked[1:])
     assert in_projections(model)[1] is model.model.decoder.layers[1].fc1
 
 
