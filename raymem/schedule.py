@@ -40,9 +40,29 @@ def relative_cost(trial: Trial) -> float:
     if trial.stage == "localise" and "retrain" in p:
         windows = p["n_layers"] - p["start"] + 1  # the windows of one start layer
         return 0.5 * p["retrain"]["epochs"] * windows
+    if trial.stage == "neurons":
+        return neuron_cost(p)
     if trial.stage in DRIVER_STAGES:
         return 0.0
     return 1.0  # hidden states, swapping, gradients, probing, centroids: about an epoch
+
+
+# A neuron trial's techniques in fine-tuning epochs, as measured in studies/neurons.yaml on
+# raymem-mini (a 20-epoch fine-tuning trial 40 s; Zero-Out 82 s before it replayed the lower
+# layers, IG 7 s at 20 steps, hard concrete 28 s and slimming 16 s at 300 steps). Zero-Out's
+# share grows with the model's units, which a trial's parameters do not hold: the progress
+# line reweighs the stage by what its first trials took (raymem/sweep.py).
+NEURON_EPOCHS = {"activations": lambda p: 0.1, "zero_out": lambda p: 30.0,
+                 "integrated_gradients": lambda p: 0.18 * p["ig_steps"],
+                 "slimming": lambda p: p["slim_epochs"] / 38, "hard_concrete": lambda p: p["hc_epochs"] / 21}
+
+
+def neuron_cost(p: dict) -> float:
+    """A neuron trial: its techniques (the mask techniques at their most steps), plus
+    planting the units and the deletion test where it plants them (about 20 s there: it
+    stops early, well short of its most epochs)."""
+    planting = 0.05 * p["plant_epochs"] if "planted_layers" in p else 0.0
+    return planting + sum(NEURON_EPOCHS[name](p) for name in p["techniques"])
 
 
 def chain_lengths(trials: list[Trial]) -> dict[str, float]:

@@ -324,9 +324,29 @@ def progress_callback(name: str, total: int, every_seconds: float = 10.0, before
                 return None
             if work is None:
                 return (now - self.start) / len(ended) * left
-            ended_here = sum(work.costs.get(_trial_id(t), 0.0) for t in ended)
+            scale = self._stage_scales(ended)
+            weighed = {i: c * scale.get(work.stages.get(i), 1.0) for i, c in work.costs.items()}
+            ended_here = sum(weighed.get(_trial_id(t), 0.0) for t in ended)
             spent = work.spent_before + ended_here
-            return (now - self.start) * (sum(work.costs.values()) - ended_here) / spent if spent else None
+            return (now - self.start) * (sum(weighed.values()) - ended_here) / spent if spent else None
+
+        def _stage_scales(self, ended: list) -> dict[str, float]:
+            """Per stage with ended trials, its measured seconds per unit of relative cost over
+            the sweep's (Tune's `time_total_s`): a stage the relative costs misjudge (neuron
+            trials, a model much larger than the studies') is weighed by what its trials took
+            once one has ended. 1 for the others."""
+            seconds, costs = {}, {}
+            for t in ended:
+                trial_id, took = _trial_id(t), (t.last_result or {}).get("time_total_s")
+                stage, cost = work.stages.get(trial_id), work.costs.get(trial_id, 0.0)
+                if stage is None or not took or not cost:
+                    continue
+                seconds[stage] = seconds.get(stage, 0.0) + took
+                costs[stage] = costs.get(stage, 0.0) + cost
+            if not seconds:
+                return {}
+            overall = sum(seconds.values()) / sum(costs.values())
+            return {stage: seconds[stage] / costs[stage] / overall for stage in seconds}
 
         def _line(self, trials, completed=None) -> None:
             # Tune calls back before it marks the completed trial TERMINATED: count it here

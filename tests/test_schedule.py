@@ -3,6 +3,7 @@
 import json
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import ray
@@ -178,6 +179,44 @@ def test_the_time_left_weighs_the_trials_by_their_cost(capsys, monkeypatch):
     # 21 units in 100 s; 3 left: about 14 s (counting trials: 3 of 6 left in 100 s, 100 s)
     assert "[study] 3/6 done, 0 failed, 1 running, 2 pending; 100s so far, about 14s left" \
         in capsys.readouterr().out
+
+
+def test_a_neuron_trial_costs_as_its_techniques():
+    """A neuron trial of studies/neurons.yaml took about four 20-epoch fine-tuning trials;
+    counted as one epoch it was put last and the time left was far too low."""
+    from raymem.config import load_study
+    from raymem.schedule import relative_cost
+    from raymem.study import plan_trials
+
+    study = load_study(Path(__file__).parents[1] / "studies" / "neurons.yaml")
+    trials = plan_trials(study, study.results, {"tweet_sentiment": 3}, {"raymem-mini": 4})
+    finetune = next(t for t in trials if t.stage == "finetune")
+    neurons = [t for t in trials if t.stage == "neurons"]
+    planted = next(t for t in neurons if "planted_layers" in t.params)
+    assert relative_cost(finetune) == 20
+    assert 60 < relative_cost(planted) < 100
+    cheap = Trial("neurons", {**planted.params, "techniques": ["activations"]}, "s", "/r")
+    assert relative_cost(cheap) < 15
+
+
+def test_the_time_left_weighs_each_stage_by_what_its_ended_trials_took(capsys, monkeypatch):
+    """Relative costs say a neuron trial is worth a fine-tuning trial; the ended ones took 9
+    times as long: the neuron trials left are weighed by that, not by the relative cost."""
+    from types import SimpleNamespace
+
+    def tune_trial(trial_id, status, took=None):
+        return SimpleNamespace(status=status, config={"trial": {"trial_id": trial_id}},
+                               last_result={"time_total_s": took} if took else {})
+
+    monkeypatch.setattr(sweep.time, "time", lambda: 1100.0)
+    stages = {"f1": "finetune", "f2": "finetune", "n1": "neurons", "n2": "neurons", "n3": "neurons"}
+    work = sweep.Work(started=1000.0, costs={i: 1.0 for i in stages}, stages=stages)
+    trials = [tune_trial("f1", "TERMINATED", 10.0), tune_trial("f2", "TERMINATED", 10.0),
+              tune_trial("n1", "TERMINATED", 90.0), tune_trial("n2", "PENDING"), tune_trial("n3", "PENDING")]
+    sweep.progress_callback("study", total=5, work=work)._line(trials)
+    # 110 s of trial time in 100 s; left: two neuron trials of 90 s each, about 164 s
+    # (by relative cost alone: 3 units done in 100 s, 2 left, about 67 s)
+    assert "100s so far, about 164s left" in capsys.readouterr().out
 
 
 def test_the_progress_line_counts_each_stage(capsys, monkeypatch):
