@@ -140,7 +140,9 @@ def neuron_cost(p: dict, study: Study, shape: Shape, train: int, T: float) -> tu
     techniques and planting at their most steps (they may stop early)."""
     forward, noisy = 2 * shape.parameters * T, study.noise_ratio * train
     units = shape.layers * 4 * shape.hidden
-    per_technique = {"activations": 2 * noisy * forward, "zero_out": units * noisy * forward,
+    # Zero-Out: per unit of layer l, a forward of layers l..L (the ones below are replayed)
+    zero_out = units * noisy * forward * (shape.layers + 1) / (2 * shape.layers)
+    per_technique = {"activations": 2 * noisy * forward, "zero_out": zero_out,
                      "integrated_gradients": 3 * shape.layers * p["ig_steps"] * noisy * forward,
                      "slimming": 3 * p["slim_epochs"] * p["mask_batch_size"] * forward,
                      "hard_concrete": 3 * p["hc_epochs"] * p["mask_batch_size"] * forward}

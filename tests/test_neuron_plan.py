@@ -72,3 +72,18 @@ def test_neuron_techniques_are_registry_entries_named_in_the_study_file():
             "model", "data", "memorised_index", "clean_index", "p"]
     with pytest.raises(ConfigError, match="unknown neuron technique 'zero-out'.*zero_out"):
         load_study(REPO / "studies" / "neurons.yaml", {"neurons.techniques": ["zero-out"]})
+
+
+def test_zero_out_costs_the_layers_above_each_zeroed_one():
+    """Zero-Out replays the layers below the zeroed one: for layer l of L it runs L-l+1 of
+    them, (L+1)/(2L) of a full forward over all layers; activations cost two forwards."""
+    from raymem.estimate import model_shape, neuron_cost
+
+    study = load_study(REPO / "studies" / "neurons.yaml")
+    shape = model_shape("raymem-mini")
+    settings = {k: v for k, v in study.neurons.model_dump().items() if k != "planted_layers"}  # not planted
+    p = {**settings, "techniques": ["zero_out"], "deletion_percents": []}
+    zero_out, _ = neuron_cost(p, study, shape, train=400, T=20)
+    activations, _ = neuron_cost({**p, "techniques": ["activations"]}, study, shape, train=400, T=20)
+    units, layers = shape.layers * 4 * shape.hidden, shape.layers
+    assert zero_out / activations == pytest.approx(units * (layers + 1) / (2 * layers) / 2)
