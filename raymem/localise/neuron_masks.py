@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from raymem.localise.gradients import length_sorted_batches
-from raymem.localise.neurons import inputs_of, scaled_units
+from raymem.localise.neurons import inputs_of, loss_scaler, scaled_units
 from raymem.runtime import model_device, to_device
 from raymem.train import Encoded
 
@@ -33,6 +33,7 @@ def train_mask(model, data: Encoded, memorised_index, mask: torch.nn.Module, lam
     generator = torch.Generator().manual_seed(seed)
     params = [p for p in mask.parameters()]
     optimiser = torch.optim.Adam(params, lr=lr)
+    scaler = loss_scaler(device)
     order: list[int] = []
     for step in range(1, epochs + 1):
         if not order:
@@ -45,9 +46,10 @@ def train_mask(model, data: Encoded, memorised_index, mask: torch.nn.Module, lam
         if step % 10 == 0 and float(penalty.detach()) < stop_loss:
             return step
         loss = F.cross_entropy(logits.float(), batch["labels"]) + lam * penalty
-        grads = torch.autograd.grad(loss, params)
+        grads = torch.autograd.grad(scaler.scale(loss), params)
         for p, g in zip(params, grads):
             p.grad = g
-        optimiser.step()
+        scaler.step(optimiser)  # unscales first; skips a step whose scaled gradients overflowed
+        scaler.update()
         optimiser.zero_grad(set_to_none=True)
     return epochs

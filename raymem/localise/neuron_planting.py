@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from transformers.pytorch_utils import Conv1D
 
 from raymem.localise.gradients import length_sorted_batches
-from raymem.localise.neurons import in_projections, out_projections, scaled_units, top_units
+from raymem.localise.neurons import in_projections, loss_scaler, out_projections, scaled_units, top_units
 from raymem.runtime import model_device, to_device
 from raymem.train import Encoded, predict
 
@@ -78,6 +78,7 @@ def plant(model, data: Encoded, noisy_index, clean_index, planted: np.ndarray, s
     for p in model.parameters():
         p.requires_grad_(id(p) in wanted)
     optimiser = torch.optim.Adam([p for p, _ in trained], lr=lr)
+    scaler = loss_scaler(device)  # on under fp16 autocast
     generator = torch.Generator().manual_seed(seed)
     noisy_batches = [to_device(b, device) for b in length_sorted_batches(data, noisy_index, batch_size)]
     clean_index = np.asarray(clean_index)
@@ -91,10 +92,11 @@ def plant(model, data: Encoded, noisy_index, clean_index, planted: np.ndarray, s
                 pick = torch.randperm(len(clean_index), generator=generator)[:len(noisy["labels"])].numpy()
                 clean = to_device(next(length_sorted_batches(data, clean_index[pick], batch_size)), device)
                 loss = _loss(model, noisy)
-                (loss + _loss(model, clean)).backward()
+                scaler.scale(loss + _loss(model, clean)).backward()
                 for p, mask in trained:
-                    p.grad.mul_(mask)
-                optimiser.step()
+                    p.grad.mul_(mask)  # linear: masking before the scaler unscales is the same
+                scaler.step(optimiser)
+                scaler.update()
                 optimiser.zero_grad(set_to_none=True)
                 total += float(loss.detach()) * len(noisy["labels"])
             loss_noisy = total / len(noisy_index)

@@ -111,6 +111,13 @@ def recorded_units(model, layers=None):
         yield seen
 
 
+def loss_scaler(device: torch.device) -> torch.amp.GradScaler:
+    """A loss scaler for training under the caller's autocast: on where that autocast is
+    fp16 (whose small gradients underflow without one), a no-op under bf16 and fp32."""
+    fp16 = torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) == torch.float16
+    return torch.amp.GradScaler(device.type, enabled=fp16)
+
+
 def inputs_of(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in batch.items() if k != "labels"}
 

@@ -101,6 +101,26 @@ def test_slimming_and_hard_concrete_keep_the_planted_unit(planted):
     assert (predict(model, data)[memorised, 1] > 0.99).all()
 
 
+def test_mask_training_scales_the_loss_under_fp16_autocast(planted, monkeypatch):
+    """fp16 gradients underflow without a loss scaler: under fp16 autocast the mask loop
+    scales its loss (and still finds the unit); under bf16 and fp32 it needs none."""
+    from raymem.localise import neurons
+
+    cpu = torch.device("cpu")
+    assert not neurons.loss_scaler(cpu).is_enabled()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not neurons.loss_scaler(cpu).is_enabled()
+    scalers = []
+    real = neurons.loss_scaler
+    monkeypatch.setattr("raymem.localise.neuron_masks.loss_scaler", lambda d: scalers.append(real(d)) or scalers[-1])
+    model, data, memorised, _ = planted
+    with torch.autocast("cpu", dtype=torch.float16, cache_enabled=False):  # as Runtime.autocast
+        slim = slimming_scores(model, data, memorised, lam=10, lr=0.05, epochs=60, stop_loss=0, batch_size=8)
+    assert [s.is_enabled() for s in scalers] == [True]
+    assert scalers[0].get_scale() > 1  # it scaled: 2**16 to start, halved only on overflow
+    assert _top(slim) == (LAYER, UNIT)
+
+
 def test_mask_training_stops_at_the_penalty_threshold(planted):
     model, data, memorised, _ = planted
     # a penalty below 1.0 at once: stops at the first check (step 10), coefficients barely moved
