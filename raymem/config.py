@@ -451,6 +451,10 @@ class NeuronsConfig(Strict):
     plant_epochs: int = Field(200, ge=1, description="planting: most epochs over the noisy set (MemPi: 200)")
     plant_stop_loss: float = Field(0.05, ge=0, description="planting: stop once the noisy set's mean loss is "
                                                            "below this (MemPi: 0.05)")
+    scored_examples: int | None = Field(
+        None, ge=1, description="memorised examples the techniques score: a sample of at most this many, seeded "
+                                "by the model seed (null: all; planting and the deletion test use them all). "
+                                "Zero-Out's cost is units x scored examples: set it for large tasks")
     batch_size: int = Field(16, ge=1, description="examples per forward (activations, zero-out, planting)")
     zero_out_chunk: int = Field(64, ge=1, description="zero-out: units scored per forward of the replicated batch")
     ig_steps: int = Field(20, ge=2, description="integrated gradients: steps from 0 to the units (MemPi: 20)")

@@ -139,11 +139,12 @@ def neuron_cost(p: dict, study: Study, shape: Shape, train: int, T: float) -> tu
     """(FLOPs, bytes) of one neuron trial, units taken as 4x the hidden size; the mask
     techniques and planting at their most steps (they may stop early)."""
     forward, noisy = 2 * shape.parameters * T, study.noise_ratio * train
+    scored = min(noisy, p.get("scored_examples") or noisy)  # the techniques' examples
     units = shape.layers * 4 * shape.hidden
     # Zero-Out: per unit of layer l, a forward of layers l..L (the ones below are replayed)
-    zero_out = units * noisy * forward * (shape.layers + 1) / (2 * shape.layers)
-    per_technique = {"activations": 2 * noisy * forward, "zero_out": zero_out,
-                     "integrated_gradients": 3 * shape.layers * p["ig_steps"] * noisy * forward,
+    zero_out = units * scored * forward * (shape.layers + 1) / (2 * shape.layers)
+    per_technique = {"activations": 2 * scored * forward, "zero_out": zero_out,
+                     "integrated_gradients": 3 * shape.layers * p["ig_steps"] * scored * forward,
                      "slimming": 3 * p["slim_epochs"] * p["mask_batch_size"] * forward,
                      "hard_concrete": 3 * p["hc_epochs"] * p["mask_batch_size"] * forward}
     flops = sum(per_technique[t] for t in p["techniques"])

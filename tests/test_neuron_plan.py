@@ -87,3 +87,13 @@ def test_zero_out_costs_the_layers_above_each_zeroed_one():
     activations, _ = neuron_cost({**p, "techniques": ["activations"]}, study, shape, train=400, T=20)
     units, layers = shape.layers * 4 * shape.hidden, shape.layers
     assert zero_out / activations == pytest.approx(units * (layers + 1) / (2 * layers) / 2)
+
+
+def test_scored_examples_changes_the_neuron_trials_alone_and_their_cost():
+    study, before = _plan()
+    sampled, after = _plan(**{"neurons.scored_examples": 8})
+    assert {t.stage for t in set(after) - set(before)} == {"neurons"}
+    assert all(t.params["scored_examples"] == 8 for t in after if t.stage == "neurons")
+    assert all("scored_examples" not in t.params for t in before)  # unset: the ids of earlier runs
+    flops = [estimate(s)["stages"]["neurons"]["flops"] for s in (study, sampled)]
+    assert flops[1] < 0.7 * flops[0]  # 60 memorised examples scored before, 8 now (planting and masks stay)

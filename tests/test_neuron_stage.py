@@ -24,7 +24,8 @@ def test_neuron_trials_run_through_the_runtime_and_write_whole_tables(moves, tmp
         "results": str(tmp_path / "results"), "seeds": [1], "subsample": {"train": 48, "validation": 8, "test": 16},
         "finetune.epochs": 1, "localise.enabled": False, "neurons.planted_layers": [[2]],
         "neurons.plant_epochs": 2, "neurons.ig_steps": 3, "neurons.slim_epochs": 5, "neurons.hc_epochs": 5,
-        "neurons.zero_out_chunk": 256, "neurons.heldout": 8, "neurons.deletion_percents": [1.0]})
+        "neurons.zero_out_chunk": 256, "neurons.heldout": 8, "neurons.deletion_percents": [1.0],
+        "neurons.scored_examples": 4})
     plan = make_plan(study, log=lambda *_: None)
     store = plan.store
     for trial in plan.of_stage("examples"):
@@ -43,6 +44,7 @@ def test_neuron_trials_run_through_the_runtime_and_write_whole_tables(moves, tmp
         assert scores["score"].is_finite().all()
         summary = store.read_shard("neuron_summary", "neurons", trial_id)
         assert summary.height == 5
+        assert (summary["n_scored"] == 4).all() and (summary["n_memorised"] > 4).all()  # a sample of 4
         deletion = store.read_shard("neuron_deletion", "neurons", trial_id)
         assert deletion.height == 2 * 6  # percent 0 and 1, five techniques and random
         assert deletion["memorised_acc"].is_between(0, 1).all()
@@ -51,3 +53,18 @@ def test_neuron_trials_run_through_the_runtime_and_write_whole_tables(moves, tmp
     assert np.allclose(planted["chance"], planted["k"] / n_units)
     units = store.read_shard("neuron_planted", "neurons", trials["planted-2-0"])
     assert units.height == round(0.01 * n_units) and set(units["layer"]) == {2}
+
+
+def test_the_scored_sample_is_seeded_and_within_its_sets():
+    from raymem.stages.neurons import scored_sample
+
+    memorised, clean = np.arange(0, 40, 2), np.arange(1, 60, 2)
+    assert scored_sample(memorised, clean, None, 1) == (memorised, clean)
+    assert scored_sample(memorised, clean, 50, 1) == (memorised, clean)  # fewer than the most: all
+    scored, scored_clean = scored_sample(memorised, clean, 5, seed=1)
+    assert len(scored) == len(scored_clean) == 5
+    assert set(scored) <= set(memorised) and set(scored_clean) <= set(clean)
+    assert (np.diff(scored) > 0).all()
+    again = scored_sample(memorised, clean, 5, seed=1)
+    assert (again[0] == scored).all() and (again[1] == scored_clean).all()
+    assert not (scored_sample(memorised, clean, 5, seed=2)[0] == scored).all()

@@ -55,6 +55,8 @@ def plan(study, context: PlanContext) -> list[Trial]:
     finetuned = {tuple(t.params[k] for k in ("task", "model", "seed", "variant")): t
                  for t in context.of_stage("finetune")}
     settings = cfg.model_dump(include=set(SETTINGS))
+    if cfg.scored_examples is not None:  # a trial's id holds it only when set: ids of earlier runs stand
+        settings["scored_examples"] = cfg.scored_examples
     trials = []
     for task in study.task_names():
         for model in study.models:
@@ -91,6 +93,7 @@ def run(trial: Trial, runtime: Runtime) -> Tables:
     heldout_data = encode_split(tokenizer, heldout, heldout["original_label"].to_numpy(), p["max_length"])
     noisy_mask = train["noisy"].to_numpy()
     memorised, clean = np.flatnonzero(noisy_mask), matched_clean_index(noisy_mask, p["seed"])
+    scored, scored_clean = scored_sample(memorised, clean, p.get("scored_examples"), p["seed"])
     model = runtime.load_checkpoint(p["model_trial"], ("final",))
     model.config.use_cache = False
     shape = (num_layers(model), units_per_layer(model))
@@ -105,15 +108,25 @@ def run(trial: Trial, runtime: Runtime) -> Tables:
         scores, seconds = {}, {}
         for name in p["techniques"]:
             start = time.perf_counter()
-            scores[name] = neuron_technique(name)(model, data, memorised, clean, p)
+            scores[name] = neuron_technique(name)(model, data, scored, scored_clean, p)
             seconds[name] = time.perf_counter() - start
         deletion = deletion_rows(model, scores, p["deletion_percents"], data.subset(memorised), heldout_data,
                                  p["deletion_random_draws"], p["seed"])
-    return tables(p, scores, seconds, deletion, planted, fit, len(memorised))
+    return tables(p, scores, seconds, deletion, planted, fit, len(memorised), len(scored))
+
+
+def scored_sample(memorised: np.ndarray, clean: np.ndarray, most: int | None, seed: int):
+    """The memorised examples the techniques score, and as many of the matched clean ones:
+    all of them, or a sample of `most` drawn with the model seed (sorted, as the index)."""
+    if most is None or len(memorised) <= most:
+        return memorised, clean
+    rng = np.random.default_rng(seed)
+    return (np.sort(rng.choice(memorised, most, replace=False)),
+            np.sort(rng.choice(clean, min(most, len(clean)), replace=False)))
 
 
 def tables(p: dict, scores: dict[str, np.ndarray], seconds: dict[str, float], deletion: pl.DataFrame,
-           planted: np.ndarray | None, fit: dict, n_memorised: int) -> Tables:
+           planted: np.ndarray | None, fit: dict, n_memorised: int, n_scored: int) -> Tables:
     keys = [pl.lit(p[k]).alias(k) for k in KEYS]
     n_layers, n_units = next(iter(scores.values())).shape
     layer = np.repeat(np.arange(1, n_layers + 1, dtype=np.int16), n_units)
@@ -130,8 +143,8 @@ def tables(p: dict, scores: dict[str, np.ndarray], seconds: dict[str, float], de
         "recall_at_k": [recall_at_k(s, planted) if k else float("nan") for s in scores.values()],
         "k": k, "chance": k / (n_layers * n_units) if k else float("nan"),
         "mcog": [m_cog(profiles[n]) for n in scores], "seconds": [seconds[n] for n in scores],
-        "n_memorised": n_memorised, "n_units": n_layers * n_units, **fit},
-        schema_overrides={"k": pl.Int64, "n_memorised": pl.Int64, "n_units": pl.Int64, "plant_epochs": pl.Int64})
+        "n_memorised": n_memorised, "n_scored": n_scored, "n_units": n_layers * n_units, **fit},
+        schema_overrides={"k": pl.Int64, "n_memorised": pl.Int64, "n_scored": pl.Int64, "n_units": pl.Int64, "plant_epochs": pl.Int64})
     out = {"neuron_scores": unit_rows,
            "neuron_layers": layer_rows, "neuron_summary": summary, "neuron_deletion": deletion}
     if planted is not None:
