@@ -40,9 +40,10 @@ def test_the_published_grid_is_counted_as_the_planner_counts_it():
     # 12 tasks x 4 models x 3 seeds x 2 variants; x 30 subset models per task and model;
     # 11 tasks (not the auxiliary sst2) x 4 models x 3 seeds x (3 planted pairs x 2 variants + the
     # frozen model forgetting gradients divides by); 540 pairs of 12 retraining trials (one per
-    # start layer: 78 windows) and 4 other techniques
+    # start layer: 78 windows) and 4 other techniques; 12 tasks x 4 models x 3 seeds x (the
+    # noisy model + units planted in 2 layer sets, one draw each) neuron trials
     assert trials["finetune"] == 288 and trials["counterfactual"] == 1440 and trials["control"] == 924
-    assert trials["localise"] == 8640 and plan["total"]["trials"] == 12468
+    assert trials["localise"] == 8640 and trials["neurons"] == 432 and plan["total"]["trials"] == 12900
     assert plan["models"]["bert-base-cased"]["layers"] == 12
     assert plan["examples"]["sst2_sentences"]["train"] == 6920  # the sentence-level SST-2, as the original
 
