@@ -19,7 +19,9 @@ TECHNIQUES: dict[str, str] = {
 
 # Neuron-level techniques (docs/neurons.md): each module's `score(model, data, memorised,
 # clean, settings)` gives an (L, U) array, one score per FFN unit of every layer; `settings`
-# is the neurons stage's trial parameters (the study file's `neurons:` section).
+# is the neurons stage's trial parameters (the study file's `neurons:` section). A function,
+# not a Technique: the stage's one trial per target plans, plants and writes for every
+# neuron technique at once, so scoring is all a neuron technique does.
 NEURON_TECHNIQUES: dict[str, str] = {
     "activations": "raymem.localise.neuron_activations:score",
     "zero_out": "raymem.localise.neuron_zero_out:score",
