@@ -18,7 +18,7 @@ def _trial_tables(target, scores, planted=None):
                              "n_units": [0, 2, 0, 2], "memorised_acc": [1.0, 0.2, 1.0, 0.9],
                              "heldout_acc": [0.8, 0.7, 0.8, 0.8]})
     return tables({**P, "target": target}, scores, {n: 1.0 for n in scores}, deletion, planted,
-                  {"plant_epochs": 3, "plant_loss": 0.01}, 10)
+                  {"plant_epochs": 3, "plant_loss": 0.01}, 10, 10)
 
 
 def test_tables_are_long_and_compact():
