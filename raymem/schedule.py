@@ -48,13 +48,19 @@ def relative_cost(trial: Trial) -> float:
 
 
 # A neuron trial's techniques in fine-tuning epochs, as measured in studies/neurons.yaml on
-# raymem-mini (a 20-epoch fine-tuning trial 40 s; Zero-Out 82 s before it replayed the lower
-# layers, IG 7 s at 20 steps, hard concrete 28 s and slimming 16 s at 300 steps). Zero-Out's
-# share grows with the model's units, which a trial's parameters do not hold: the progress
-# line reweighs the stage by what its first trials took (raymem/sweep.py).
-NEURON_EPOCHS = {"activations": lambda p: 0.1, "zero_out": lambda p: 30.0,
-                 "integrated_gradients": lambda p: 0.18 * p["ig_steps"],
+# raymem-mini (a 20-epoch fine-tuning trial 40 s; on its 59 memorised examples Zero-Out 82 s
+# before it replayed the lower layers, IG 7 s at 20 steps; hard concrete 28 s and slimming
+# 16 s at 300 steps). Zero-Out's share grows with the model's units, which a trial's
+# parameters do not hold: the progress line reweighs the stage by what its first trials
+# took (raymem/sweep.py). The per-example ones scale with `scored_examples` where it is set.
+MEASURED_EXAMPLES = 60
+NEURON_EPOCHS = {"activations": lambda p: 0.1, "zero_out": lambda p: 30.0 * _scored_share(p),
+                 "integrated_gradients": lambda p: 0.18 * p["ig_steps"] * _scored_share(p),
                  "slimming": lambda p: p["slim_epochs"] / 38, "hard_concrete": lambda p: p["hc_epochs"] / 21}
+
+
+def _scored_share(p: dict) -> float:
+    return min(1.0, (p.get("scored_examples") or MEASURED_EXAMPLES) / MEASURED_EXAMPLES)
 
 
 def neuron_cost(p: dict) -> float:

@@ -280,12 +280,10 @@ def interruptible():
 @dataclass(frozen=True)
 class Work:
     """What a sweep's progress line estimates the time left from: when the sweep `started`,
-    the relative cost (raymem/schedule.py) of each trial this experiment may run, and the cost
-    of those its earlier experiments ended; and what it counts per stage: the stage of each
-    trial the sweep runs in Tune (`stages`), and those its earlier experiments ended."""
+    the relative cost (raymem/schedule.py) of each trial the sweep runs in Tune, the stage of
+    each (`stages`), and those its earlier experiments ended (`ended_before`)."""
     started: float
     costs: dict[str, float]
-    spent_before: float = 0.0
     stages: dict[str, str] = field(default_factory=dict)
     ended_before: frozenset[str] = frozenset()
 
@@ -326,9 +324,10 @@ def progress_callback(name: str, total: int, every_seconds: float = 10.0, before
                 return (now - self.start) / len(ended) * left
             scale = self._stage_scales(ended)
             weighed = {i: c * scale.get(work.stages.get(i), 1.0) for i, c in work.costs.items()}
-            ended_here = sum(weighed.get(_trial_id(t), 0.0) for t in ended)
-            spent = work.spent_before + ended_here
-            return (now - self.start) * (sum(weighed.values()) - ended_here) / spent if spent else None
+            ended_ids = {_trial_id(t) for t in ended} | work.ended_before
+            spent = sum(weighed.get(i, 0.0) for i in ended_ids)
+            left_work = sum(c for i, c in weighed.items() if i not in ended_ids)
+            return (now - self.start) * left_work / spent if spent else None
 
         def _stage_scales(self, ended: list) -> dict[str, float]:
             """Per stage with ended trials, its measured seconds per unit of relative cost over
@@ -337,6 +336,8 @@ def progress_callback(name: str, total: int, every_seconds: float = 10.0, before
             once one has ended. 1 for the others."""
             seconds, costs = {}, {}
             for t in ended:
+                if t.status == "ERROR" or (t.last_result or {}).get("status") == "failed":
+                    continue  # a trial that failed early says nothing of what its stage takes
                 trial_id, took = _trial_id(t), (t.last_result or {}).get("time_total_s")
                 stage, cost = work.stages.get(trial_id), work.costs.get(trial_id, 0.0)
                 if stage is None or not took or not cost:
@@ -461,8 +462,7 @@ def run_sweep(name: str, trials: list[Trial], store: Store, max_failures: int, l
         # a trial that failed in an earlier experiment stays failed: it is left out, so the
         # trials that need it are never released
         ended = done | failed_ids
-        work = Work(start, {i: c for i, c in costs.items() if i not in ended},
-                    sum(c for i, c in costs.items() if i in ended), stages, frozenset(ended & set(costs)))
+        work = Work(start, costs, stages, frozenset(ended & set(costs)))
         searcher = _run_experiment(name, part, [t for t in trials if t.trial_id not in failed_ids], store,
                                    max_failures, run_in_driver, per_experiment, n_tune, len(failed_ids), work,
                                    trackers)

@@ -171,8 +171,8 @@ def test_the_time_left_weighs_the_trials_by_their_cost(capsys, monkeypatch):
 
     monkeypatch.setattr(sweep.time, "time", lambda: 1100.0)  # 100 s after the sweep started
     # the sweep ran 10 units of work in an earlier experiment; this one holds 10 + 1 + 1 + 1 + 1
-    work = sweep.Work(started=1000.0, costs={"long": 10.0, "a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0},
-                      spent_before=10.0)
+    work = sweep.Work(started=1000.0, costs={"early": 10.0, "long": 10.0, "a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0},
+                      ended_before=frozenset({"early"}))
     trials = [tune_trial("long", "TERMINATED"), tune_trial("a", "TERMINATED"), tune_trial("b", "RUNNING"),
               tune_trial("c", "PENDING"), tune_trial("d", "PENDING")]
     sweep.progress_callback("study", total=6, before=(1, 0), work=work)._line(trials)
@@ -197,6 +197,9 @@ def test_a_neuron_trial_costs_as_its_techniques():
     assert 60 < relative_cost(planted) < 100
     cheap = Trial("neurons", {**planted.params, "techniques": ["activations"]}, "s", "/r")
     assert relative_cost(cheap) < 15
+    sampled = Trial("neurons", {**planted.params, "techniques": ["zero_out"], "scored_examples": 15}, "s", "/r")
+    assert relative_cost(sampled) == pytest.approx(relative_cost(
+        Trial("neurons", {**planted.params, "techniques": ["zero_out"]}, "s", "/r")) - 30 * 0.75)
 
 
 def test_the_time_left_weighs_each_stage_by_what_its_ended_trials_took(capsys, monkeypatch):
@@ -218,6 +221,16 @@ def test_the_time_left_weighs_each_stage_by_what_its_ended_trials_took(capsys, m
     # (by relative cost alone: 3 units done in 100 s, 2 left, about 67 s)
     assert "100s so far, about 164s left" in capsys.readouterr().out
 
+    # a later experiment of the same sweep: n1 ended in an earlier one and is weighed as the
+    # neuron trials measured here; a trial that failed at once does not make its stage cheap
+    work = sweep.Work(started=1000.0, costs={i: 1.0 for i in stages}, stages=stages, ended_before=frozenset({"n1"}))
+    trials = [tune_trial("f1", "TERMINATED", 10.0), tune_trial("n2", "TERMINATED", 90.0),
+              tune_trial("f2", "ERROR", 0.5), tune_trial("n3", "PENDING")]
+    sweep.progress_callback("study", total=5, before=(1, 0), work=work)._line(trials)
+    # finetune 10 s a unit, neurons 90: spent n1 + f1 + n2 + f2 (failed: ended, at the
+    # stage's measured rate) = 9 + 1 + 9 + 1 units of 10 s; n3 left, 9 units: about 45 s
+    assert "100s so far, about 45s left" in capsys.readouterr().out
+
 
 def test_the_progress_line_counts_each_stage(capsys, monkeypatch):
     from types import SimpleNamespace
@@ -228,8 +241,7 @@ def test_the_progress_line_counts_each_stage(capsys, monkeypatch):
     monkeypatch.setattr(sweep.time, "time", lambda: 1010.0)
     stages = {"f1": "finetune", "f2": "finetune", "f3": "finetune", "l1": "localise", "l2": "localise"}
     # f1 ended in an earlier experiment; this one ran f2, l1 and has f3, l2 left
-    work = sweep.Work(started=1000.0, costs={i: 1.0 for i in ("f2", "f3", "l1", "l2")}, spent_before=1.0,
-                      stages=stages, ended_before=frozenset({"f1"}))
+    work = sweep.Work(started=1000.0, costs={i: 1.0 for i in stages}, stages=stages, ended_before=frozenset({"f1"}))
     trials = [tune_trial("f2", "TERMINATED"), tune_trial("l1", "TERMINATED"), tune_trial("f3", "RUNNING"),
               tune_trial("l2", "PENDING")]
     progress = sweep.progress_callback("study", total=5, before=(1, 0), work=work)

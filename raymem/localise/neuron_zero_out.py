@@ -50,47 +50,55 @@ def zero_out_scores(model, data: Encoded, memorised_index, batch_size: int = 16,
     for host_batch in length_sorted_batches(data, memorised_index, batch_size):
         batch = to_device(host_batch, device)
         inputs, labels = inputs_of(batch), batch["labels"]
-        with recorded_layer_outputs(model) as outputs:
+        if method == "loop":
             base = label_probability(model(**inputs).logits, labels)  # (B,)
-        for layer in range(n_layers):
-            if method == "loop":
+            for layer in range(n_layers):
                 for unit in range(n_units):
                     mask = torch.ones(n_units, device=device)
                     mask[unit] = 0
                     with scaled_units(model, {layer: mask}):
                         p = label_probability(model(**inputs).logits, labels)
                     drops[layer, unit] += float((base - p).sum())
-                continue
+            continue
+        with recorded_layer_outputs(model) as outputs:
+            base = label_probability(model(**inputs).logits, labels)
+        replicas = min(chunk, n_units)
+        repeated = to_device({k: v.repeat(replicas, *([1] * (v.dim() - 1))) for k, v in inputs_of(host_batch).items()},
+                             device)  # replica-major, moved like every batch a model is handed
+        for layer in range(n_layers):
+            below = _repeated(outputs[layer - 1], replicas) if layer else None
             for start in range(0, n_units, chunk):
                 units = torch.arange(start, min(start + chunk, n_units), device=device)
-                drops[layer, units.cpu()] += _chunk_drops(model, inputs_of(host_batch), labels, base, layer,
-                                                          units, n_units, outputs[:layer])
+                drops[layer, units.cpu()] += _chunk_drops(model, repeated, labels, base, layer, units, n_units, below)
     return (drops / len(memorised_index)).numpy()
 
 
-def _chunk_drops(model, host_inputs, labels, base, layer: int, units: torch.Tensor, n_units: int,
-                 below: list) -> torch.Tensor:
+def _chunk_drops(model, repeated: dict, labels, base, layer: int, units: torch.Tensor, n_units: int,
+                 below) -> torch.Tensor:
     """Summed over the batch, the probability drop for each of `units` zeroed in turn.
-    `host_inputs` are the batch's inputs before the move: replicated there, then moved like
-    every batch a model is handed; `below`, the recorded outputs of the layers under `layer`."""
+    `repeated`: the batch's inputs, replicated for a full chunk (a shorter last chunk takes
+    its first rows); `below`: the output of the layer under `layer`, replicated alike."""
     replicas, rows = len(units), len(labels)
-    repeated = to_device({k: v.repeat(replicas, *([1] * (v.dim() - 1))) for k, v in host_inputs.items()},
-                         labels.device)  # replica-major
+    used = replicas * rows
     mask = torch.ones(replicas, n_units, device=labels.device)
     mask[torch.arange(replicas, device=labels.device), units] = 0
     mask = mask.repeat_interleave(rows, 0)[:, None, :]  # (C*B, 1, U): replica r zeroes units[r]
-    with scaled_units(model, {layer: mask}), replayed_layers(model, below, replicas):
-        p = label_probability(model(**repeated).logits, labels.repeat(replicas))
+    with scaled_units(model, {layer: mask}), replayed_layers(model, layer, _first_rows(below, used)):
+        p = label_probability(model(**{k: v[:used] for k, v in repeated.items()}).logits, labels.repeat(replicas))
     return (base.repeat(replicas) - p).view(replicas, rows).sum(1).double().cpu()
 
 
 @contextmanager
 def recorded_layer_outputs(model):
-    """Within the block, each body layer's output (whatever the layer returns: a tensor or
-    a tuple) is appended to the yielded list, bottom layer first."""
+    """Within the block, each body layer's hidden-state output is appended to the yielded
+    list, bottom layer first (a layer returning a tuple keeps its first element, the hidden
+    state, and None for the rest: GPT-Neo's attention weights, B x heads x T x T, are not kept)."""
     outputs: list = []
-    handles = [layer.register_forward_hook(lambda module, args, output: outputs.append(output))
-               for layer in body_layers(model)]
+
+    def keep(module, args, output):
+        outputs.append((output[0], *[None] * (len(output) - 1)) if isinstance(output, tuple) else output)
+
+    handles = [layer.register_forward_hook(keep) for layer in body_layers(model)]
     try:
         yield outputs
     finally:
@@ -99,7 +107,7 @@ def recorded_layer_outputs(model):
 
 
 class _Replay(torch.nn.Module):
-    """A body layer's stand-in: whatever it is handed, it returns the layer's recorded output."""
+    """A body layer's stand-in: whatever it is handed, it returns a recorded output."""
 
     def __init__(self, output):
         super().__init__()
@@ -109,35 +117,36 @@ class _Replay(torch.nn.Module):
         return self.output
 
 
-def _repeated(output, replicas: int, rows: int):
-    """A recorded layer output with every per-row tensor repeated replica-major, as the inputs."""
-    if isinstance(output, torch.Tensor):
-        return output.repeat(replicas, *([1] * (output.dim() - 1))) if output.dim() and len(output) == rows else output
+def _repeated(output, replicas: int):
+    """A recorded layer output (a hidden state, or a tuple of one and Nones) repeated
+    replica-major along the batch, as the inputs are."""
     if isinstance(output, tuple):
-        return tuple(_repeated(part, replicas, rows) for part in output)
-    return output
+        return (_repeated(output[0], replicas), *output[1:])
+    return output.repeat(replicas, *([1] * (output.dim() - 1)))
+
+
+def _first_rows(output, rows: int):
+    if output is None or isinstance(output, torch.Tensor):
+        return None if output is None else output[:rows]
+    return (output[0][:rows], *output[1:])
 
 
 @contextmanager
-def replayed_layers(model, outputs: list, replicas: int):
-    """Within the block, the lowest len(`outputs`) body layers are replaced by stand-ins
-    returning their recorded `outputs`, repeated `replicas` times: a replicated forward
-    computes only the layers above them (the hidden state entering the first computed layer
-    is the last replayed output, so the result is the full forward's)."""
+def replayed_layers(model, layer: int, below):
+    """Within the block, the body layers under `layer` are replaced by stand-ins that all
+    return `below`, the recorded output of the layer just under it: a forward computes only
+    `layer` and those above it, from the hidden state the full forward gave `layer` (each
+    stand-in's own output is ignored by the next stand-in). Nothing replaced for layer 0."""
     layers = body_layers(model)
-    originals = [layers[i] for i in range(len(outputs))]
-    rows = _rows(outputs[0]) if outputs else 0
+    originals = [layers[i] for i in range(layer)]
     try:
-        for i, output in enumerate(outputs):
-            layers[i] = _Replay(_repeated(output, replicas, rows))
+        stand_in = _Replay(below)
+        for i in range(layer):
+            layers[i] = stand_in
         yield
     finally:
         for i, original in enumerate(originals):
             layers[i] = original
-
-
-def _rows(output) -> int:
-    return len(output) if isinstance(output, torch.Tensor) else _rows(output[0])
 
 
 def score(model, data: Encoded, memorised_index, clean_index, p: dict) -> np.ndarray:

@@ -5,7 +5,8 @@ and the pieces they share must compute what they say."""
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, OPTConfig, OPTForSequenceClassification
+from transformers import (BertConfig, BertForSequenceClassification, GPTNeoConfig, GPTNeoForSequenceClassification,
+                          OPTConfig, OPTForSequenceClassification)
 
 from raymem.localise.neuron_activations import activation_scores
 from raymem.localise.neuron_hard_concrete import HardConcreteMask, hard_concrete_scores
@@ -62,19 +63,41 @@ def test_zero_out_runs_the_layers_below_the_zeroed_one_once_per_batch(planted):
     assert len(calls) == 2
 
 
-def test_zero_out_batched_equals_one_forward_per_unit_on_a_padded_decoder():
-    """OPT's layers return tuples and its head reads the last real token: the replayed lower
-    layers must hand the upper ones exactly what they computed, padding and all."""
-    data, memorised, _ = marked_data(n=12, seed=3)
+def _random_decoder(kind: str, data):
+    """A tiny random OPT (its layers return a tensor, its FFN flattens the tokens) or GPT-Neo
+    (its blocks return a tuple with the attention weights) over the test tokenizer."""
     torch.manual_seed(1)
-    config = OPTConfig(vocab_size=len(data.tokenizer), hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
-                       ffn_dim=24, word_embed_proj_dim=16, max_position_embeddings=64,
-                       pad_token_id=data.tokenizer.pad_token_id, num_labels=2)
-    model = OPTForSequenceClassification(config).eval()
+    pad = data.tokenizer.pad_token_id
+    if kind == "opt":
+        config = OPTConfig(vocab_size=len(data.tokenizer), hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                           ffn_dim=24, word_embed_proj_dim=16, max_position_embeddings=64, pad_token_id=pad,
+                           num_labels=2)
+        return OPTForSequenceClassification(config).eval()
+    config = GPTNeoConfig(vocab_size=len(data.tokenizer), hidden_size=16, num_layers=3, num_heads=2,
+                          attention_types=[[["global", "local"], 1], [["global"], 1]], intermediate_size=24,
+                          max_position_embeddings=64, window_size=4, pad_token_id=pad, bos_token_id=pad, eos_token_id=pad,
+                          num_labels=2)
+    return GPTNeoForSequenceClassification(config).eval()
+
+
+@pytest.mark.parametrize("kind", ["opt", "gpt_neo"])
+def test_zero_out_batched_equals_one_forward_per_unit_on_padded_decoders(kind):
+    """The replayed lower layers must hand the upper ones exactly what they computed,
+    padding and all, whatever a layer returns; and keep no attention weights."""
+    from raymem.localise.neuron_zero_out import recorded_layer_outputs
+
+    data, memorised, _ = marked_data(n=12, seed=3)
+    model = _random_decoder(kind, data)
     batched = zero_out_scores(model, data, memorised, batch_size=4, chunk=5)
     loop = zero_out_scores(model, data, memorised, batch_size=4, method="loop")
     assert np.abs(loop).max() > 1e-4  # zeroing units moves this random model's probabilities
     np.testing.assert_allclose(batched, loop, atol=1e-6)
+    ids = torch.randint(5, 20, (2, 6))
+    with torch.no_grad(), recorded_layer_outputs(model) as outputs:
+        model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    kept = [o if isinstance(o, torch.Tensor) else o[0] for o in outputs]
+    assert [tuple(k.shape) for k in kept] == [(2, 6, 16)] * 3
+    assert all(isinstance(o, torch.Tensor) or all(x is None for x in o[1:]) for o in outputs)
 
 
 def test_activations_rank_the_planted_unit_first(planted):
