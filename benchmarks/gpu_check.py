@@ -391,10 +391,15 @@ def main() -> int:
                "packing": result.get("packing", {}).get("ratio", 0)}
         result["targets"] = {k: {"target": TARGETS[k], "got": got[k], "met": got[k] >= TARGETS[k]} for k in TARGETS}
         failures += [f"target {k}: {got[k]:.2f} < {TARGETS[k]}" for k in TARGETS if got[k] < TARGETS[k]]
+    return finish(result, failures, args.out)
+
+
+def finish(result: dict, failures: list[str], out: str) -> int:
+    """Write the result (with its failures) as JSON to `out`, name each failure; the exit code."""
     result["failures"] = failures
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(f"wrote {args.out}")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"wrote {out}")
     for f in failures:
         print(f"FAILED {f}", file=sys.stderr)
     return 1 if failures else 0

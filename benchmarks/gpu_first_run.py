@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 import sys
@@ -367,14 +366,9 @@ def main() -> int:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     result["wall"] = time.perf_counter() - started
-    result["failures"] = failures
+    result["failures"] = failures  # the report shows them
     report(result)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(f"wrote {args.out}")
-    for f in failures:
-        print(f"FAILED {f}", file=sys.stderr)
-    return 1 if failures else 0
+    return base.finish(result, failures, args.out)
 
 
 def report(result: dict) -> None:
