@@ -7,6 +7,8 @@ padding), never by indexing -1.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from raymem.models import DECODER_TYPES, attention_mask
@@ -64,3 +66,18 @@ def pooled_hidden_states(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     out = model.base_model(**inputs, output_hidden_states=True)
     decoder = is_decoder_model(model)
     return torch.stack([pool(h, attention_mask(inputs), decoder) for h in out.hidden_states])
+
+
+@contextmanager
+def layers_replaced(model, count: int, stand_in: torch.nn.Module):
+    """Within the block, the lowest `count` body layers are all `stand_in` (a module that
+    returns what the last of them would have handed on); the originals are put back after."""
+    layers = body_layers(model)
+    originals = list(layers[:count])
+    try:
+        for i in range(count):
+            layers[i] = stand_in
+        yield
+    finally:
+        for i, original in enumerate(originals):
+            layers[i] = original

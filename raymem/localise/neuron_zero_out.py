@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from raymem.localise.gradients import length_sorted_batches
-from raymem.localise.layers import body_layers, num_layers
+from raymem.localise.layers import body_layers, layers_replaced, num_layers
 from raymem.localise.neurons import inputs_of, label_probability, scaled_units, units_per_layer
 from raymem.runtime import model_device, to_device
 from raymem.train import Encoded
@@ -63,8 +63,8 @@ def zero_out_scores(model, data: Encoded, memorised_index, batch_size: int = 16,
         with recorded_layer_outputs(model) as outputs:
             base = label_probability(model(**inputs).logits, labels)
         replicas = min(chunk, n_units)
-        repeated = to_device({k: v.repeat(replicas, *([1] * (v.dim() - 1))) for k, v in inputs_of(host_batch).items()},
-                             device)  # replica-major, moved like every batch a model is handed
+        # replica-major, moved like every batch a model is handed
+        repeated = to_device({k: _repeated(v, replicas) for k, v in inputs_of(host_batch).items()}, device)
         for layer in range(n_layers):
             below = _repeated(outputs[layer - 1], replicas) if layer else None
             for start in range(0, n_units, chunk):
@@ -118,8 +118,8 @@ class _Replay(torch.nn.Module):
 
 
 def _repeated(output, replicas: int):
-    """A recorded layer output (a hidden state, or a tuple of one and Nones) repeated
-    replica-major along the batch, as the inputs are."""
+    """A tensor, or a recorded layer output (a hidden state, or a tuple of one and Nones),
+    repeated replica-major along the batch."""
     if isinstance(output, tuple):
         return (_repeated(output[0], replicas), *output[1:])
     return output.repeat(replicas, *([1] * (output.dim() - 1)))
@@ -131,22 +131,12 @@ def _first_rows(output, rows: int):
     return (output[0][:rows], *output[1:])
 
 
-@contextmanager
 def replayed_layers(model, layer: int, below):
-    """Within the block, the body layers under `layer` are replaced by stand-ins that all
-    return `below`, the recorded output of the layer just under it: a forward computes only
-    `layer` and those above it, from the hidden state the full forward gave `layer` (each
-    stand-in's own output is ignored by the next stand-in). Nothing replaced for layer 0."""
-    layers = body_layers(model)
-    originals = [layers[i] for i in range(layer)]
-    try:
-        stand_in = _Replay(below)
-        for i in range(layer):
-            layers[i] = stand_in
-        yield
-    finally:
-        for i, original in enumerate(originals):
-            layers[i] = original
+    """Within the block, the body layers under `layer` are stand-ins that all return `below`,
+    the recorded output of the layer just under it: a forward computes only `layer` and those
+    above it, from the hidden state the full forward gave `layer` (each stand-in's own output
+    is ignored by the next stand-in). Nothing replaced for layer 0."""
+    return layers_replaced(model, layer, _Replay(below))
 
 
 def score(model, data: Encoded, memorised_index, clean_index, p: dict) -> np.ndarray:

@@ -20,6 +20,7 @@ import torch
 from transformers.pytorch_utils import Conv1D
 
 from raymem.localise.layers import body_layers, first_module, num_layers
+from raymem.train import fp16_autocast
 
 # per layer, where its FFN's input and output projections live, first found first
 _OUT_PATHS = ("output.dense", "fc2", "mlp.c_proj", "mlp.dense_4h_to_h", "mlp.down_proj")
@@ -114,8 +115,7 @@ def recorded_units(model, layers=None):
 def loss_scaler(device: torch.device) -> torch.amp.GradScaler:
     """A loss scaler for training under the caller's autocast: on where that autocast is
     fp16 (whose small gradients underflow without one), a no-op under bf16 and fp32."""
-    fp16 = torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) == torch.float16
-    return torch.amp.GradScaler(device.type, enabled=fp16)
+    return torch.amp.GradScaler(device.type, enabled=fp16_autocast(device))
 
 
 def inputs_of(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -42,7 +42,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from raymem.localise.layers import body_layers, num_layers
+from raymem.localise.layers import body_layers, layers_replaced, num_layers
 from raymem.localise.swapping import layer_scores_from_windows
 from raymem.localise.swapping import windows as all_windows
 from raymem.localise.technique import STAGE, PairInputs, Technique, layer_rows, with_keys
@@ -288,15 +288,8 @@ def _below_replayed(model, inputs: _LayerInputs | None, datasets: list[Encoded])
         yield datasets
         return
     replay = _Replay(inputs.tuple_length)
-    layers = body_layers(model)
-    below = list(layers[:inputs.layer - 1])
-    for i in range(len(below)):
-        layers[i] = replay
-    try:
+    with layers_replaced(model, inputs.layer - 1, replay):
         yield [_ReplayedData(data, rows, replay) for data, rows in zip(datasets, inputs.rows, strict=True)]
-    finally:
-        for i, layer in enumerate(below):
-            layers[i] = layer
 
 
 class _StopForward(Exception):

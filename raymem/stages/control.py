@@ -177,6 +177,13 @@ def frozen_model_planned(study) -> bool:
     return cfg.control.frozen_model and any(technique(t).reads_control_model(cfg) for t in cfg.techniques)
 
 
+def models_of(pairs, frozen: bool) -> list[tuple[str, list[int]]]:
+    """(variant, planted pair) of a seed's control models: noisy and clean per pair, then the
+    frozen model (no pair) where it is planned."""
+    return [(variant, list(pair)) for pair in pairs for variant in ("noisy", "clean")] + \
+        ([("frozen", [])] if frozen else [])
+
+
 def plan(study, context: PlanContext) -> list[Trial]:
     """Per (task, model, seed, planted pair) a noisy and a clean control model, in that order;
     per (task, model, seed) a "frozen" one (no planted pair: the noisy task trains the head
@@ -188,7 +195,7 @@ def plan(study, context: PlanContext) -> list[Trial]:
     own = ft.model_dump(include={"epochs", "lr", "batch_size", "max_length", "warmup",
                                  "clip", "weight_decay", "freeze_embeddings", "batch_order"})
     own["epochs"] = cfg.epochs or own["epochs"]
-    trials = []
+    trials, frozen = [], frozen_model_planned(study)
     for task, model in ((t, m) for t in study.task_names() for m in study.models):
         if task == cfg.auxiliary_task:
             continue
@@ -201,23 +208,13 @@ def plan(study, context: PlanContext) -> list[Trial]:
         auxiliary = context.examples_trials[cfg.auxiliary_task, model]
         settings, searched = search.with_search(own, context, task, model, ("epochs",) if cfg.epochs else ())
         for seed in study.seeds:
-            for pair in [tuple(p) for p in cfg.pairs or default_pairs(layers)]:
-                trials += [Trial(STAGE, {
-                    "task": task, "model": model, "seed": seed, "variant": variant, "pair": list(pair),
-                    "n_labels": context.n_labels[task], "examples_trial": examples.trial_id,
-                    "auxiliary_examples_trial": auxiliary.trial_id,
-                    "auxiliary_n_labels": auxiliary_n_labels, "auxiliary_lr": cfg.auxiliary_lr,
-                    "settings": settings, "memorised_f1": ft.memorised_f1},
-                    study.study, context.results, (examples.trial_id, auxiliary.trial_id, *searched),
-                    runtime_options(ft.resources, ft.checkpoint_every))
-                    for variant in ("noisy", "clean")]
-            if frozen_model_planned(study):
-                trials.append(Trial(STAGE, {
-                    "task": task, "model": model, "seed": seed, "variant": "frozen", "pair": [],
-                    "n_labels": context.n_labels[task], "examples_trial": examples.trial_id,
-                    "auxiliary_examples_trial": auxiliary.trial_id,
-                    "auxiliary_n_labels": auxiliary_n_labels, "auxiliary_lr": cfg.auxiliary_lr,
-                    "settings": settings, "memorised_f1": ft.memorised_f1},
-                    study.study, context.results, (examples.trial_id, auxiliary.trial_id, *searched),
-                    runtime_options(ft.resources, ft.checkpoint_every)))
+            trials += [Trial(STAGE, {
+                "task": task, "model": model, "seed": seed, "variant": variant, "pair": pair,
+                "n_labels": context.n_labels[task], "examples_trial": examples.trial_id,
+                "auxiliary_examples_trial": auxiliary.trial_id,
+                "auxiliary_n_labels": auxiliary_n_labels, "auxiliary_lr": cfg.auxiliary_lr,
+                "settings": settings, "memorised_f1": ft.memorised_f1},
+                study.study, context.results, (examples.trial_id, auxiliary.trial_id, *searched),
+                runtime_options(ft.resources, ft.checkpoint_every))
+                for variant, pair in models_of(cfg.pairs or default_pairs(layers), frozen)]
     return trials
