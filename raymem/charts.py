@@ -8,16 +8,9 @@ from pathlib import Path
 import altair as alt
 import polars as pl
 
+from raymem.checks import wilson_interval
 from raymem.errors import ConfigError, did_you_mean
 from raymem.queries import query
-
-
-def wilson_interval(successes: pl.Expr, n: pl.Expr, z: float = 1.959964) -> tuple[pl.Expr, pl.Expr]:
-    """95% Wilson interval of a proportion, as polars expressions (low, high)."""
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * (p * (1 - p) / n + z * z / (4 * n * n)).sqrt()
-    return centre - half, centre + half
 
 
 def precog_accuracy_by_bin(db) -> alt.Chart:

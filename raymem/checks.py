@@ -33,6 +33,14 @@ SCHEMA = {"task": pl.Utf8, "model": pl.Utf8, "seed": pl.Int64, "check_name": pl.
           "threshold": pl.Float64, "status": pl.Utf8, "message": pl.Utf8}
 
 
+def wilson_interval(successes: pl.Expr, n: pl.Expr, z: float = 1.959964) -> tuple[pl.Expr, pl.Expr]:
+    """95% Wilson interval of a proportion, as polars expressions (low, high)."""
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * (p * (1 - p) / n + z * z / (4 * n * n)).sqrt()
+    return centre - half, centre + half
+
+
 def _row(task, model, seed, check, value, threshold, ok, warning) -> dict:
     return {"task": task, "model": model, "seed": seed, "check_name": check, "value": float(value),
             "threshold": float(threshold), "status": "pass" if ok else "warn",
@@ -45,7 +53,6 @@ def above_majority(fit: pl.DataFrame, majority: pl.DataFrame) -> list[dict]:
     lower end of the accuracy's 95% Wilson interval (over the split's n examples) clears the
     majority share: an accuracy a little above it on a few hundred examples is no evidence
     the model learnt the task (0.375 on 400 examples: interval 0.33-0.42, majority 0.3625)."""
-    from raymem.charts import wilson_interval
 
     accuracy = ((pl.col("accuracy") * pl.col("n")).sum() / pl.col("n").sum()).alias("accuracy")
     clean = (fit.filter((pl.col("variant") == "clean") & (pl.col("split") != "train"))

@@ -11,7 +11,6 @@ from pathlib import Path
 import polars as pl
 
 from raymem.errors import ConfigError
-from raymem.queries import load_query, query
 
 HEADLINES = [  # (query, filter, title) printed at the end of a study, where the study has the tables
     ("precog_accuracy_by_bin", pl.col("task") == "ALL", "Accuracy by PreCog bin (all tasks pooled)"),
@@ -46,6 +45,8 @@ def headline_table(title: str, df: pl.DataFrame, fold: bool = True) -> str:
 def headline_frames(db_path: Path, bin_width: float):
     """Yield (query name, title, rows) of each headline the database has the tables for
     (the end of a study and `raymem report` show the same)."""
+    from raymem.queries import load_query, query  # duckdb: not at every command's start
+
     for name, keep, title in HEADLINES:
         params = {"bin_width": bin_width} if "bin_width" in load_query(name)[1] else {}
         try:

@@ -45,6 +45,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from raymem.capacity import AUTOSCALING_CONFIG
+
 BIN = Path(sys.executable).parent
 HEAD_TYPE = "ray.head.default"  # the fake provider's name for the head node type
 
@@ -173,10 +175,10 @@ class LocalCluster:
         env = {**os.environ, **CLIENT_ENV, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
         if self.root:
             env["RAY_TMPDIR"] = str(self.root)
+            # where a study reads what the cluster can ever hold (raymem/capacity.py)
+            env[AUTOSCALING_CONFIG] = str(self.root / "autoscaling.json")
         if self.address:
             env["RAY_ADDRESS"] = self.address
-        if self.root:  # where a study reads what the cluster can ever hold (raymem/capacity.py)
-            env["RAYMEM_AUTOSCALING_CONFIG"] = str(self.root / "autoscaling.json")
         return env
 
     def start(self, timeout: float = 120) -> str:

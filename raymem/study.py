@@ -23,7 +23,6 @@ from pathlib import Path
 
 import polars as pl
 
-from raymem.analyses import build_database
 from raymem.config import Study
 from raymem.data import prepare_examples, reserve_pool
 from raymem.errors import ConfigError, is_disk_full
@@ -355,6 +354,8 @@ def _run_stages(plan: Plan, log) -> list[Trial]:
                             lambda summary: _run_summary(store, summary, by_id, log), trackers=study.trackers)
     failed += scoring.wait()
     # The database holds this study's trials only, not shards left by other settings.
+    from raymem.analyses import build_database  # its checks and intervals load scipy: not at import
+
     counts = build_database(store, plan.db_path, {t.trial_id for t in plan.trials})
     log(f"[ingest] {plan.db_path}: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
     return failed

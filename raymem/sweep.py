@@ -293,6 +293,11 @@ def _trial_id(tune_trial) -> str | None:
     return tune_trial.config.get("trial", {}).get("trial_id")
 
 
+def _failed(tune_trial) -> bool:
+    """A Tune trial that ended in an error, or whose raymem trial reported its failure."""
+    return tune_trial.status == "ERROR" or (tune_trial.last_result or {}).get("status") == "failed"
+
+
 def _label(tune_trial) -> str:
     """A raymem trial's label, or Tune's own name for a trial that is not one (a search candidate)."""
     return tune_trial.config.get("trial", {}).get("label", str(tune_trial))
@@ -324,10 +329,14 @@ def progress_callback(name: str, total: int, every_seconds: float = 10.0, before
                 return (now - self.start) / len(ended) * left
             scale = self._stage_scales(ended)
             weighed = {i: c * scale.get(work.stages.get(i), 1.0) for i, c in work.costs.items()}
-            ended_ids = {_trial_id(t) for t in ended} | work.ended_before
+            ended_ids = self._ended_ids(ended)
             spent = sum(weighed.get(i, 0.0) for i in ended_ids)
             left_work = sum(c for i, c in weighed.items() if i not in ended_ids)
             return (now - self.start) * left_work / spent if spent else None
+
+        def _ended_ids(self, ended: list) -> set:
+            """The raymem ids of the sweep's ended trials, this experiment's and earlier ones'."""
+            return {_trial_id(t) for t in ended} | work.ended_before
 
         def _stage_scales(self, ended: list) -> dict[str, float]:
             """Per stage with ended trials, its measured seconds per unit of relative cost over
@@ -336,7 +345,7 @@ def progress_callback(name: str, total: int, every_seconds: float = 10.0, before
             once one has ended. 1 for the others."""
             seconds, costs = {}, {}
             for t in ended:
-                if t.status == "ERROR" or (t.last_result or {}).get("status") == "failed":
+                if _failed(t):
                     continue  # a trial that failed early says nothing of what its stage takes
                 trial_id, took = _trial_id(t), (t.last_result or {}).get("time_total_s")
                 stage, cost = work.stages.get(trial_id), work.costs.get(trial_id, 0.0)
@@ -356,7 +365,7 @@ def progress_callback(name: str, total: int, every_seconds: float = 10.0, before
             if self.closed or (len(ended) + sum(before) < total and now - self.last < self.every):
                 return
             self.last = now
-            failed = sum(t.status == "ERROR" or (t.last_result or {}).get("status") == "failed" for t in ended)
+            failed = sum(map(_failed, ended))
             running = sum(t.status == "RUNNING" and t is not completed for t in trials)
             left = total - len(ended) - sum(before)
             eta = self._time_left(ended, left, now)
@@ -371,7 +380,7 @@ def progress_callback(name: str, total: int, every_seconds: float = 10.0, before
             """' (finetune 2/4, localise 0/6)': per stage, its trials ended of its total."""
             if work is None or len(set(work.stages.values())) < 2:
                 return ""
-            ended_ids = {_trial_id(t) for t in ended} | work.ended_before
+            ended_ids = self._ended_ids(ended)
             counts = {}
             for trial_id, stage in work.stages.items():
                 n = counts.setdefault(stage, [0, 0])

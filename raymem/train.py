@@ -86,14 +86,11 @@ class Encoded:
         (so a batch pads little), then the batches shuffled."""
         if order not in BATCH_ORDERS:
             raise ValueError(f"batch order must be one of {BATCH_ORDERS}, not {order!r}")
-        if generator is None:
-            for start in range(0, len(self), batch_size):
-                yield self.batch(list(range(start, min(start + batch_size, len(self)))))
-            return
-        if order == "shuffled":
-            shuffled = torch.randperm(len(self), generator=generator).tolist()
-            for start in range(0, len(shuffled), batch_size):
-                yield self.batch(shuffled[start:start + batch_size])
+        if generator is None or order == "shuffled":
+            index = list(range(len(self))) if generator is None else \
+                torch.randperm(len(self), generator=generator).tolist()
+            for start in range(0, len(index), batch_size):
+                yield self.batch(index[start:start + batch_size])
             return
         order, lengths, pool = torch.randperm(len(self), generator=generator).numpy(), self.lengths(), 50 * batch_size
         batches = []
